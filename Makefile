@@ -1,0 +1,25 @@
+# Both targets set everything up on a fresh machine: a .venv made with
+# `python3 -m venv`, torch pinned to the CPU build, the project installed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.photocritic-installed
+
+.PHONY: run test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/photocritic score examples --model lite --output results/examples.csv --table
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

@@ -1,0 +1,210 @@
+"""Robust image decoding: any file in, either pixels or a specific error out.
+
+A bad file never stops a run. :func:`decode` raises :class:`ImageError`
+whose ``kind`` is one of :data:`ERROR_KINDS` and whose message says what was
+wrong with which file; callers turn it into an output row.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..encoders.base import Preprocess
+
+#: Every status a row can have besides ``ok``.
+ERROR_KINDS = {
+    "missing": "the file does not exist (or vanished before it was read)",
+    "unreadable": "the file exists but cannot be read (permissions, a directory, an I/O error)",
+    "empty": "the file has zero bytes",
+    "not_image": "the file is not an image in any format we read",
+    "truncated": "the image data ends early",
+    "corrupt": "the file looks like an image but its data cannot be decoded",
+    "too_large": "the image has more pixels than the decompression-bomb limit",
+}
+
+#: Images with more pixels than this are refused (decompression-bomb guard).
+MAX_PIXELS = 200_000_000
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".tif", ".tiff",
+                    ".bmp", ".dib", ".gif"}
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+}
+
+# Leading bytes of the formats we read; used to tell "not an image" from
+# "an image whose data is damaged".
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM",
+          b"II*\x00", b"MM\x00*", b"RIFF")
+
+
+class ImageError(Exception):
+    """A file that could not become pixels; ``kind`` is in :data:`ERROR_KINDS`."""
+
+    def __init__(self, kind: str, message: str):
+        assert kind in ERROR_KINDS, kind
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """Read a whole file, mapping OS failures to :class:`ImageError`."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise ImageError("missing", f"{path}: no such file (it may have been moved or deleted)")
+    except IsADirectoryError:
+        raise ImageError("unreadable", f"{path}: is a directory, not an image file")
+    except PermissionError:
+        raise ImageError("unreadable", f"{path}: permission denied")
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise ImageError("missing", f"{path}: no such file")
+        raise ImageError("unreadable", f"{path}: cannot read ({exc.strerror or exc})")
+    if not data:
+        raise ImageError("empty", f"{path}: file is empty (0 bytes)")
+    return data
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. Transparent areas are composited on white;
+    16/32-bit integer and float images are scaled to 8 bits by their range."""
+    if im.mode == "RGB":
+        return im
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        if im.mode == "F":
+            top = 1.0 if arr.max(initial=0) <= 1.0 else max(float(arr.max()), 1.0)
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def _resize_crop(im: Image.Image, pre: Preprocess) -> Image.Image:
+    w, h = im.size
+    resample = _RESAMPLE[pre.resample]
+    if pre.mode == "squash":
+        size = (pre.resize, pre.resize)
+    else:
+        scale = pre.resize / min(w, h)
+        size = (max(pre.resize, round(w * scale)), max(pre.resize, round(h * scale)))
+    if size != (w, h):
+        im = im.resize(size, resample, reducing_gap=3.0)
+    if pre.crop is not None:
+        cw = ch = pre.crop
+        w, h = im.size
+        left, top = (w - cw) // 2, (h - ch) // 2
+        im = im.crop((left, top, left + cw, top + ch))
+    return im
+
+
+def open_image(data: bytes, name: str = "<bytes>", draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode bytes into an RGB PIL image with EXIF orientation applied.
+
+    ``draft_size`` lets the JPEG decoder scale down by 1/2, 1/4 or 1/8 while
+    decoding, never below that size.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise ImageError("too_large", f"{name}: {w}x{h} pixels is over the "
+                                 f"{MAX_PIXELS:,}-pixel limit (decompression-bomb guard)")
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+            if draft_size is not None and im.format == "JPEG":
+                im.draft("RGB", draft_size)
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _to_rgb(im)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("too_large", f"{name}: {exc}")
+    except UnidentifiedImageError:
+        if any(data.startswith(m) for m in _MAGIC):
+            raise ImageError("corrupt", f"{name}: has an image signature but its header cannot be parsed")
+        raise ImageError("not_image", f"{name}: not a recognised image format "
+                         f"(first bytes {data[:8]!r})")
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
+            struct.error, MemoryError) as exc:
+        text = str(exc)
+        if "truncated" in text.lower() or isinstance(exc, EOFError):
+            raise ImageError("truncated", f"{name}: image data ends early ({text})")
+        raise ImageError("corrupt", f"{name}: cannot decode image data ({type(exc).__name__}: {text})")
+
+
+def draft_target(size: tuple[int, int], pre: Preprocess) -> tuple[int, int] | None:
+    """The smallest size the JPEG decoder may produce for this preprocessing."""
+    if not pre.jpeg_draft:
+        return None
+    w, h = size
+    if pre.mode == "squash":
+        return (pre.resize, pre.resize)
+    scale = pre.resize / min(w, h)
+    return (max(1, round(w * scale)), max(1, round(h * scale)))
+
+
+def decode_for(data: bytes, pre: Preprocess, name: str = "<bytes>") -> np.ndarray:
+    """Bytes -> uint8 (H, W, 3) array ready for ``pre.normalize``."""
+    draft = None
+    if pre.jpeg_draft and data[:3] == b"\xff\xd8\xff":
+        try:
+            with Image.open(io.BytesIO(data)) as probe:
+                draft = draft_target(probe.size, pre)
+        except Exception:
+            draft = None  # open_image reports the real error below
+    im = open_image(data, name, draft)
+    try:
+        im = _resize_crop(im, pre)
+    except (OSError, ValueError, MemoryError) as exc:
+        raise ImageError("corrupt", f"{name}: cannot resize ({exc})")
+    return np.asarray(im, dtype=np.uint8)
+
+
+def prepare_pil(im: Image.Image, pre: Preprocess) -> np.ndarray:
+    """An in-memory PIL image -> uint8 (H, W, 3) array (API input)."""
+    return np.asarray(_resize_crop(_to_rgb(ImageOps.exif_transpose(im)), pre), dtype=np.uint8)
+
+
+def list_images(paths: list[str | os.PathLike], recursive: bool = False) -> list[str]:
+    """Expand files and folders into a sorted list of files to score.
+
+    Files named explicitly are kept whatever their extension (so a bad one
+    is reported); folders contribute files with an image extension.
+    Missing paths are kept too: they become ``missing`` rows.
+    """
+    out: list[str] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            it = p.rglob("*") if recursive else p.iterdir()
+            found = sorted(str(q) for q in it
+                           if q.suffix.lower() in IMAGE_EXTENSIONS and not q.is_dir())
+            out.extend(found)
+        else:
+            out.append(str(p))
+    return out

@@ -1,0 +1,92 @@
+"""The one small protocol every image encoder follows.
+
+An encoder turns a batch of preprocessed images into a pooled embedding per
+image (and, where the backbone has them, token features). It owns its
+preprocessing (:class:`Preprocess`) and a stable ``id`` string that, together
+with the preprocessing, keys the embedding cache: two encoders with the same
+id must give the same embeddings for the same pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How raw pixels become the encoder's input tensor.
+
+    ``resize`` is the target of the short side (``mode="shortest"``) or both
+    sides (``mode="squash"``); ``crop`` is the side of the centre crop taken
+    afterwards (``None`` for no crop). ``mean``/``std`` normalise pixels that
+    were first scaled to [0, 1]. ``resample`` is a PIL filter name.
+    """
+
+    resize: int = 224
+    crop: int | None = 224
+    mode: str = "shortest"  # "shortest" or "squash"
+    resample: str = "bicubic"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    jpeg_draft: bool = True
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        if self.crop is not None:
+            return (self.crop, self.crop)
+        return (self.resize, self.resize)
+
+    def key(self) -> str:
+        """A short stable digest of every field; part of the cache key."""
+        blob = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def normalize(self, batch_uint8: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+        """uint8 NHWC batch -> normalised float NCHW batch."""
+        x = batch_uint8.permute(0, 3, 1, 2).to(dtype).div_(255.0)
+        mean = torch.tensor(self.mean, dtype=dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=dtype).view(1, 3, 1, 1)
+        return x.sub_(mean).div_(std)
+
+
+@dataclass
+class EncoderOutput:
+    """``pooled``: (N, D) image embeddings; ``tokens``: (N, T, C) or None."""
+
+    pooled: torch.Tensor
+    tokens: torch.Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class ImageEncoder(Protocol):
+    id: str
+    dim: int
+    preprocess: Preprocess
+
+    def encode(self, pixels: torch.Tensor) -> EncoderOutput:
+        """Encode a normalised float batch (N, 3, H, W)."""
+        ...
+
+    def to(self, device: str | torch.device) -> "ImageEncoder": ...
+
+
+class TextEncoder(Protocol):
+    id: str
+    dim: int
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """(N, D) text embeddings, not normalised."""
+        ...
+
+
+class ModelNotAvailableError(RuntimeError):
+    """Raised when a model's weights cannot be found offline.
+
+    The message names the model and says how to get it.
+    """

@@ -1,0 +1,169 @@
+"""Hugging Face CLIP and SigLIP encoders, by hub id or local directory.
+
+Weights are looked up offline first (a local directory, then the Hugging Face
+cache). Only when neither has them, and ``HF_HUB_OFFLINE`` is not set, is the
+hub asked; if that fails too, :class:`ModelNotAvailableError` names the model
+and says how to get it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .base import EncoderOutput, ModelNotAvailableError, Preprocess
+
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "box"}
+SUPPORTED = ("clip", "siglip", "siglip2")
+
+
+def _how_to_get(name: str) -> str:
+    return (f"Model '{name}' is not available offline. Download it once on a machine with "
+            f"network access (e.g. `huggingface-cli download {name}`, which fills the "
+            f"Hugging Face cache), or save it with `save_pretrained` and pass the local "
+            f"directory instead of the hub id.")
+
+
+def _load_pretrained(loader, name: str, **kwargs):
+    try:
+        return loader(name, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as first:
+        if Path(name).is_dir() or os.environ.get("HF_HUB_OFFLINE") or os.environ.get("PHOTOCRITIC_OFFLINE"):
+            raise ModelNotAvailableError(f"{_how_to_get(name)} ({type(first).__name__}: "
+                                         f"{str(first).splitlines()[0][:200]})") from None
+    try:
+        return loader(name, **kwargs)
+    except Exception as exc:
+        raise ModelNotAvailableError(f"{_how_to_get(name)} ({type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0][:200]})") from None
+
+
+def _fingerprint(name: str) -> str:
+    """A short digest of a local model's config and weights, so that two
+    different models saved at the same path never share cache entries."""
+    path = Path(name)
+    if not path.is_dir():
+        return name
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.suffix in (".json",):
+            h.update(f.name.encode() + f.read_bytes())
+        elif f.suffix in (".safetensors", ".bin", ".pt", ".pth"):
+            size = f.stat().st_size
+            h.update(f"{f.name}:{size}".encode())
+            with open(f, "rb") as fh:
+                h.update(fh.read(1 << 20))
+                if size > 2 << 20:
+                    fh.seek(size - (1 << 20))
+                    h.update(fh.read())
+    return f"local:{path.name}:{h.hexdigest()[:16]}"
+
+
+def _preprocess_from(name: str, config) -> Preprocess:
+    model_type = config.model_type
+    image_size = config.vision_config.image_size
+    proc = None
+    if Path(name).is_dir() and (Path(name) / "preprocessor_config.json").exists():
+        proc = json.loads((Path(name) / "preprocessor_config.json").read_text())
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            proc = json.loads(Path(hf_hub_download(name, "preprocessor_config.json",
+                                                   local_files_only=True)).read_text())
+        except Exception:
+            proc = None
+    if proc is None:
+        if model_type.startswith("siglip"):
+            return Preprocess(resize=image_size, crop=None, mode="squash", resample="bilinear",
+                              mean=(0.5,) * 3, std=(0.5,) * 3)
+        return Preprocess(resize=image_size, crop=image_size, resample="bicubic",
+                          mean=_CLIP_MEAN, std=_CLIP_STD)
+    size = proc.get("size", image_size)
+    resample = _PIL_RESAMPLE.get(proc.get("resample", 3), "bicubic")
+    mean = tuple(proc.get("image_mean", _CLIP_MEAN))
+    std = tuple(proc.get("image_std", _CLIP_STD))
+    if isinstance(size, dict) and "shortest_edge" in size:
+        crop = proc.get("crop_size", size["shortest_edge"])
+        crop = crop.get("height", crop.get("width")) if isinstance(crop, dict) else crop
+        return Preprocess(resize=size["shortest_edge"],
+                          crop=crop if proc.get("do_center_crop", True) else None,
+                          resample=resample, mean=mean, std=std)
+    side = size.get("height", image_size) if isinstance(size, dict) else int(size)
+    return Preprocess(resize=side, crop=None, mode="squash", resample=resample, mean=mean, std=std)
+
+
+def _tensor(out) -> torch.Tensor:
+    """transformers 5 may return an output object where 4 returned a tensor."""
+    if isinstance(out, torch.Tensor):
+        return out
+    return out.pooler_output
+
+
+class HFVisionLanguageEncoder:
+    """CLIP / SigLIP image and text towers.
+
+    ``encode`` returns the projected image embedding (the one compared with
+    text) as ``pooled`` and the vision tower's last hidden states as
+    ``tokens``.
+    """
+
+    def __init__(self, name_or_dir: str, device: str = "cpu"):
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        self.name = str(name_or_dir)
+        config = _load_pretrained(AutoConfig.from_pretrained, self.name)
+        if config.model_type not in SUPPORTED:
+            raise ValueError(f"{self.name}: model type '{config.model_type}' is not a CLIP or "
+                             f"SigLIP model (supported: {', '.join(SUPPORTED)})")
+        self.model_type = config.model_type
+        self.model = _load_pretrained(AutoModel.from_pretrained, self.name, config=config)
+        self.model.eval()
+        self.tokenizer = None
+        self._tokenizer_loader = lambda: _load_pretrained(AutoTokenizer.from_pretrained, self.name)
+        self.preprocess = _preprocess_from(self.name, config)
+        self.id = f"hf:{_fingerprint(self.name)}"
+        self.dim = int(getattr(config, "projection_dim", None) or config.vision_config.hidden_size)
+        if self.model_type.startswith("siglip"):
+            self.dim = config.vision_config.hidden_size
+        self.device = torch.device(device)
+        self.model.to(self.device)
+
+    def to(self, device):
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp())
+
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor) -> EncoderOutput:
+        out = self.model.vision_model(pixel_values=pixels.to(self.device))
+        pooled = out.pooler_output
+        if hasattr(self.model, "visual_projection"):
+            pooled = self.model.visual_projection(pooled)
+        return EncoderOutput(pooled=pooled.float(), tokens=out.last_hidden_state)
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        if self.tokenizer is None:
+            self.tokenizer = self._tokenizer_loader()
+        if self.model_type.startswith("siglip"):
+            batch = self.tokenizer(texts, padding="max_length", truncation=True,
+                                   max_length=self.model.config.text_config.max_position_embeddings,
+                                   return_tensors="pt")
+        else:
+            batch = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        return _tensor(self.model.get_text_features(**batch)).float()

@@ -1,0 +1,213 @@
+"""A scoring model = an image encoder + a method head + a map to 1-10.
+
+A trained model is a directory with ``config.json`` and the head's
+``*.safetensors``, loadable by :func:`photocritic.load`, like Hugging Face's
+``from_pretrained``. Named presets live in :mod:`photocritic.zoo`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .encoders.base import ModelNotAvailableError
+from .features import EmbeddingCache, content_hash
+from .methods.vila_r import VilaR
+from .scoremap import ScoreMap
+
+FORMAT = "photocritic-model"
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def build_encoder(spec: dict, device: str = "cpu"):
+    kind = spec["type"]
+    if kind == "efficientnet-lite0":
+        from .encoders.efficientnet import EfficientNetLite0Encoder
+
+        return EfficientNetLite0Encoder(device=device)
+    if kind == "hf":
+        from .encoders.hf import HFVisionLanguageEncoder
+
+        return HFVisionLanguageEncoder(spec["name"], device=device)
+    raise ValueError(f"unknown encoder type {kind!r} (known: efficientnet-lite0, hf)")
+
+
+def encoder_identity(spec: dict):
+    """(id, preprocess) of an encoder spec, without loading any weights."""
+    if spec["type"] == "efficientnet-lite0":
+        from .encoders.efficientnet import EfficientNetLite0Encoder
+
+        return EfficientNetLite0Encoder.id, EfficientNetLite0Encoder.preprocess
+    if spec["type"] == "hf":
+        from transformers import AutoConfig
+
+        from .encoders.hf import _fingerprint, _load_pretrained, _preprocess_from
+
+        config = _load_pretrained(AutoConfig.from_pretrained, spec["name"])
+        return f"hf:{_fingerprint(spec['name'])}", _preprocess_from(spec["name"], config)
+    raise ValueError(f"unknown encoder type {spec['type']!r}")
+
+
+class Critic:
+    """Scores images. Use :func:`photocritic.load` to get one.
+
+    The encoder is loaded on first use, so a run whose embeddings are all
+    cached never loads it.
+    """
+
+    def __init__(self, encoder_spec: dict, head: VilaR | None, score_map: ScoreMap,
+                 name: str = "", description: str = "", anchor_text: str | None = None,
+                 device: str = "cpu", precision: str = "fp32"):
+        self.encoder_spec = encoder_spec
+        self.head = head
+        self.score_map = score_map
+        self.name = name
+        self.description = description
+        self.anchor_text = anchor_text
+        self._encoder = None
+        self._identity = None
+        self.device = device
+        self.precision = precision
+        self.text_cache: EmbeddingCache | None = None
+
+    # -- configuration -------------------------------------------------
+    def configure(self, device: str | None = None, precision: str | None = None) -> "Critic":
+        if precision is not None:
+            if precision not in PRECISIONS:
+                raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+            self.precision = precision
+        if device is not None:
+            if device.startswith("cuda") and not torch.cuda.is_available():
+                raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+            self.device = device
+        if self._encoder is not None:
+            self._apply_device()
+        return self
+
+    def _apply_device(self):
+        enc = self._encoder
+        module = enc.model
+        module.to(device=self.device, dtype=PRECISIONS[self.precision])
+        enc.device = torch.device(self.device)
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            self._encoder = build_encoder(self.encoder_spec, self.device)
+            self._apply_device()
+        return self._encoder
+
+    def _ident(self):
+        if self._identity is None:
+            if self._encoder is not None:
+                self._identity = (self._encoder.id, self._encoder.preprocess)
+            else:
+                self._identity = encoder_identity(self.encoder_spec)
+        return self._identity
+
+    @property
+    def preprocess(self):
+        return self._ident()[1]
+
+    def encoder_key(self) -> str:
+        """Cache key part: encoder id + preprocessing digest + precision."""
+        enc_id, pre = self._ident()
+        return f"{enc_id}|{pre.key()}|{self.precision}"
+
+    # -- computation -----------------------------------------------------
+    def embed(self, pixels_uint8: torch.Tensor) -> np.ndarray:
+        """uint8 NHWC batch -> float32 (N, D) embeddings."""
+        x = self.preprocess.normalize(pixels_uint8).to(PRECISIONS[self.precision])
+        return self.encoder.encode(x).pooled.float().cpu().numpy()
+
+    def _head(self) -> VilaR:
+        if self.head is None:
+            if self.anchor_text is None:
+                raise RuntimeError(f"model {self.name!r} has no head")
+            self.head = VilaR.untrained(torch.tensor(self.text_embedding(self.anchor_text)))
+        return self.head
+
+    def text_embedding(self, text: str) -> np.ndarray:
+        """The encoder's embedding of ``text``, through the cache when one is set."""
+        key = self.encoder_key() + "|text"
+        h = content_hash(("text:" + text).encode())
+        if self.text_cache is not None:
+            hit = self.text_cache.get_many([h], key)
+            if h in hit:
+                return hit[h]
+        with torch.autocast("cpu", enabled=False):
+            vec = self.encoder.encode_text([text])[0].float().cpu().numpy()
+        if self.text_cache is not None:
+            self.text_cache.put_many([(h, vec)], key)
+        return vec
+
+    def raw_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
+        return self._head().predict(embeddings)
+
+    def scores_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
+        return self.score_map(self.raw_from_embeddings(embeddings))
+
+    def score(self, inputs, batch_size: int = 32, cache: EmbeddingCache | str | None = None,
+              workers: int | None = None, progress: bool = False):
+        """Score file paths and/or PIL images; returns one
+        :class:`~photocritic.pipeline.ScoreRow` per input, in order
+        (``float(row)`` is the 1-10 score, NaN where the input failed)."""
+        from .pipeline import score_inputs
+
+        if isinstance(inputs, (str, Path)) or not hasattr(inputs, "__iter__"):
+            inputs = [inputs]
+        own = isinstance(cache, (str, Path))
+        if own:
+            cache = EmbeddingCache(cache)
+        self.text_cache = cache
+        try:
+            rows, self.last_stats = score_inputs(self, inputs, batch_size=batch_size, cache=cache,
+                                                 workers=workers, progress=progress)
+        finally:
+            if own:
+                cache.close()
+            self.text_cache = None
+        return rows
+
+    # -- persistence -----------------------------------------------------
+    def save(self, directory: str | Path, half: bool = False) -> Path:
+        """Write ``config.json`` and the head (fp16 weights with ``half``)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.head is not None:
+            self.head.save(directory, half=half)
+        config = {"format": FORMAT, "version": 1, "name": self.name,
+                  "description": self.description, "encoder": self.encoder_spec,
+                  "method": self.head.kind if self.head is not None else "vila_r",
+                  "anchor_text": self.anchor_text, "score_map": self.score_map.to_dict()}
+        (directory / "config.json").write_text(json.dumps(config, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Critic":
+        directory = Path(directory)
+        config = json.loads((directory / "config.json").read_text())
+        if config.get("format") != FORMAT:
+            raise ValueError(f"{directory}: config.json is not a photocritic model")
+        if config.get("method") != "vila_r":
+            raise ValueError(f"{directory}: unknown method {config.get('method')!r}")
+        head = VilaR.load(directory) if (directory / "head.safetensors").exists() else None
+        return cls(config["encoder"], head, ScoreMap.from_dict(config["score_map"]),
+                   name=config.get("name", directory.name), description=config.get("description", ""),
+                   anchor_text=config.get("anchor_text"))
+
+
+def is_model_dir(path: Path) -> bool:
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("format") == FORMAT
+    except (ValueError, OSError):
+        return False
+
+
+__all__ = ["Critic", "ModelNotAvailableError", "is_model_dir"]

@@ -1,0 +1,192 @@
+"""Batched, streaming scoring of many images.
+
+files -> content hash -> cache lookup -> (misses only) decode in worker
+processes, overlapped with the encoder -> embeddings (committed to the cache
+batch by batch) -> the model's head -> 1-10 scores.
+
+Nothing a single file does stops a run: every input gets a row, with
+``status`` ``ok`` or one of :data:`photocritic.data.images.ERROR_KINDS` and a
+specific ``error`` message.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data.images import ImageError, decode_for, prepare_pil, read_bytes
+from .features import EmbeddingCache, content_hash
+
+
+@dataclass
+class ScoreRow:
+    path: str
+    score: float = math.nan
+    status: str = "pending"
+    error: str = ""
+    cached: bool = False
+
+    def __float__(self) -> float:
+        return float(self.score)
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "score": None if math.isnan(self.score) else float(self.score),
+                "status": self.status, "error": self.error, "cached": self.cached}
+
+
+@dataclass
+class RunStats:
+    total: int = 0
+    scored: int = 0
+    cached: int = 0
+    computed: int = 0
+    failed: int = 0
+    failures: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(self.failures.items()))
+        return (f"photocritic: {self.total} images, {self.scored} scored "
+                f"({self.cached} from cache, {self.computed} computed), {self.failed} failed"
+                + (f" ({kinds})" if kinds else ""))
+
+
+class _DecodeDataset(torch.utils.data.Dataset):
+    """Reads, hashes and decodes one file; errors come back as values."""
+
+    def __init__(self, paths: list[str], preprocess):
+        self.paths = paths
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        path = self.paths[i]
+        try:
+            data = read_bytes(path)
+            return i, content_hash(data), decode_for(data, self.preprocess, path), None, None
+        except ImageError as exc:
+            return i, None, None, exc.kind, exc.message
+        except Exception as exc:  # a decoder bug must not end the run either
+            return i, None, None, "corrupt", f"{path}: unexpected {type(exc).__name__}: {exc}"
+
+
+def _collate(items):
+    ok = [it for it in items if it[3] is None]
+    pixels = torch.from_numpy(np.stack([it[2] for it in ok])) if ok else None
+    return {"index": [it[0] for it in ok], "hash": [it[1] for it in ok], "pixels": pixels,
+            "errors": [(it[0], it[3], it[4]) for it in items if it[3] is not None]}
+
+
+def _hash_one(path: str):
+    try:
+        return content_hash(read_bytes(path)), None, None
+    except ImageError as exc:
+        return None, exc.kind, exc.message
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", file=sys.stderr, disable=not enabled,
+                dynamic_ncols=True, leave=False)
+
+
+def score_inputs(critic, inputs, batch_size: int = 32, cache: EmbeddingCache | None = None,
+                 workers: int | None = None, progress: bool = False) -> tuple[list[ScoreRow], RunStats]:
+    """Score paths and/or PIL images with ``critic``; rows come back in input order."""
+    inputs = list(inputs)
+    rows: list[ScoreRow] = []
+    stats = RunStats(total=len(inputs))
+    bar = _progress(len(inputs), progress)
+
+    def fail(row: ScoreRow, kind: str, message: str):
+        row.status, row.error = kind, message
+        stats.failed += 1
+        stats.failures[kind] = stats.failures.get(kind, 0) + 1
+
+    def finish(targets: list[ScoreRow], embeddings: np.ndarray, cached: bool):
+        scores = critic.scores_from_embeddings(embeddings)
+        for row, s in zip(targets, scores):
+            row.score, row.status, row.cached = float(s), "ok", cached
+        stats.scored += len(targets)
+        if cached:
+            stats.cached += len(targets)
+        else:
+            stats.computed += len(targets)
+        bar.update(len(targets))
+
+    # In-memory images: no file, no cache; preprocess here.
+    pil_items = [(i, x) for i, x in enumerate(inputs) if isinstance(x, Image.Image)]
+    path_items = [(i, os.fspath(x)) for i, x in enumerate(inputs) if not isinstance(x, Image.Image)]
+    rows = [ScoreRow(path=f"<image {i}>" if isinstance(x, Image.Image) else os.fspath(x))
+            for i, x in enumerate(inputs)]
+    pre = critic.preprocess
+    for start in range(0, len(pil_items), batch_size):
+        chunk = pil_items[start:start + batch_size]
+        arrays = []
+        for i, im in chunk:
+            arrays.append(prepare_pil(im, pre))
+        emb = critic.embed(torch.from_numpy(np.stack(arrays)))
+        finish([rows[i] for i, _ in chunk], emb, cached=False)
+
+    # Files: hash everything (threads; hashing releases the GIL), look up the cache.
+    hashes: dict[int, str] = {}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for (i, path), (h, kind, msg) in zip(path_items, pool.map(lambda it: _hash_one(it[1]), path_items)):
+            if h is None:
+                fail(rows[i], kind, msg)
+                bar.update(1)
+            else:
+                hashes[i] = h
+    key = critic.encoder_key()
+    found = cache.get_many(list(hashes.values()), key) if cache is not None else {}
+    hits = [i for i in hashes if hashes[i] in found]
+    for start in range(0, len(hits), 4096):
+        chunk = hits[start:start + 4096]
+        finish([rows[i] for i in chunk], np.stack([found[hashes[i]] for i in chunk]), cached=True)
+
+    # Misses: decode each distinct content once, in worker processes.
+    by_hash: dict[str, list[int]] = {}
+    for i, h in hashes.items():
+        if h not in found:
+            by_hash.setdefault(h, []).append(i)
+    todo = [idx[0] for idx in by_hash.values()]
+    if todo:
+        n_workers = default_workers() if workers is None else workers
+        if len(todo) <= batch_size:
+            n_workers = 0  # not worth starting processes for one batch
+        dataset = _DecodeDataset([rows[i].path for i in todo], pre)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, num_workers=n_workers, collate_fn=_collate,
+            prefetch_factor=4 if n_workers else None, persistent_workers=False)
+        for batch in loader:
+            for j, kind, msg in batch["errors"]:
+                for i in by_hash[hashes[todo[j]]]:
+                    fail(rows[i], kind, msg)
+                    bar.update(1)
+            if batch["pixels"] is None:
+                continue
+            emb = critic.embed(batch["pixels"])
+            if cache is not None:
+                cache.put_many(list(zip(batch["hash"], emb)), key)
+            targets = []
+            expanded = []
+            for k, j in enumerate(batch["index"]):
+                for i in by_hash[hashes[todo[j]]]:
+                    targets.append(rows[i])
+                    expanded.append(k)
+            finish(targets, emb[expanded], cached=False)
+    bar.close()
+    return rows, stats

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import photocritic
+from photocritic.encoders.base import ModelNotAvailableError
+from photocritic.encoders.hf import HFVisionLanguageEncoder
+
+from conftest import jpeg_bytes, photo
+
+
+@pytest.mark.parametrize("which", ["tiny_clip_dir", "tiny_siglip_dir"])
+def test_tiny_model_loads_through_hub_path(which, request):
+    d = request.getfixturevalue(which)
+    enc = HFVisionLanguageEncoder(str(d))
+    x = torch.randn(3, 3, 64, 64)
+    out = enc.encode(x)
+    ref = enc.model.get_image_features(pixel_values=x)
+    ref = ref if isinstance(ref, torch.Tensor) else ref.pooler_output
+    torch.testing.assert_close(out.pooled, ref.float())
+    assert out.tokens.shape[0] == 3 and out.pooled.shape == (3, enc.dim)
+    t = enc.encode_text(["good image", "bad image"])
+    ref_t = enc.model.get_text_features(**{k: v for k, v in enc.tokenizer(
+        ["good image", "bad image"], return_tensors="pt",
+        **({"padding": "max_length", "max_length": 16} if "siglip" in which else {"padding": True})).items()
+        if k in ("input_ids", "attention_mask")})
+    ref_t = ref_t if isinstance(ref_t, torch.Tensor) else ref_t.pooler_output
+    torch.testing.assert_close(t, ref_t.float())
+
+
+def test_preprocessing_matches_the_hf_image_processor(tiny_clip_dir, tmp_path):
+    from transformers import CLIPImageProcessor
+
+    im = photo(5, (300, 200))
+    proc = CLIPImageProcessor.from_pretrained(str(tiny_clip_dir))
+    ref = proc(images=im, return_tensors="pt")["pixel_values"]
+    crit = photocritic.load(str(tiny_clip_dir))
+    from photocritic.data.images import prepare_pil
+
+    ours = crit.preprocess.normalize(torch.from_numpy(prepare_pil(im, crit.preprocess).copy())[None])
+    assert ours.shape == ref.shape
+    assert float((ours - ref).abs().mean()) < 0.02
+
+
+def test_clip_dir_scores_as_untrained_vila_r(tiny_clip_dir, tmp_path):
+    crit = photocritic.load(str(tiny_clip_dir))
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}.jpg"
+        p.write_bytes(jpeg_bytes(photo(i)))
+        paths.append(str(p))
+    rows = crit.score(paths, cache=tmp_path / "c.sqlite")
+    enc = HFVisionLanguageEncoder(str(tiny_clip_dir))
+    from photocritic.data.images import decode_for
+
+    pix = torch.stack([crit.preprocess.normalize(torch.from_numpy(decode_for(open(p, "rb").read(),
+                                                                             crit.preprocess).copy())[None])[0]
+                       for p in paths])
+    img = enc.encode(pix).pooled
+    txt = enc.encode_text(["good image"])
+    cos = torch.nn.functional.cosine_similarity(img, txt).numpy()
+    np.testing.assert_allclose([r.score for r in rows], crit.score_map(cos), rtol=1e-4)
+    # a second run with a fresh model object hits the cache for images and the anchor text
+    again = photocritic.load(str(tiny_clip_dir))
+    rows2 = again.score(paths, cache=tmp_path / "c.sqlite")
+    assert again.last_stats.cached == 3 and again._encoder is None  # never loaded the weights
+    np.testing.assert_allclose([r.score for r in rows2], [r.score for r in rows], rtol=1e-6)
+
+
+def test_missing_weights_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelNotAvailableError) as err:
+        HFVisionLanguageEncoder("someone/no-such-clip")
+    msg = str(err.value)
+    assert "someone/no-such-clip" in msg and "local directory" in msg
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    with pytest.raises(ModelNotAvailableError):
+        HFVisionLanguageEncoder(str(empty))
+
+
+def test_local_models_at_one_path_do_not_share_cache_ids(tmp_path):
+    from photocritic.encoders.tiny import save_random_clip
+
+    d = tmp_path / "m"
+    save_random_clip(d, seed=1)
+    first = HFVisionLanguageEncoder(str(d)).id
+    save_random_clip(d, seed=2)
+    assert HFVisionLanguageEncoder(str(d)).id != first

@@ -1,0 +1,60 @@
+"""The shipped `lite` head ranks real photos above degraded copies of
+themselves, on photos it was never trained on.
+
+Held-out photos (see scripts/train_lite.py, which never reads them): the ten
+photos in ../shared/data/images (five AVA photos, five from the idealo
+README) and scikit-image's `astronaut` and `rocket`.
+"""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from photocritic.data.degrade import degraded_versions, working_copy
+from photocritic.data.images import prepare_pil
+
+from conftest import SHARED
+
+skdata = pytest.importorskip("skimage.data")
+
+
+def _held_out():
+    photos = [(n, Image.fromarray(getattr(skdata, n)())) for n in ["astronaut", "rocket"]]
+    shared = SHARED / "data" / "images"
+    if shared.is_dir():
+        photos += [(p.name, Image.open(p)) for p in sorted(shared.rglob("*.jpg"))]
+    return photos
+
+
+def _pair_results(lite, level):
+    results = []
+    for k, (name, im) in enumerate(_held_out()):
+        base = working_copy(im)
+        versions = list(degraded_versions(base, levels=(level,), seed=1000 + k))
+        batch = np.stack([prepare_pil(x, lite.preprocess) for x in [base] + [v[2] for v in versions]])
+        s = lite.scores_from_embeddings(lite.embed(torch.from_numpy(batch)))
+        results += [(name, v[0], bool(s[0] > sv)) for v, sv in zip(versions, s[1:])]
+    return results
+
+
+def test_original_beats_strong_degradations_on_held_out_photos(lite):
+    res = _pair_results(lite, level=2)
+    if not (SHARED / "data" / "images").is_dir():
+        assert len(res) >= 12
+    else:
+        assert len(res) >= 80
+    acc = np.mean([ok for *_, ok in res])
+    assert acc >= 0.90, [r for r in res if not r[2]]
+
+
+def test_mild_degradations_mostly_ranked_too(lite):
+    acc = np.mean([ok for *_, ok in _pair_results(lite, level=1)])
+    assert acc >= 0.75
+
+
+def test_head_is_small():
+    from photocritic.zoo import PRESETS
+
+    size = sum(f.stat().st_size for f in PRESETS["lite"]["dir"].iterdir())
+    assert size < 500 * 1024
