@@ -23,12 +23,19 @@ def _folder(tmp_path, n, size=(200, 150)):
     return d
 
 
-def test_broken_files_reported_others_scored(tmp_path, lite):
+@pytest.mark.parametrize("decode", ["threads", "workers"])
+def test_broken_files_reported_others_scored(tmp_path, lite, decode):
     d = _folder(tmp_path, 12)
     expected = write_broken_files(d)
+    (d / "empty_too.jpg").write_bytes(b"")  # identical bad files: each row names its own
+    expected["empty_too.jpg"] = "empty"
+    (d / "text_too.jpg").write_bytes((d / "text.jpg").read_bytes())
+    expected["text_too.jpg"] = "not_image"
+    os.symlink("loop.jpg", d / "loop.jpg")  # ELOOP: exists as a name, cannot be opened
+    expected["loop.jpg"] = "unreadable"
     paths = sorted(str(p) for p in d.iterdir()) + [str(d / "vanished.jpg")]
     expected["vanished.jpg"] = "missing"
-    rows = lite.score(paths, batch_size=5, workers=2)
+    rows = lite.score(paths, batch_size=5, workers=2, decode=decode)
     by_name = {os.path.basename(r.path): r for r in rows}
     assert [r.path for r in rows] == paths  # input order kept
     for name, kind in expected.items():
@@ -45,9 +52,13 @@ def test_scores_do_not_depend_on_batching_workers_or_input_kind(tmp_path, lite):
 
     d = _folder(tmp_path, 9)
     paths = sorted(str(p) for p in d.iterdir())
-    a = np.array([r.score for r in lite.score(paths, batch_size=1, workers=0)])
-    b = np.array([r.score for r in lite.score(paths, batch_size=4, workers=2)])
+    a = np.array([r.score for r in lite.score(paths, batch_size=1, workers=0, decode="workers")])
+    b = np.array([r.score for r in lite.score(paths, batch_size=4, workers=2, decode="workers")])
+    c = np.array([r.score for r in lite.score(paths, batch_size=3, workers=2, decode="threads")])
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="decode must be"):
+        lite.score(paths, decode="gpu")
     # PIL input goes through the same preprocessing (no JPEG draft on decoded images)
     with Image.open(paths[0]) as im:
         pil = lite.score([im.copy()])[0]

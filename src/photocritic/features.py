@@ -55,18 +55,26 @@ def hash_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+class CacheError(RuntimeError):
+    """The cache file cannot be opened or is not a photocritic cache."""
+
+
 class EmbeddingCache:
     """Float32 vectors by (content hash, encoder key)."""
 
     def __init__(self, path: str | os.PathLike, timeout: float = 60.0):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
-                                     check_same_thread=False)
-        self._conn.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
-        self._retry(lambda: self._conn.execute("PRAGMA journal_mode = WAL"))
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._retry(lambda: self._conn.executescript(_SCHEMA))
+        self.path = Path(path).expanduser()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
+                                         check_same_thread=False)
+            self._conn.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
+            self._retry(lambda: self._conn.execute("PRAGMA journal_mode = WAL"))
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._retry(lambda: self._conn.executescript(_SCHEMA))
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise CacheError(f"cannot use {self.path} as the embedding cache ({exc}); "
+                             f"pass another file with --cache PATH, or --no-cache") from None
 
     def _retry(self, fn, attempts: int = 50):
         for i in range(attempts):

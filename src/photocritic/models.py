@@ -72,6 +72,7 @@ class Critic:
         self.device = device
         self.precision = precision
         self.text_cache: EmbeddingCache | None = None
+        self._text_memo: dict[str, np.ndarray] = {}
 
     # -- configuration -------------------------------------------------
     def configure(self, device: str | None = None, precision: str | None = None) -> "Critic":
@@ -131,17 +132,20 @@ class Critic:
         return self.head
 
     def text_embedding(self, text: str) -> np.ndarray:
-        """The encoder's embedding of ``text``, through the cache when one is set."""
+        """The encoder's embedding of ``text``: computed once per model object,
+        and stored in / read from the cache whenever one is attached."""
         key = self.encoder_key() + "|text"
         h = content_hash(("text:" + text).encode())
-        if self.text_cache is not None:
-            hit = self.text_cache.get_many([h], key)
-            if h in hit:
-                return hit[h]
-        with torch.autocast("cpu", enabled=False):
+        cache = self.text_cache
+        vec = self._text_memo.get(text)
+        stored = cache.get_many([h], key).get(h) if cache is not None else None
+        if vec is None:
+            vec = stored
+        if vec is None:
             vec = self.encoder.encode_text([text])[0].float().cpu().numpy()
-        if self.text_cache is not None:
-            self.text_cache.put_many([(h, vec)], key)
+        self._text_memo[text] = vec
+        if cache is not None and stored is None:
+            cache.put_many([(h, vec)], key)
         return vec
 
     def raw_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
@@ -151,7 +155,7 @@ class Critic:
         return self.score_map(self.raw_from_embeddings(embeddings))
 
     def score(self, inputs, batch_size: int = 32, cache: EmbeddingCache | str | None = None,
-              workers: int | None = None, progress: bool = False):
+              workers: int | None = None, progress: bool = False, decode: str = "auto"):
         """Score file paths and/or PIL images; returns one
         :class:`~photocritic.pipeline.ScoreRow` per input, in order
         (``float(row)`` is the 1-10 score, NaN where the input failed)."""
@@ -164,8 +168,10 @@ class Critic:
             cache = EmbeddingCache(cache)
         self.text_cache = cache
         try:
+            if self.anchor_text is not None and cache is not None:
+                self.text_embedding(self.anchor_text)  # keep the anchor in the cache
             rows, self.last_stats = score_inputs(self, inputs, batch_size=batch_size, cache=cache,
-                                                 workers=workers, progress=progress)
+                                                 workers=workers, progress=progress, decode=decode)
         finally:
             if own:
                 cache.close()

@@ -1,8 +1,22 @@
 """Batched, streaming scoring of many images.
 
-files -> content hash -> cache lookup -> (misses only) decode in worker
-processes, overlapped with the encoder -> embeddings (committed to the cache
-batch by batch) -> the model's head -> 1-10 scores.
+files -> content hash -> cache lookup -> (misses only) decode -> encoder ->
+embeddings (committed to the cache batch by batch) -> the model's head ->
+1-10 scores.
+
+Decoding runs in one of two ways (``decode=``):
+
+* ``"workers"``: worker processes decode the next batches while the model
+  encodes this one. Right when the encoder does not need the CPU cores the
+  workers use - a CUDA encoder.
+* ``"threads"``: each batch is decoded by a thread pool over all cores (PIL
+  releases the GIL), then encoded on all cores. On a CPU encoder this was
+  measured faster: on 2 cores, a decoding process beside torch's threads
+  slowed the encoder far more than the decode itself cost (one of its
+  threads is descheduled and every parallel region waits for it) - see
+  benchmarks/throughput.py.
+
+``"auto"`` (the default) picks workers for a CUDA encoder and threads on CPU.
 
 Nothing a single file does stops a run: every input gets a row, with
 ``status`` ``ok`` or one of :data:`photocritic.data.images.ERROR_KINDS` and a
@@ -92,8 +106,25 @@ def _hash_one(path: str):
         return None, exc.kind, exc.message
 
 
+def _thread_batches(dataset, batch_size: int, threads: int):
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for start in range(0, len(dataset), batch_size):
+            idx = range(start, min(start + batch_size, len(dataset)))
+            yield _collate(list(pool.map(dataset.__getitem__, idx)))
+
+
+def decode_mode(decode: str, device: str) -> str:
+    if decode not in ("auto", "threads", "workers"):
+        raise ValueError(f"decode must be auto, threads or workers, not {decode!r}")
+    if decode == "auto":
+        return "workers" if str(device).startswith("cuda") else "threads"
+    return decode
+
+
 def default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    """Half the cores, 1 to 4: the encoder's own threads need the rest (on
+    2 cores, one decoding worker measured faster end to end than two)."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
 def _progress(total: int, enabled: bool):
@@ -104,8 +135,15 @@ def _progress(total: int, enabled: bool):
 
 
 def score_inputs(critic, inputs, batch_size: int = 32, cache: EmbeddingCache | None = None,
-                 workers: int | None = None, progress: bool = False) -> tuple[list[ScoreRow], RunStats]:
-    """Score paths and/or PIL images with ``critic``; rows come back in input order."""
+                 workers: int | None = None, progress: bool = False,
+                 decode: str = "auto") -> tuple[list[ScoreRow], RunStats]:
+    """Score paths and/or PIL images with ``critic``; rows come back in input order.
+
+    ``workers``: decoding processes (``decode="workers"``) or threads
+    (``decode="threads"``); default: half the cores, 1 to 4, for processes
+    and all cores for threads.
+    """
+    mode = decode_mode(decode, getattr(critic, "device", "cpu"))
     inputs = list(inputs)
     rows: list[ScoreRow] = []
     stats = RunStats(total=len(inputs))
@@ -157,24 +195,30 @@ def score_inputs(critic, inputs, batch_size: int = 32, cache: EmbeddingCache | N
         chunk = hits[start:start + 4096]
         finish([rows[i] for i in chunk], np.stack([found[hashes[i]] for i in chunk]), cached=True)
 
-    # Misses: decode each distinct content once, in worker processes.
+    # Misses: decode each distinct content once.
     by_hash: dict[str, list[int]] = {}
     for i, h in hashes.items():
         if h not in found:
             by_hash.setdefault(h, []).append(i)
     todo = [idx[0] for idx in by_hash.values()]
     if todo:
-        n_workers = default_workers() if workers is None else workers
-        if len(todo) <= batch_size:
-            n_workers = 0  # not worth starting processes for one batch
         dataset = _DecodeDataset([rows[i].path for i in todo], pre)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, num_workers=n_workers, collate_fn=_collate,
-            prefetch_factor=4 if n_workers else None, persistent_workers=False)
+        if mode == "threads":
+            loader = _thread_batches(dataset, batch_size, workers or os.cpu_count() or 1)
+        else:
+            n_workers = default_workers() if workers is None else workers
+            if len(todo) <= batch_size:
+                n_workers = 0  # not worth starting processes for one batch
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=batch_size, num_workers=n_workers, collate_fn=_collate,
+                prefetch_factor=4 if n_workers else None, persistent_workers=False)
         for batch in loader:
             for j, kind, msg in batch["errors"]:
+                first = rows[todo[j]].path
                 for i in by_hash[hashes[todo[j]]]:
-                    fail(rows[i], kind, msg)
+                    # identical files were decoded once; each row names its own file
+                    own = msg if i == todo[j] or not msg.startswith(first) else rows[i].path + msg[len(first):]
+                    fail(rows[i], kind, own)
                     bar.update(1)
             if batch["pixels"] is None:
                 continue

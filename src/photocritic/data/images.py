@@ -30,8 +30,9 @@ ERROR_KINDS = {
     "too_large": "the image has more pixels than the decompression-bomb limit",
 }
 
-#: Images with more pixels than this are refused (decompression-bomb guard).
-MAX_PIXELS = 200_000_000
+#: Images with more pixels than this are refused before any pixel is decoded
+#: (decompression-bomb guard): PIL's own hard limit, about 179 million.
+MAX_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".tif", ".tiff",
                     ".bmp", ".dib", ".gif"}
@@ -102,6 +103,12 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 def _resize_crop(im: Image.Image, pre: Preprocess) -> Image.Image:
+    """Resize (short side or both sides) then centre-crop, as ``pre`` says.
+
+    With a crop, only the source region that lands in the crop is resampled
+    (PIL's ``box=``): the same pixels as resizing the whole image and then
+    cropping (up to rounding), for about 40 % less work.
+    """
     w, h = im.size
     resample = _RESAMPLE[pre.resample]
     if pre.mode == "squash":
@@ -109,14 +116,15 @@ def _resize_crop(im: Image.Image, pre: Preprocess) -> Image.Image:
     else:
         scale = pre.resize / min(w, h)
         size = (max(pre.resize, round(w * scale)), max(pre.resize, round(h * scale)))
-    if size != (w, h):
-        im = im.resize(size, resample, reducing_gap=3.0)
-    if pre.crop is not None:
-        cw = ch = pre.crop
-        w, h = im.size
-        left, top = (w - cw) // 2, (h - ch) // 2
-        im = im.crop((left, top, left + cw, top + ch))
-    return im
+    if pre.crop is None:
+        return im if size == (w, h) else im.resize(size, resample, reducing_gap=3.0)
+    c = pre.crop
+    left, top = (size[0] - c) // 2, (size[1] - c) // 2
+    if size == (w, h):
+        return im.crop((left, top, left + c, top + c))
+    sx, sy = w / size[0], h / size[1]
+    box = (left * sx, top * sy, (left + c) * sx, (top + c) * sy)
+    return im.resize((c, c), resample, box=box, reducing_gap=3.0)
 
 
 def open_image(data: bytes, name: str = "<bytes>", draft_size: tuple[int, int] | None = None) -> Image.Image:
@@ -127,7 +135,7 @@ def open_image(data: bytes, name: str = "<bytes>", draft_size: tuple[int, int] |
     """
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             w, h = im.size
             if w * h > MAX_PIXELS:
@@ -142,7 +150,7 @@ def open_image(data: bytes, name: str = "<bytes>", draft_size: tuple[int, int] |
             return _to_rgb(im)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageError("too_large", f"{name}: {exc}")
     except UnidentifiedImageError:
         if any(data.startswith(m) for m in _MAGIC):

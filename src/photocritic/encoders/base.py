@@ -48,10 +48,10 @@ class Preprocess:
 
     def normalize(self, batch_uint8: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
         """uint8 NHWC batch -> normalised float NCHW batch."""
-        x = batch_uint8.permute(0, 3, 1, 2).to(dtype).div_(255.0)
-        mean = torch.tensor(self.mean, dtype=dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=dtype).view(1, 3, 1, 1)
-        return x.sub_(mean).div_(std)
+        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], dtype=dtype).view(1, 3, 1, 1)
+        offset = torch.tensor([m / s for m, s in zip(self.mean, self.std)], dtype=dtype).view(1, 3, 1, 1)
+        x = batch_uint8.permute(0, 3, 1, 2).to(dtype)
+        return x.mul_(scale).sub_(offset)  # (x / 255 - mean) / std in two passes
 
 
 @dataclass
