@@ -86,6 +86,20 @@ def test_usage_errors_are_clear(tmp_path, capsys):
     assert e.value.code == 2
 
 
+def test_unusable_cache_or_output_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(photo(0)))
+    not_a_db = tmp_path / "junk.sqlite"
+    not_a_db.write_bytes(b"this is not an sqlite database" * 100)
+    assert main(["score", str(tmp_path / "a.jpg"), "--cache", str(not_a_db), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert str(not_a_db) in err and "--no-cache" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["score", str(tmp_path / "a.jpg"), "--no-cache", "-q",
+                 "--output", str(blocker / "out.csv")]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_missing_hub_model_says_how_to_get_it(tmp_path):
     (tmp_path / "a.jpg").write_bytes(jpeg_bytes(photo(0)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}

@@ -1,0 +1,293 @@
+"""Labelled image sets from a dataset SPEC, for evaluation and training.
+
+A SPEC is one of:
+
+* an AVA folder (holding ``AVA.txt`` / ``AVA_head.txt`` and/or ``labels/*.csv|json``,
+  with optional ``aesthetics_image_lists/*.jpgl`` splits and ``images/``),
+  or one AVA label file (``.txt``, CSV with ``score2..score11``, JSON with
+  ``label``);
+* a generic labels file, ``.csv`` or ``.jsonl``, or a folder holding
+  ``labels.csv`` / ``labels.jsonl``: one row per image, naming it
+  (``path``, ``image``, ``file``, ``filename``, ``image_id`` or ``id``) and
+  giving one of: a 10-bin distribution (``score1..score10``, or a
+  ``distribution`` / ``votes`` list), a MOS (``mos``, any scale), or a mean
+  score on the 1-10 scale (``mean``, ``score`` or ``label``); an optional
+  ``split`` column names each row's split.
+
+Image files are looked up relative to ``images=`` (default: the labels'
+folder, or its ``images/`` sub-folder for AVA); ids without an extension try
+``.jpg``, ``.jpeg`` and ``.png``. Images missing on disk are counted and
+listed, never fatal.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .ava import BINS, LabelFormatError, VoteTable, merge, read_ava_csv, read_ava_json, \
+    read_ava_txt, read_id_list
+from .comments import image_id, read_comments
+
+PATH_KEYS = ("path", "image", "file", "filename", "image_id", "id")
+MEAN_KEYS = ("mean", "score", "label")
+DIST_KEYS = ("distribution", "votes")
+SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
+
+
+@dataclass
+class LabelledSet:
+    name: str
+    kind: str  # "distribution", "mean" or "mos"
+    ids: list[str]
+    mean: np.ndarray
+    distribution: np.ndarray | None = None
+    names: list[str] | None = None  # file names/paths as given, per id
+    root: Path | None = None
+    splits: dict[str, list[str]] = field(default_factory=dict)
+    split_of: dict[str, str] = field(default_factory=dict)
+    comments: dict[str, list[str]] | None = None
+    sources: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def on_1_to_10(self) -> bool:
+        return self.kind in ("distribution", "mean")
+
+    def image_paths(self) -> list[str | None]:
+        """Where each image should be (``None`` when there is no image root)."""
+        if self.root is None:
+            return [None] * len(self.ids)
+        out = []
+        for i, k in enumerate(self.ids):
+            given = self.names[i] if self.names else k
+            p = Path(given) if os.path.isabs(given) else self.root / given
+            if not p.suffix:
+                for ext in (".jpg", ".jpeg", ".png"):
+                    if p.with_name(p.name + ext).exists():
+                        p = p.with_name(p.name + ext)
+                        break
+                else:
+                    p = p.with_name(p.name + ".jpg")
+            out.append(str(p))
+        return out
+
+    def subset(self, ids: list[str], name: str | None = None) -> "LabelledSet":
+        index = {k: i for i, k in enumerate(self.ids)}
+        rows = [index[k] for k in ids if k in index]
+        return LabelledSet(
+            name or self.name, self.kind, [self.ids[r] for r in rows], self.mean[rows],
+            None if self.distribution is None else self.distribution[rows],
+            None if self.names is None else [self.names[r] for r in rows], self.root,
+            {}, {}, None if self.comments is None else
+            {self.ids[r]: self.comments[self.ids[r]] for r in rows if self.ids[r] in self.comments},
+            list(self.sources))
+
+    def split(self, name: str, seed: int = 0) -> tuple["LabelledSet", dict]:
+        """The rows of split ``name``: a split this set defines, a list file,
+        or ``train``/``val``/``test`` of a seeded 80/10/10 random split.
+        Returns the subset and a description (how it was made, how many ids
+        of the list have no labels)."""
+        if name in self.splits:
+            ids = self.splits[name]
+            how = f"list {name}"
+        elif self.split_of and name in set(self.split_of.values()):
+            ids = [k for k in self.ids if self.split_of.get(k) == name]
+            how = f"split column = {name}"
+        elif Path(name).is_file():
+            ids = [image_id(x) for x in read_id_list(name)]
+            how = f"list file {name}"
+        elif name in SPLIT_FRACTIONS:
+            ids = random_split(self.ids, seed)[name]
+            how = f"random 80/10/10 split, seed {seed}"
+        else:
+            known = sorted(set(self.splits) | set(self.split_of.values()))
+            raise ValueError(f"unknown split {name!r}: use one of {known or ['train', 'val', 'test']}, "
+                             f"or a file listing image ids")
+        sub = self.subset(ids, f"{self.name}:{name}")
+        return sub, {"split": name, "how": how, "listed": len(ids), "with_labels": len(sub),
+                     "without_labels": len(ids) - len(sub)}
+
+
+def random_split(ids: list[str], seed: int = 0) -> dict[str, list[str]]:
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(ids))
+    n_train = int(round(SPLIT_FRACTIONS["train"] * len(ids)))
+    n_val = int(round(SPLIT_FRACTIONS["val"] * len(ids)))
+    pick = lambda idx: [ids[i] for i in sorted(idx)]  # noqa: E731
+    return {"train": pick(order[:n_train]), "val": pick(order[n_train:n_train + n_val]),
+            "test": pick(order[n_train + n_val:])}
+
+
+def _from_votes(table: VoteTable, name: str) -> LabelledSet:
+    return LabelledSet(name, "distribution", list(table.ids), table.mean, table.distribution,
+                       sources=list(table.sources))
+
+
+def _is_ava_csv(path: Path) -> bool:
+    with open(path, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), [])
+    return "image_id" in header and "score2" in header and "score11" in header
+
+
+def _ava_folder_tables(folder: Path) -> list[VoteTable]:
+    tables = []
+    for f in sorted(folder.glob("AVA*.txt")):
+        tables.append(read_ava_txt(f))
+    labels = folder / "labels"
+    if labels.is_dir():
+        for f in sorted(labels.iterdir()):
+            if f.suffix.lower() == ".csv":
+                tables.append(read_ava_csv(f))
+            elif f.suffix.lower() == ".json":
+                tables.append(read_ava_json(f))
+    return tables
+
+
+def read_generic(path: Path) -> tuple[list[dict], str]:
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        rows = []
+        for n, line in enumerate(open(path, encoding="utf-8"), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise LabelFormatError(f"{path}:{n}: not valid JSON ({exc})") from None
+        return rows, "jsonl"
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh)), "csv"
+
+
+def generic_set(path: Path, name: str | None = None) -> LabelledSet:
+    rows, _ = read_generic(path)
+    if not rows:
+        raise LabelFormatError(f"{path}: no rows")
+    keys = set(rows[0])
+    key = next((k for k in PATH_KEYS if k in keys), None)
+    if key is None:
+        raise LabelFormatError(f"{path}: no column naming the image (one of {', '.join(PATH_KEYS)})")
+    bins = [f"score{k}" for k in range(1, 11)]
+    ids, names, means, dists, split_of = [], [], [], [], {}
+    if all(b in keys for b in bins):
+        kind = "distribution"
+    elif any(k in keys for k in DIST_KEYS):
+        kind = "distribution"
+    elif "mos" in keys:
+        kind = "mos"
+    elif any(k in keys for k in MEAN_KEYS):
+        kind = "mean"
+    else:
+        raise LabelFormatError(f"{path}: no label column: give score1..score10, distribution, "
+                               f"votes, mos, mean, score or label")
+    for n, row in enumerate(rows, 2):
+        try:
+            if kind == "distribution":
+                if all(b in row for b in bins):
+                    d = np.array([float(row[b]) for b in bins])
+                else:
+                    v = next(row[k] for k in DIST_KEYS if k in row)
+                    d = np.array(json.loads(v) if isinstance(v, str) else v, dtype=np.float64)
+                if d.shape != (10,) or d.sum() <= 0 or (d < 0).any():
+                    raise ValueError("a distribution needs 10 non-negative numbers, not all 0")
+                d = d / d.sum()
+                dists.append(d)
+                means.append(float(d @ BINS))
+            else:
+                means.append(float(row["mos"] if kind == "mos" else next(row[k] for k in MEAN_KEYS if k in row)))
+        except (ValueError, TypeError, StopIteration, json.JSONDecodeError) as exc:
+            raise LabelFormatError(f"{path}: row {n}: bad label ({exc})") from None
+        given = str(row[key])
+        k = image_id(given)
+        ids.append(k)
+        names.append(given)
+        if "split" in row and row["split"]:
+            split_of[k] = str(row["split"])
+    if len(set(ids)) != len(ids):
+        raise LabelFormatError(f"{path}: the same image appears in more than one row")
+    return LabelledSet(name or path.stem, kind, ids, np.array(means),
+                       np.stack(dists) if dists else None, names, path.parent, {}, split_of,
+                       sources=[str(path)])
+
+
+def load_dataset(spec: str | Path, images: str | Path | None = None,
+                 comments: str | Path | None = None) -> LabelledSet:
+    """A :class:`LabelledSet` from a SPEC (see the module docstring)."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"dataset {spec}: no such file or folder")
+    ava_dir = None
+    if path.is_dir():
+        generic = next((path / f for f in ("labels.csv", "labels.jsonl") if (path / f).exists()), None)
+        if generic is not None:
+            ds = generic_set(generic, path.name)
+        else:
+            tables = _ava_folder_tables(path)
+            if not tables:
+                raise LabelFormatError(f"{path}: no labels.csv / labels.jsonl and no AVA label "
+                                       f"files (AVA*.txt, labels/*.csv, labels/*.json)")
+            ds = _from_votes(merge(*tables), path.name)
+            ava_dir = path
+    else:
+        suffix = path.suffix.lower()
+        if suffix == ".txt":
+            ds = _from_votes(read_ava_txt(path), path.stem)
+            ava_dir = path.parent
+        elif suffix == ".json":
+            ds = _from_votes(read_ava_json(path), path.stem)
+        elif suffix == ".csv" and _is_ava_csv(path):
+            ds = _from_votes(read_ava_csv(path), path.stem)
+        elif suffix in (".csv", ".jsonl", ".ndjson"):
+            ds = generic_set(path)
+        else:
+            raise LabelFormatError(f"{path}: unknown label format (use .txt, .csv, .json or .jsonl)")
+    if ava_dir is not None:
+        lists = ava_dir / "aesthetics_image_lists"
+        if lists.is_dir():
+            ds.splits = {f.stem: [image_id(x) for x in read_id_list(f)] for f in sorted(lists.glob("*.jpgl"))}
+        if images is None and (ava_dir / "images").is_dir():
+            images = ava_dir / "images"
+    if images is not None:
+        ds.root = Path(images).expanduser()
+    elif ds.kind == "distribution" and ds.names is None:
+        ds.root = None  # AVA labels without an image root: summaries only
+    if comments is not None:
+        ds.comments = read_comments(comments)
+    return ds
+
+
+def check_images(ds: LabelledSet, examples: int = 5) -> dict:
+    """How many of the set's images are on disk (only when it has a root)."""
+    if ds.root is None:
+        return {"root": None}
+    paths = ds.image_paths()
+    missing = [p for p in paths if not os.path.exists(p)]
+    return {"root": str(ds.root), "found": len(paths) - len(missing), "missing": len(missing),
+            "missing_examples": missing[:examples]}
+
+
+def summary(ds: LabelledSet) -> dict:
+    out = {"name": ds.name, "sources": ds.sources, "images": len(ds), "label_kind": ds.kind,
+           "mean_score": {"mean": round(float(ds.mean.mean()), 4), "std": round(float(ds.mean.std()), 4),
+                          "min": round(float(ds.mean.min()), 4), "max": round(float(ds.mean.max()), 4)}}
+    if ds.on_1_to_10:
+        out["above_5"] = int((ds.mean > 5).sum())
+    id_set = set(ds.ids)
+    splits = {name: {"listed": len(ids), "with_labels": sum(k in id_set for k in ids)}
+              for name, ids in ds.splits.items()}
+    for name in sorted(set(ds.split_of.values())):
+        splits[name] = {"listed": sum(1 for v in ds.split_of.values() if v == name)}
+    if splits:
+        out["splits"] = splits
+    if ds.comments is not None:
+        joined = [k for k in ds.comments if k in id_set]
+        out["comments"] = {"images_with_comments": len(ds.comments), "joined_to_labels": len(joined),
+                           "comments": sum(len(v) for v in ds.comments.values())}
+    out["images_on_disk"] = check_images(ds)
+    return out
