@@ -25,9 +25,6 @@ Usage: python benchmarks/throughput.py [--lite-images 512] [--clip-images 320]
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -38,6 +35,7 @@ import torch
 from PIL import Image
 
 import photocritic
+from _common import write_results
 from photocritic.data.images import decode_for
 from photocritic.encoders.tiny import save_random_clip
 from photocritic.features import EmbeddingCache
@@ -146,11 +144,7 @@ def main(argv=None) -> int:
                                    args.batch_size, args.workers, tmp, args.repeats, decode))
             results.append(measure("clip-vit-b-32-random", str(clip_dir), paths[:args.clip_images],
                                    precision, args.batch_size, args.workers, tmp, args.repeats, decode))
-    info = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d"), "jpeg_size": "1024x768", "results": results}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(info, indent=2) + "\n")
+    write_results(args.output, jpeg_size="1024x768", results=results)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

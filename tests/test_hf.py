@@ -43,26 +43,38 @@ def test_preprocessing_matches_the_hf_image_processor(tiny_clip_dir, tmp_path):
     assert float((ours - ref).abs().mean()) < 0.02
 
 
-def test_clip_dir_scores_as_untrained_vila_r(tiny_clip_dir, tmp_path):
+def test_clip_dir_scores_zero_shot_with_vila_prompts(tiny_clip_dir, tmp_path):
     crit = photocritic.load(str(tiny_clip_dir))
-    crit.score([photo(9)])  # the anchor is computed before any cache is attached
+    assert crit.prompts.name == "vila" and crit.prompts.rule == "antonym"
+    crit.score([photo(9)])  # text side computed before any cache is attached
     paths = []
     for i in range(3):
         p = tmp_path / f"{i}.jpg"
         p.write_bytes(jpeg_bytes(photo(i)))
         paths.append(str(p))
     rows = crit.score(paths, cache=tmp_path / "c.sqlite")
-    enc = HFVisionLanguageEncoder(str(tiny_clip_dir))
+    # independent computation straight from the HF model
+    from transformers import CLIPModel
+
     from photocritic.data.images import decode_for
 
+    model = CLIPModel.from_pretrained(str(tiny_clip_dir)).eval()
+    enc = HFVisionLanguageEncoder(str(tiny_clip_dir))
     pix = torch.stack([crit.preprocess.normalize(torch.from_numpy(decode_for(open(p, "rb").read(),
                                                                              crit.preprocess).copy())[None])[0]
                        for p in paths])
-    img = enc.encode(pix).pooled
-    txt = enc.encode_text(["good image"])
-    cos = torch.nn.functional.cosine_similarity(img, txt).numpy()
-    np.testing.assert_allclose([r.score for r in rows], crit.score_map(cos), rtol=1e-4)
-    # a second run with a fresh model object hits the cache for images and the anchor text
+    with torch.no_grad():
+        img = model.get_image_features(pixel_values=pix)
+        img = img if isinstance(img, torch.Tensor) else img.pooler_output
+        img = img / img.norm(dim=-1, keepdim=True)
+        probs = []
+        for good, bad in crit.prompts.pairs:
+            t = enc.encode_text([good, bad])
+            t = t / t.norm(dim=-1, keepdim=True)
+            probs.append((model.logit_scale.exp() * img @ t.T).softmax(-1)[:, 0])
+    expected = 1 + 9 * torch.stack(probs).mean(0).numpy()
+    np.testing.assert_allclose([r.score for r in rows], expected, rtol=1e-5)
+    # a fresh model object gets image and text embeddings and the logit scale from the cache
     again = photocritic.load(str(tiny_clip_dir))
     rows2 = again.score(paths, cache=tmp_path / "c.sqlite")
     assert again.last_stats.cached == 3 and again._encoder is None  # never loaded the weights

@@ -16,6 +16,7 @@ import torch
 from .encoders.base import ModelNotAvailableError
 from .features import EmbeddingCache, content_hash
 from .methods.vila_r import VilaR
+from .methods.zeroshot import PromptSet, ZeroShotHead
 from .scoremap import ScoreMap
 
 FORMAT = "photocritic-model"
@@ -60,9 +61,10 @@ class Critic:
 
     def __init__(self, encoder_spec: dict, head: VilaR | None, score_map: ScoreMap,
                  name: str = "", description: str = "", anchor_text: str | None = None,
-                 device: str = "cpu", precision: str = "fp32"):
+                 device: str = "cpu", precision: str = "fp32", prompts: PromptSet | None = None):
         self.encoder_spec = encoder_spec
         self.head = head
+        self.prompts = prompts
         self.score_map = score_map
         self.name = name
         self.description = description
@@ -124,29 +126,74 @@ class Critic:
         x = self.preprocess.normalize(pixels_uint8).to(PRECISIONS[self.precision])
         return self.encoder.encode(x).pooled.float().cpu().numpy()
 
-    def _head(self) -> VilaR:
+    def _head(self):
         if self.head is None:
-            if self.anchor_text is None:
+            if self.prompts is not None:
+                self.head = ZeroShotHead(self.prompts, self.text_embeddings, self.logit_scale)
+            elif self.anchor_text is not None:
+                self.head = VilaR.untrained(torch.tensor(self.text_embedding(self.anchor_text)))
+            else:
                 raise RuntimeError(f"model {self.name!r} has no head")
-            self.head = VilaR.untrained(torch.tensor(self.text_embedding(self.anchor_text)))
         return self.head
 
-    def text_embedding(self, text: str) -> np.ndarray:
-        """The encoder's embedding of ``text``: computed once per model object,
-        and stored in / read from the cache whenever one is attached."""
+    def binary_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
+        """0/1 predictions, for methods that define them (zero-shot rules)."""
+        head = self._head()
+        if hasattr(head, "predict_binary"):
+            return head.predict_binary(embeddings)
+        return (self.scores_from_embeddings(embeddings) > 5.0).astype(np.int64)
+
+    def text_embeddings(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        """The encoder's embeddings of ``texts`` (K, D): computed once per
+        model object, and stored in / read from the cache whenever one is
+        attached, so a prompt set is embedded once per (encoder, prompt)."""
         key = self.encoder_key() + "|text"
-        h = content_hash(("text:" + text).encode())
         cache = self.text_cache
-        vec = self._text_memo.get(text)
-        stored = cache.get_many([h], key).get(h) if cache is not None else None
-        if vec is None:
-            vec = stored
-        if vec is None:
-            vec = self.encoder.encode_text([text])[0].float().cpu().numpy()
-        self._text_memo[text] = vec
-        if cache is not None and stored is None:
+        hashes = [content_hash(("text:" + t).encode()) for t in texts]
+        stored = cache.get_many(hashes, key) if cache is not None else {}
+        for t, h in zip(texts, hashes):
+            if t not in self._text_memo and h in stored:
+                self._text_memo[t] = stored[h]
+        todo = list(dict.fromkeys(t for t in texts if t not in self._text_memo))
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            vecs = self.encoder.encode_text(chunk).float().cpu().numpy()
+            self._text_memo.update(zip(chunk, vecs))
+        if cache is not None:
+            new = [(h, self._text_memo[t]) for t, h in zip(texts, hashes) if h not in stored]
+            if new:
+                cache.put_many(list(dict(new).items()), key)
+        return np.stack([self._text_memo[t] for t in texts])
+
+    def text_embedding(self, text: str) -> np.ndarray:
+        return self.text_embeddings([text])[0]
+
+    def logit_scale(self) -> float:
+        """The model's ``logit_scale.exp()``, cached like a text embedding."""
+        vec = self._logit_scale_vec()
+        return float(vec[0])
+
+    def _logit_scale_vec(self) -> np.ndarray:
+        key = self.encoder_key() + "|logit_scale"
+        h = content_hash(b"logit_scale")
+        cache = self.text_cache
+        if "\0logit_scale" not in self._text_memo:
+            hit = cache.get_many([h], key).get(h) if cache is not None else None
+            self._text_memo["\0logit_scale"] = hit if hit is not None else \
+                np.array([self.encoder.logit_scale], dtype=np.float32)
+        vec = self._text_memo["\0logit_scale"]
+        if cache is not None and not cache.get_many([h], key):
             cache.put_many([(h, vec)], key)
         return vec
+
+    def _warm_text(self) -> None:
+        """Make sure the attached cache holds this model's text side."""
+        if self.prompts is not None:
+            self.text_embeddings(self.prompts.expand()[0])
+            if self.prompts.rule in ("antonym", "ensemble"):
+                self._logit_scale_vec()
+        elif self.anchor_text is not None:
+            self.text_embedding(self.anchor_text)
 
     def raw_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
         return self._head().predict(embeddings)
@@ -168,8 +215,8 @@ class Critic:
             cache = EmbeddingCache(cache)
         self.text_cache = cache
         try:
-            if self.anchor_text is not None and cache is not None:
-                self.text_embedding(self.anchor_text)  # keep the anchor in the cache
+            if cache is not None:
+                self._warm_text()
             rows, self.last_stats = score_inputs(self, inputs, batch_size=batch_size, cache=cache,
                                                  workers=workers, progress=progress, decode=decode)
         finally:
@@ -178,17 +225,38 @@ class Critic:
             self.text_cache = None
         return rows
 
+    def embed_paths(self, paths: list[str], cache: EmbeddingCache, batch_size: int = 32,
+                    progress: bool = False, decode: str = "auto"):
+        """Embeddings of image files through the normal pipeline and cache:
+        returns (rows, embeddings of the rows whose status is ok)."""
+        from .features import hash_file
+
+        rows = self.score(paths, batch_size=batch_size, cache=cache, progress=progress, decode=decode)
+        ok = [r for r in rows if r.status == "ok"]
+        hashes = [hash_file(r.path) for r in ok]
+        found = cache.get_many(hashes, self.encoder_key())
+        missing = [r.path for r, h in zip(ok, hashes) if h not in found]
+        if missing:  # a file changed after it was scored
+            raise RuntimeError(f"{len(missing)} files changed while being read, e.g. {missing[0]}")
+        return rows, np.stack([found[h] for h in hashes]) if ok else np.zeros((0, 0), np.float32)
+
     # -- persistence -----------------------------------------------------
     def save(self, directory: str | Path, half: bool = False) -> Path:
         """Write ``config.json`` and the head (fp16 weights with ``half``)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        if self.head is not None:
-            self.head.save(directory, half=half)
+        head = self.head
+        if head is None and self.prompts is None and self.anchor_text is None:
+            raise RuntimeError(f"model {self.name!r} has nothing to save")
+        if isinstance(head, VilaR) and self.anchor_text is None:
+            head.save(directory, half=half)
+        method = "zeroshot" if self.prompts is not None else "vila_r"
         config = {"format": FORMAT, "version": 1, "name": self.name,
                   "description": self.description, "encoder": self.encoder_spec,
-                  "method": self.head.kind if self.head is not None else "vila_r",
-                  "anchor_text": self.anchor_text, "score_map": self.score_map.to_dict()}
+                  "method": method, "anchor_text": self.anchor_text,
+                  "score_map": self.score_map.to_dict()}
+        if self.prompts is not None:
+            config["prompts"] = self.prompts.to_dict()
         (directory / "config.json").write_text(json.dumps(config, indent=2))
         return directory
 
@@ -198,12 +266,14 @@ class Critic:
         config = json.loads((directory / "config.json").read_text())
         if config.get("format") != FORMAT:
             raise ValueError(f"{directory}: config.json is not a photocritic model")
-        if config.get("method") != "vila_r":
-            raise ValueError(f"{directory}: unknown method {config.get('method')!r}")
+        method = config.get("method")
+        if method not in ("vila_r", "zeroshot"):
+            raise ValueError(f"{directory}: unknown method {method!r}")
         head = VilaR.load(directory) if (directory / "head.safetensors").exists() else None
+        prompts = PromptSet.from_dict(config["prompts"]) if method == "zeroshot" else None
         return cls(config["encoder"], head, ScoreMap.from_dict(config["score_map"]),
                    name=config.get("name", directory.name), description=config.get("description", ""),
-                   anchor_text=config.get("anchor_text"))
+                   anchor_text=config.get("anchor_text"), prompts=prompts)
 
 
 def is_model_dir(path: Path) -> bool:

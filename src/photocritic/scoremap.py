@@ -10,23 +10,51 @@ import numpy as np
 
 @dataclass
 class ScoreMap:
-    """score = 1 + 9 * sigmoid((raw - center) / scale).
+    """``kind="logistic"``: score = 1 + 9 * sigmoid((raw - center) / scale);
+    ``kind="linear"``: score = center + scale * raw (for raw outputs that
+    are probabilities: center 1, scale 9 maps [0, 1] onto [1, 10]).
 
     Strictly increasing in ``raw`` for ``scale > 0``, so it never changes a
-    ranking. ``center`` is the raw value that maps to 5.5; ``scale`` sets
-    how fast scores approach 1 and 10.
+    ranking. For the logistic map ``center`` is the raw value that maps to
+    5.5 and ``scale`` sets how fast scores approach 1 and 10.
     """
 
     center: float = 0.0
     scale: float = 1.0
+    kind: str = "logistic"
+
+    def __post_init__(self):
+        if self.kind not in ("logistic", "linear"):
+            raise ValueError(f"score map kind must be logistic or linear, not {self.kind!r}")
+        if not self.scale > 0:
+            raise ValueError("a score map's scale must be positive (the map must be increasing)")
 
     def __call__(self, raw) -> np.ndarray:
-        z = (np.asarray(raw, dtype=np.float64) - self.center) / self.scale
+        r = np.asarray(raw, dtype=np.float64)
+        if self.kind == "linear":
+            return self.center + self.scale * r
+        z = (r - self.center) / self.scale
         return 1.0 + 9.0 / (1.0 + np.exp(-z))
 
     def inverse(self, score) -> np.ndarray:
-        p = (np.asarray(score, dtype=np.float64) - 1.0) / 9.0
+        s = np.asarray(score, dtype=np.float64)
+        if self.kind == "linear":
+            return (s - self.center) / self.scale
+        p = (s - 1.0) / 9.0
         return self.center + self.scale * np.log(p / (1.0 - p))
+
+    @classmethod
+    def calibrate(cls, raw, labels) -> "ScoreMap":
+        """The logistic map that fits ``labels`` (1-10 mean scores) best in
+        the least-squares sense; monotone by construction."""
+        from scipy.optimize import curve_fit
+
+        r = np.asarray(raw, dtype=np.float64)
+        y = np.clip(np.asarray(labels, dtype=np.float64), 1.0 + 1e-6, 10.0 - 1e-6)
+        f = lambda x, c, s: 1.0 + 9.0 / (1.0 + np.exp(-(x - c) / abs(s)))  # noqa: E731
+        p0 = [float(np.median(r)), float(np.std(r)) or 1.0]
+        (c, s), _ = curve_fit(f, r, y, p0=p0, maxfev=20000)
+        return cls(center=float(c), scale=float(abs(s)))
 
     @classmethod
     def from_anchors(cls, low_raw: float, high_raw: float, low_score: float = 3.0,
@@ -42,8 +70,8 @@ class ScoreMap:
         return cls(center=center, scale=scale)
 
     def to_dict(self) -> dict:
-        return {"kind": "logistic", **asdict(self)}
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ScoreMap":
-        return cls(center=float(d["center"]), scale=float(d["scale"]))
+        return cls(center=float(d["center"]), scale=float(d["scale"]), kind=d.get("kind", "logistic"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .methods.zeroshot import PromptSet
 from .models import Critic, is_model_dir
 from .scoremap import ScoreMap
 
@@ -19,19 +20,52 @@ PRESETS: dict[str, dict] = {
         "summary": "EfficientNet-Lite0 + VILA-R rank head trained on self-supervised "
                    "degradation pairs; offline, fast; a technical-quality prior, not AVA-trained",
     },
+    "clip-vit-b-32": {
+        "hub": "openai/clip-vit-base-patch32", "prompts": "hentschel-fixed",
+        "summary": "zero-shot CLIP ViT-B/32, weighted sum over 'a outstanding/horrible picture' "
+                   "(Hentschel et al. 2022)",
+    },
+    "clip-iqa": {
+        "hub": "openai/clip-vit-base-patch32", "prompts": "clipiqa",
+        "summary": "zero-shot CLIP ViT-B/32, CLIP-IQA antonym softmax over 'Good photo.'/'Bad photo.'",
+    },
+    "clip-vit-l-14": {
+        "hub": "openai/clip-vit-large-patch14", "prompts": "vila",
+        "summary": "zero-shot CLIP ViT-L/14, antonym softmax averaged over VILA's six good/bad pairs",
+    },
+    "siglip-b-16": {
+        "hub": "google/siglip-base-patch16-224", "prompts": "vila",
+        "summary": "zero-shot SigLIP B/16, antonym softmax averaged over VILA's six good/bad pairs",
+    },
 }
 
-#: Raw output of the untrained adapter is cos(image, "good image"); CLIP puts
-#: image-text cosines around 0.2-0.3, so 0.2 maps to 5.5. Uncalibrated.
-ZERO_SHOT_MAP = ScoreMap(center=0.2, scale=0.05)
+DEFAULT_ZERO_SHOT_PROMPTS = "vila"
 
 
-def hf_zero_shot(name: str) -> Critic:
-    """Any CLIP/SigLIP (hub id or directory) as an untrained VILA-R: the score
-    is the cosine of the image with the text anchor "good image"."""
-    return Critic({"type": "hf", "name": str(name)}, None, ZERO_SHOT_MAP, name=str(name),
-                  description="untrained VILA-R adapter: cos(image, 'good image')",
-                  anchor_text="good image")
+def default_score_map(prompts: PromptSet) -> ScoreMap:
+    """Documented, monotone maps of each rule's raw output to 1-10:
+
+    * antonym (a probability p): score = 1 + 9 p;
+    * weighted sum / context (a sum over P positive and P negative prompts):
+      score = 1 + 9 sigmoid(raw / (0.02 P)), i.e. a mean cosine difference of
+      +-0.02 (about the spread of CLIP's image-text cosines) maps to 7.6 / 3.4;
+    * ensemble (one cosine difference): the same with P = 1.
+
+    ``ScoreMap.calibrate`` fits a map to labelled data instead.
+    """
+    if prompts.rule == "antonym":
+        return ScoreMap(center=1.0, scale=9.0, kind="linear")
+    n_pos = 1 if prompts.rule == "ensemble" else sum(1 for w in prompts.expand()[1] if w > 0)
+    return ScoreMap(center=0.0, scale=0.02 * n_pos)
+
+
+def zero_shot(name_or_dir: str, prompts: str | PromptSet = DEFAULT_ZERO_SHOT_PROMPTS,
+              label: str | None = None) -> Critic:
+    """A CLIP/SigLIP (hub id or directory) scoring with a prompt set's rule."""
+    ps = prompts if isinstance(prompts, PromptSet) else PromptSet.load(prompts)
+    return Critic({"type": "hf", "name": str(name_or_dir)}, None, default_score_map(ps),
+                  name=label or str(name_or_dir),
+                  description=f"zero-shot, rule {ps.rule}, prompt set {ps.name}", prompts=ps)
 
 
 def _is_hf_dir(path: Path) -> bool:
@@ -42,23 +76,40 @@ def _is_hf_dir(path: Path) -> bool:
         return False
 
 
-def load(name_or_dir: str | Path = "lite", device: str = "cpu", precision: str = "fp32") -> Critic:
+def load(name_or_dir: str | Path = "lite", device: str = "cpu", precision: str = "fp32",
+         prompts: str | PromptSet | None = None, weights: str | Path | None = None) -> Critic:
     """A preset name, a directory written by photocritic, a CLIP/SigLIP
-    directory, or a Hugging Face hub id -> a :class:`~photocritic.models.Critic`."""
+    directory, or a Hugging Face hub id -> a :class:`~photocritic.models.Critic`.
+
+    ``prompts`` (a shipped prompt set's name, a JSON file or a
+    :class:`PromptSet`) overrides a zero-shot model's prompts; ``weights``
+    points a zero-shot preset at a local directory of its weights.
+    """
     name = str(name_or_dir)
     path = Path(name).expanduser()
-    if name in PRESETS:
-        critic = Critic.load(PRESETS[name]["dir"])
+    preset = PRESETS.get(name)
+    if weights is not None and (preset is None or "hub" not in preset):
+        raise ValueError("--weights only applies to the zero-shot presets "
+                         f"({', '.join(k for k, v in PRESETS.items() if 'hub' in v)})")
+    if preset is not None and "dir" in preset:
+        critic = Critic.load(preset["dir"])
+    elif preset is not None:
+        critic = zero_shot(weights or preset["hub"], prompts or preset["prompts"], label=name)
     elif path.is_dir() and is_model_dir(path):
         critic = Critic.load(path)
     elif path.is_dir() and _is_hf_dir(path):
-        critic = hf_zero_shot(path)
+        critic = zero_shot(path, prompts or DEFAULT_ZERO_SHOT_PROMPTS)
     elif path.exists():
         raise ValueError(f"{name}: not a photocritic model directory (no config.json with "
                          f"format 'photocritic-model') and not a CLIP/SigLIP directory")
     elif "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
-        critic = hf_zero_shot(name)
+        critic = zero_shot(name, prompts or DEFAULT_ZERO_SHOT_PROMPTS)
     else:
         raise ValueError(f"unknown model {name!r}: use a preset ({', '.join(PRESETS)}), "
                          f"a model directory, or a Hugging Face hub id like 'openai/clip-vit-base-patch32'")
+    if prompts is not None and critic.prompts is None:
+        raise ValueError(f"--prompts applies to zero-shot models; {name} is not one")
+    if prompts is not None and is_model_dir(path):  # a saved zero-shot model, new prompts
+        ps = prompts if isinstance(prompts, PromptSet) else PromptSet.load(prompts)
+        critic.prompts, critic.score_map, critic.head = ps, default_score_map(ps), None
     return critic.configure(device=device, precision=precision)

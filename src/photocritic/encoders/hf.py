@@ -27,7 +27,7 @@ def _how_to_get(name: str) -> str:
     return (f"Model '{name}' is not available offline. Download it once on a machine with "
             f"network access (e.g. `huggingface-cli download {name}`, which fills the "
             f"Hugging Face cache), or save it with `save_pretrained` and pass the local "
-            f"directory instead of the hub id.")
+            f"directory instead of the hub id (for a preset: --weights DIR).")
 
 
 def _load_pretrained(loader, name: str, **kwargs):

@@ -10,6 +10,7 @@ merges), built here so nothing has to be downloaded.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -52,9 +53,10 @@ def write_char_tokenizer(directory: Path, model_max_length: int = 77) -> None:
 
 
 def save_random_clip(directory: str | Path, size: str = "tiny", kind: str = "clip",
-                     seed: int = 0) -> Path:
+                     seed: int = 0, logit_scale: float | None = None) -> Path:
     """Save a random-weight ``kind`` ("clip" or "siglip") model of ``size``
-    (see :data:`SIZES`) with tokenizer and preprocessor config."""
+    (see :data:`SIZES`) with tokenizer and preprocessor config.
+    ``logit_scale`` sets ``logit_scale.exp()`` (trained CLIPs have 100)."""
     from transformers import (CLIPConfig, CLIPModel, SiglipConfig, SiglipModel)
 
     directory = Path(directory)
@@ -90,6 +92,8 @@ def save_random_clip(directory: str | Path, size: str = "tiny", kind: str = "cli
                 "image_processor_type": "SiglipImageProcessor"}
     else:
         raise ValueError(f"kind must be 'clip' or 'siglip', not {kind!r}")
+    if logit_scale is not None:
+        model.logit_scale.data.fill_(math.log(logit_scale))
     model.save_pretrained(str(directory))
     (directory / "preprocessor_config.json").write_text(json.dumps(proc, indent=2))
     write_char_tokenizer(directory, max_len)

