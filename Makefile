@@ -20,6 +20,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/zeroshot.py
+	$(PY) benchmarks/robustness.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -93,6 +93,28 @@ def test_missing_weights_error(tmp_path, monkeypatch):
         HFVisionLanguageEncoder(str(empty))
 
 
+def test_unreachable_hub_fails_fast_with_the_how_to(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    from photocritic.encoders import hf
+
+    # a closed local port stands in for a hub this machine cannot reach
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    hf.hub_reachable.cache_clear()
+    t0 = time.perf_counter()
+    with pytest.raises(ModelNotAvailableError, match="not reachable") as err:
+        HFVisionLanguageEncoder("someone/no-such-clip")
+    assert time.perf_counter() - t0 < 5 and "someone/no-such-clip" in str(err.value)
+    hf.hub_reachable.cache_clear()
+
+
 def test_local_models_at_one_path_do_not_share_cache_ids(tmp_path):
     from photocritic.encoders.tiny import save_random_clip
 

@@ -8,10 +8,13 @@ and says how to get it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -30,13 +33,31 @@ def _how_to_get(name: str) -> str:
             f"directory instead of the hub id (for a preset: --weights DIR).")
 
 
+@functools.lru_cache(maxsize=4)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub endpoint ($HF_ENDPOINT or
+    huggingface.co) opens within ``timeout`` seconds. Checked once per
+    process, so an offline machine fails fast instead of retrying downloads."""
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _load_pretrained(loader, name: str, **kwargs):
     try:
         return loader(name, local_files_only=True, **kwargs)
     except (OSError, ValueError) as first:
-        if Path(name).is_dir() or os.environ.get("HF_HUB_OFFLINE") or os.environ.get("PHOTOCRITIC_OFFLINE"):
+        offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("PHOTOCRITIC_OFFLINE")
+        if Path(name).is_dir() or offline:
             raise ModelNotAvailableError(f"{_how_to_get(name)} ({type(first).__name__}: "
                                          f"{str(first).splitlines()[0][:200]})") from None
+        if not hub_reachable():
+            raise ModelNotAvailableError(f"{_how_to_get(name)} (the hub is not reachable from "
+                                         f"this machine)") from None
     try:
         return loader(name, **kwargs)
     except Exception as exc:
