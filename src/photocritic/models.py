@@ -60,15 +60,14 @@ class Critic:
     """
 
     def __init__(self, encoder_spec: dict, head: VilaR | None, score_map: ScoreMap,
-                 name: str = "", description: str = "", anchor_text: str | None = None,
-                 device: str = "cpu", precision: str = "fp32", prompts: PromptSet | None = None):
+                 name: str = "", description: str = "", device: str = "cpu",
+                 precision: str = "fp32", prompts: PromptSet | None = None):
         self.encoder_spec = encoder_spec
         self.head = head
         self.prompts = prompts
         self.score_map = score_map
         self.name = name
         self.description = description
-        self.anchor_text = anchor_text
         self._encoder = None
         self._identity = None
         self.device = device
@@ -130,8 +129,6 @@ class Critic:
         if self.head is None:
             if self.prompts is not None:
                 self.head = ZeroShotHead(self.prompts, self.text_embeddings, self.logit_scale)
-            elif self.anchor_text is not None:
-                self.head = VilaR.untrained(torch.tensor(self.text_embedding(self.anchor_text)))
             else:
                 raise RuntimeError(f"model {self.name!r} has no head")
         return self.head
@@ -192,8 +189,6 @@ class Critic:
             self.text_embeddings(self.prompts.expand()[0])
             if self.prompts.rule in ("antonym", "ensemble"):
                 self._logit_scale_vec()
-        elif self.anchor_text is not None:
-            self.text_embedding(self.anchor_text)
 
     def raw_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
         return self._head().predict(embeddings)
@@ -245,16 +240,14 @@ class Critic:
         """Write ``config.json`` and the head (fp16 weights with ``half``)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        head = self.head
-        if head is None and self.prompts is None and self.anchor_text is None:
+        if self.head is None and self.prompts is None:
             raise RuntimeError(f"model {self.name!r} has nothing to save")
-        if isinstance(head, VilaR) and self.anchor_text is None:
-            head.save(directory, half=half)
+        if isinstance(self.head, VilaR):
+            self.head.save(directory, half=half)
         method = "zeroshot" if self.prompts is not None else "vila_r"
         config = {"format": FORMAT, "version": 1, "name": self.name,
                   "description": self.description, "encoder": self.encoder_spec,
-                  "method": method, "anchor_text": self.anchor_text,
-                  "score_map": self.score_map.to_dict()}
+                  "method": method, "score_map": self.score_map.to_dict()}
         if self.prompts is not None:
             config["prompts"] = self.prompts.to_dict()
         (directory / "config.json").write_text(json.dumps(config, indent=2))
@@ -273,7 +266,7 @@ class Critic:
         prompts = PromptSet.from_dict(config["prompts"]) if method == "zeroshot" else None
         return cls(config["encoder"], head, ScoreMap.from_dict(config["score_map"]),
                    name=config.get("name", directory.name), description=config.get("description", ""),
-                   anchor_text=config.get("anchor_text"), prompts=prompts)
+                   prompts=prompts)
 
 
 def is_model_dir(path: Path) -> bool:
