@@ -127,11 +127,11 @@ def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, desc: str = "scoring"):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="img", file=sys.stderr, disable=not enabled,
-                dynamic_ncols=True, leave=False)
+                dynamic_ncols=True, leave=False, desc=desc)
 
 
 def score_inputs(critic, inputs, batch_size: int = 32, cache: EmbeddingCache | None = None,
@@ -181,13 +181,16 @@ def score_inputs(critic, inputs, batch_size: int = 32, cache: EmbeddingCache | N
 
     # Files: hash everything (threads; hashing releases the GIL), look up the cache.
     hashes: dict[int, str] = {}
+    reading = _progress(len(path_items), progress and len(path_items) > 1000, desc="reading")
     with ThreadPoolExecutor(max_workers=4) as pool:
         for (i, path), (h, kind, msg) in zip(path_items, pool.map(lambda it: _hash_one(it[1]), path_items)):
+            reading.update(1)
             if h is None:
                 fail(rows[i], kind, msg)
                 bar.update(1)
             else:
                 hashes[i] = h
+    reading.close()
     key = critic.encoder_key()
     found = cache.get_many(list(hashes.values()), key) if cache is not None else {}
     hits = [i for i in hashes if hashes[i] in found]
