@@ -133,13 +133,6 @@ class Critic:
                 raise RuntimeError(f"model {self.name!r} has no head")
         return self.head
 
-    def binary_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
-        """0/1 predictions, for methods that define them (zero-shot rules)."""
-        head = self._head()
-        if hasattr(head, "predict_binary"):
-            return head.predict_binary(embeddings)
-        return (self.scores_from_embeddings(embeddings) > 5.0).astype(np.int64)
-
     def text_embeddings(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
         """The encoder's embeddings of ``texts`` (K, D): computed once per
         model object, and stored in / read from the cache whenever one is
@@ -162,9 +155,6 @@ class Critic:
                 cache.put_many(list(dict(new).items()), key)
         return np.stack([self._text_memo[t] for t in texts])
 
-    def text_embedding(self, text: str) -> np.ndarray:
-        return self.text_embeddings([text])[0]
-
     def logit_scale(self) -> float:
         """The model's ``logit_scale.exp()``, cached like a text embedding."""
         vec = self._logit_scale_vec()
@@ -174,12 +164,12 @@ class Critic:
         key = self.encoder_key() + "|logit_scale"
         h = content_hash(b"logit_scale")
         cache = self.text_cache
-        if "\0logit_scale" not in self._text_memo:
-            hit = cache.get_many([h], key).get(h) if cache is not None else None
-            self._text_memo["\0logit_scale"] = hit if hit is not None else \
-                np.array([self.encoder.logit_scale], dtype=np.float32)
-        vec = self._text_memo["\0logit_scale"]
-        if cache is not None and not cache.get_many([h], key):
+        stored = cache.get_many([h], key).get(h) if cache is not None else None
+        vec = self._text_memo.get("\0logit_scale")
+        if vec is None:
+            vec = stored if stored is not None else np.array([self.encoder.logit_scale], np.float32)
+            self._text_memo["\0logit_scale"] = vec
+        if cache is not None and stored is None:
             cache.put_many([(h, vec)], key)
         return vec
 

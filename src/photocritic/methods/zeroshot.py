@@ -245,6 +245,3 @@ class ZeroShotHead:
         if rule == "context":
             return (nearest_label(x, self.texts, self.weights) > 0).long().numpy()
         return (weighted_sum(x, self.texts, self.weights) > 0).long().numpy()
-
-    def n_positive(self) -> int:
-        return int(sum(1 for w in self.prompts.expand()[1] if w > 0))
