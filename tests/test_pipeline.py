@@ -79,6 +79,10 @@ def test_cache_reused_and_duplicates_computed_once(tmp_path, lite):
     second = lite.score(paths, cache=cache)
     s2 = lite.last_stats
     assert (s2.scored, s2.computed, s2.cached) == (7, 0, 7)
+    from photocritic.features import hash_file
+
+    for r in first + second:  # each ok row names the cache entry it came from
+        assert r.content_hash == hash_file(r.path)
     np.testing.assert_allclose([r.score for r in first], [r.score for r in second], rtol=1e-6)
     by_name = {os.path.basename(r.path): r.score for r in first}
     assert by_name["copy_of_p0000.jpg"] == pytest.approx(by_name["p0000.jpg"])

@@ -214,16 +214,10 @@ class Critic:
                     progress: bool = False, decode: str = "auto"):
         """Embeddings of image files through the normal pipeline and cache:
         returns (rows, embeddings of the rows whose status is ok)."""
-        from .features import hash_file
-
         rows = self.score(paths, batch_size=batch_size, cache=cache, progress=progress, decode=decode)
-        ok = [r for r in rows if r.status == "ok"]
-        hashes = [hash_file(r.path) for r in ok]
+        hashes = [r.content_hash for r in rows if r.status == "ok"]
         found = cache.get_many(hashes, self.encoder_key())
-        missing = [r.path for r, h in zip(ok, hashes) if h not in found]
-        if missing:  # a file changed after it was scored
-            raise RuntimeError(f"{len(missing)} files changed while being read, e.g. {missing[0]}")
-        return rows, np.stack([found[h] for h in hashes]) if ok else np.zeros((0, 0), np.float32)
+        return rows, np.stack([found[h] for h in hashes]) if hashes else np.zeros((0, 0), np.float32)
 
     # -- persistence -----------------------------------------------------
     def save(self, directory: str | Path, half: bool = False) -> Path:

@@ -46,6 +46,8 @@ class ScoreRow:
     status: str = "pending"
     error: str = ""
     cached: bool = False
+    #: content hash the row's embedding is cached under (files only; not written out)
+    content_hash: str = ""
 
     def __float__(self) -> float:
         return float(self.score)
@@ -194,6 +196,8 @@ def score_inputs(critic, inputs, batch_size: int = 32, cache: EmbeddingCache | N
     key = critic.encoder_key()
     found = cache.get_many(list(hashes.values()), key) if cache is not None else {}
     hits = [i for i in hashes if hashes[i] in found]
+    for i in hits:
+        rows[i].content_hash = hashes[i]
     for start in range(0, len(hits), 4096):
         chunk = hits[start:start + 4096]
         finish([rows[i] for i in chunk], np.stack([found[hashes[i]] for i in chunk]), cached=True)
@@ -232,6 +236,7 @@ def score_inputs(critic, inputs, batch_size: int = 32, cache: EmbeddingCache | N
             expanded = []
             for k, j in enumerate(batch["index"]):
                 for i in by_hash[hashes[todo[j]]]:
+                    rows[i].content_hash = batch["hash"][k]
                     targets.append(rows[i])
                     expanded.append(k)
             finish(targets, emb[expanded], cached=False)
