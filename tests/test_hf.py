@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import photocritic
 from photocritic.encoders.base import ModelNotAvailableError

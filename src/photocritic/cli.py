@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import csv
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -71,7 +70,6 @@ def format_table(rows) -> str:
 
 
 def _cmd_score(args) -> int:
-    from . import load
     from .data.images import list_images
 
     if args.batch_size < 1:
@@ -242,7 +240,6 @@ def _cmd_styles(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from . import load
     from .data.datasets import load_dataset
     from .evaluation import evaluate
 
