@@ -1,8 +1,9 @@
 """Scale check of "bad input never stops a run", and of resuming after SIGKILL.
 
 Builds a folder of N valid JPEGs plus 20 broken files covering every error
-kind that a file in a folder can have (and three named paths that do not
-exist, for ``missing``), then:
+kind that a file in a folder can have, three links whose target has gone
+(``missing``: files that vanish after the folder is listed), a FIFO and a
+link to /dev/zero (``unreadable``: only regular files are read), then:
 
 1. runs `photocritic score` on it and checks that every valid JPEG is scored
    and every broken file has its own status and a message naming it;
@@ -31,6 +32,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine_line, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "robustness.json"
 
@@ -67,10 +72,18 @@ def make_folder(root: Path, n: int) -> tuple[list[str], dict[str, str]]:
         else:
             path.write_bytes(makers[kind]())
         expected[str(path)] = kind
-    vanished = [str(root / f"vanished_{k}.jpg") for k in range(3)]
-    for v in vanished:
-        expected[v] = "missing"
-    return [str(root)] + vanished, expected
+    # files that vanish after the folder is listed: links whose target is gone
+    # (a path named on the command line that does not exist is a usage error)
+    for k in range(3):
+        v = root / f"vanished_{k}.jpg"
+        os.symlink(f"gone_{k}.jpg", v)
+        expected[str(v)] = "missing"
+    # special files are read as nothing: a FIFO would block, /dev/zero never ends
+    os.mkfifo(root / "special_fifo.jpg")
+    expected[str(root / "special_fifo.jpg")] = "unreadable"
+    os.symlink("/dev/zero", root / "special_zero.jpg")
+    expected[str(root / "special_zero.jpg")] = "unreadable"
+    return [str(root)], expected
 
 
 def cache_count(path: Path) -> int:
@@ -88,6 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--output", default=str(RESULTS))
     args = ap.parse_args(argv)
+    print(machine_line(), flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="photocritic-robust-"))
     inputs, expected = make_folder(tmp / "photos", args.images)
     base = [sys.executable, "-m", "photocritic.cli", "score", *inputs, "-q"]
@@ -135,8 +149,7 @@ def main(argv=None) -> int:
               and report["killed_with_sigkill"] and report["rerun_computed_only_remainder"]
               and rerun.returncode == 0)
     report["passed"] = passed
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    write_results(args.output, **report)
     print(json.dumps(report, indent=2))
     return 0 if passed else 1
 

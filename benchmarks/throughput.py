@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 import photocritic
-from _common import write_results
+from _common import machine_line, write_results
 from photocritic.data.images import decode_for
 from photocritic.encoders.tiny import save_random_clip
 from photocritic.features import EmbeddingCache
@@ -131,6 +131,7 @@ def main(argv=None) -> int:
                     help="decode modes to measure end to end (auto = threads on CPU)")
     ap.add_argument("--output", default=str(RESULTS))
     args = ap.parse_args(argv)
+    print(machine_line(), flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="photocritic-bench-"))
     paths = make_jpegs(tmp / "jpegs", max(args.lite_images, args.clip_images))

@@ -34,7 +34,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import photocritic  # noqa: E402
-from _common import write_results  # noqa: E402
+from _common import machine_line, write_results  # noqa: E402
 from photocritic.compat import torchmetrics_clip_loader  # noqa: E402
 from photocritic.encoders.tiny import save_random_clip  # noqa: E402
 from photocritic.features import EmbeddingCache  # noqa: E402
@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--output", default=str(RESULTS))
     args = ap.parse_args(argv)
+    print(machine_line(), flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="photocritic-zs-"))
     paths = make_jpegs(tmp / "jpegs", args.images, seed=1)
     # logit scale 100, as trained CLIPs have and torchmetrics assumes, so the scores agree

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ def shared_images():
 def lite():
     import photocritic
 
-    return photocritic.load("lite")
+    return photocritic.load("lite", precision="fp32")
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +91,58 @@ def write_broken_files(folder: Path) -> dict[str, str]:
     (folder / "a_directory.jpg").mkdir()
     expected["a_directory.jpg"] = "unreadable"
     return expected
+
+
+def write_style_lists(folder: Path, ids: list[str], labels: np.ndarray) -> Path:
+    """AVA's style_image_lists for the 14 styles: a one-image train list and
+    the test list ``ids`` with its 0/1 label rows."""
+    from photocritic.methods.styles import STYLE_PHRASES
+
+    folder.mkdir()
+    names = list(STYLE_PHRASES)
+    (folder / "styles.txt").write_text("".join(f"{k + 1} {n}\n" for k, n in enumerate(names)))
+    (folder / "train.jpgl").write_text("1\n")
+    (folder / "train.lab").write_text("1\n")
+    (folder / "test.jpgl").write_text("".join(f"{i}\n" for i in ids))
+    (folder / "test.multilab").write_text("".join(" ".join(map(str, r)) + "\n" for r in labels))
+    return folder
+
+
+def gray(b: float, seed: int, size: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    a = np.clip(b * 255 + rng.normal(0, 12, (size, size, 1)), 0, 255)
+    return np.repeat(a, 3, axis=2).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def brightness_clip(tmp_path_factory):
+    """A tiny CLIP trained here, for a few hundred steps, on images of graded
+    brightness captioned by how bright they are."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from photocritic.encoders.base import Preprocess
+    from photocritic.encoders.tiny import save_random_clip
+
+    d = save_random_clip(tmp_path_factory.mktemp("bright-clip"), size="tiny", kind="clip", seed=5)
+    model = CLIPModel.from_pretrained(str(d))
+    tok = CLIPTokenizer.from_pretrained(str(d))
+    pre = Preprocess(resize=64, crop=64, mean=(0.48145466, 0.4578275, 0.40821073),
+                     std=(0.26862954, 0.26130258, 0.27577711))
+    captions = ["a very dark photo", "a dark photo", "a bright photo", "a very bright photo"]
+    text = tok(captions, padding=True, return_tensors="pt")
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    model.train()
+    for step in range(300):
+        # one image per caption bucket, so every caption in the batch is distinct
+        b = [(k + rng.random()) / 4 for k in range(4)]
+        pix = pre.normalize(torch.from_numpy(np.stack([gray(v, 1000 + 4 * step + k) for k, v in enumerate(b)])))
+        out = model(input_ids=text["input_ids"], attention_mask=text["attention_mask"],
+                    pixel_values=pix, return_loss=True)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    model.eval()
+    model.save_pretrained(str(d))
+    return d

@@ -11,9 +11,9 @@ from photocritic.cli import main
 from conftest import REPO, jpeg_bytes, photo
 
 
-def _run(*args, env=None):
+def _run(*args, env=None, cwd=None):
     return subprocess.run([sys.executable, "-m", "photocritic.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300, env=env)
+                          capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
 
 
 def test_shared_photos_scored_then_cached(shared_images, tmp_path):
@@ -95,9 +95,9 @@ def test_unusable_cache_or_output_is_a_clear_error(tmp_path, capsys):
     assert str(not_a_db) in err and "--no-cache" in err
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert main(["score", str(tmp_path / "a.jpg"), "--no-cache", "-q",
-                 "--output", str(blocker / "out.csv")]) == 1
-    assert "Traceback" not in capsys.readouterr().err
+    out = _run("score", tmp_path / "a.jpg", "--no-cache", "-q", "--output", blocker / "out.csv")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"--output {blocker / 'out.csv'}: cannot write there" in out.stderr
 
 
 def test_missing_hub_model_says_how_to_get_it(tmp_path):
@@ -109,6 +109,20 @@ def test_missing_hub_model_says_how_to_get_it(tmp_path):
     assert "openai/clip-vit-base-patch32" in out.stderr and "download" in out.stderr.lower()
 
 
-def test_make_run_examples_exist():
-    names = sorted(p.name for p in (REPO / "examples").glob("*.jpg"))
-    assert "coffee.jpg" in names and len(names) >= 4
+def test_make_run_prints_the_readme_ranking(tmp_path):
+    """`make run` scores examples/ with lite; its ranking is the one the README shows."""
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index("`make run` writes"):]
+    block = block[block.index("```") + 4:]
+    block = block[:block.index("```")]
+    want = [(line.split()[2], float(line.split()[1])) for line in block.splitlines()[1:] if line.strip()]
+    assert len(want) == 6
+    env = {**os.environ, "PHOTOCRITIC_CACHE": str(tmp_path / "c.sqlite")}
+    out = _run("score", "examples", "--model", "lite", "--output", tmp_path / "examples.csv", "--table",
+               env=env, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    got = [(line.split()[2], float(line.split()[1])) for line in out.stdout.splitlines()[1:] if line.strip()]
+    assert [p for p, _ in got] == [p for p, _ in want]
+    # precision auto: fp32 or bf16 by CPU, so the second decimal may differ
+    for (_, s), (_, w) in zip(got, want):
+        assert abs(s - w) < 0.15

@@ -43,7 +43,6 @@ def test_eval_writes_report_and_its_srcc_matches_score(graded, tmp_path, capsys)
     assert m["n"] == 24 and m["images_missing"] == 1 and m["images_failed"] == 1
     for key in ("srcc", "plcc", "plcc_logistic", "krcc", "accuracy", "mse", "mae", "ci95"):
         assert key in m
-    assert "emd" not in m  # lite predicts a score, not a distribution
     assert m["ci95"]["srcc"][0] <= m["srcc"] <= m["ci95"]["srcc"][1]
     report = (out / "report.md").read_text()
     assert "not_on_disk.jpg" in report and "broken.jpg" in report and "| srcc |" in report
@@ -63,7 +62,7 @@ def test_eval_writes_report_and_its_srcc_matches_score(graded, tmp_path, capsys)
     assert len(names) == 24
     ref = spearmanr([scored[n] for n in names], [labels[n] for n in names])[0]
     assert m["srcc"] == pytest.approx(ref, abs=1e-12)
-    assert m["srcc"] > 0.5  # sharper images do score higher
+    assert m["srcc"] > 0.5  # sharper images do score higher (labels fall with the blur)
 
     preds = list(csv.DictReader(open(out / "predictions.csv")))
     assert len(preds) == 24
@@ -79,3 +78,20 @@ def test_eval_on_a_split(graded, tmp_path, capsys):
     assert m["n"] == 6 and m["split"]["how"] == "split column = test"
     assert main(["eval", "--dataset", str(graded), "--split", "nope", "--output", str(out), "-q"]) == 2
     assert "unknown split 'nope'" in capsys.readouterr().err
+
+
+def test_emd_metrics_in_compute_metrics_equal_scipy_wasserstein():
+    from scipy.stats import wasserstein_distance
+
+    from photocritic.evaluation import compute_metrics
+
+    rng = np.random.default_rng(4)
+    p = rng.dirichlet(np.ones(10), 30)
+    q = rng.dirichlet(np.ones(10) * 2, 30)
+    bins = np.arange(1, 11)
+    m = compute_metrics(p @ bins, q @ bins, True, p, q, n_boot=0)
+    # r = 1 on unit-spaced bins: the mean |CDF difference| over the 10 bins = W1 / 10
+    ref = np.mean([wasserstein_distance(bins, bins, a, b) / 10 for a, b in zip(p, q)])
+    assert m["emd"] == pytest.approx(ref, abs=1e-12)
+    ref2 = np.mean([np.sqrt(np.mean((np.cumsum(a) - np.cumsum(b)) ** 2)) for a, b in zip(p, q)])
+    assert m["emd_r2"] == pytest.approx(ref2, abs=1e-12)

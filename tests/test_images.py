@@ -83,11 +83,31 @@ def test_exif_orientation_applied():
     assert px[37, 10, 2] > 200 and px[37, 10, 0] < 60    # bottom is the old right (blue)
 
 
-def test_decompression_bomb_guard(monkeypatch):
-    monkeypatch.setattr(imgs, "MAX_PIXELS", 1000)
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (the data is a few bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+            + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_guard_at_the_real_limit():
+    # 20,000 x 10,000 = 200 MP: over the real limit (PIL's hard limit, about 179 MP), refused
+    # from the header alone, before any pixel is decoded or memory allocated for them
+    assert imgs.MAX_PIXELS == 2 * Image.MAX_IMAGE_PIXELS < 20_000 * 10_000
     with pytest.raises(ImageError) as err:
-        decode_for(_encode(Image.new("RGB", (100, 100)), "PNG"), SQUASH, "big.png")
-    assert err.value.kind == "too_large" and "big.png" in err.value.message
+        decode_for(_png_claiming(20_000, 10_000), SQUASH, "bomb.png")
+    assert err.value.kind == "too_large" and "bomb.png" in err.value.message
+    assert "200000000 pixels" in err.value.message or "20000x10000" in err.value.message
+    # a small image with the same (too short) data is not refused as a bomb
+    with pytest.raises(ImageError) as err:
+        decode_for(_png_claiming(64, 64), SQUASH, "small.png")
+    assert err.value.kind in ("truncated", "corrupt")
 
 
 def test_draft_mode_close_to_full_decode():

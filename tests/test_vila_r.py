@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 from photocritic.losses import pairwise_ranking_loss
@@ -52,14 +51,6 @@ def test_adapter_equation():
     torch.testing.assert_close(m(v), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_untrained_adapter_is_cosine_to_anchor():
-    torch.manual_seed(1)
-    anchor = torch.randn(8)
-    v = torch.randn(5, 8)
-    head = VilaR.untrained(anchor)
-    np.testing.assert_allclose(head.predict(v), F.cosine_similarity(v, anchor[None]).numpy(), rtol=1e-5, atol=1e-6)
-
-
 def test_fit_learns_a_ranking_and_round_trips(tmp_path):
     rng = np.random.default_rng(0)
     dim = 32
@@ -68,10 +59,9 @@ def test_fit_learns_a_ranking_and_round_trips(tmp_path):
     y = x @ direction + 0.1 * rng.normal(size=600)
     train, test = slice(0, 500), slice(500, 600)
     head = VilaR(rank=None, epochs=40, lr=1e-2, batch_size=64, standardize=True)
-    before = spearmanr(VilaR.untrained(torch.ones(dim)).predict(x[test]), y[test])[0]
     head.fit(x[train], y[train])
     after = spearmanr(head.predict(x[test]), y[test])[0]
-    assert after > 0.9 > before
+    assert after > 0.9
     head.save(tmp_path)
     again = VilaR.load(tmp_path)
     np.testing.assert_array_equal(again.predict(x[test]), head.predict(x[test]))
@@ -83,5 +73,4 @@ def test_score_map_anchors_and_monotone():
     raw = np.linspace(-3, 3, 101)
     s = m(raw)
     assert np.all(np.diff(s) > 0) and s.min() > 1 and s.max() < 10
-    np.testing.assert_allclose(m.inverse(s), raw, atol=1e-9)
     assert ScoreMap.from_dict(m.to_dict()) == m

@@ -14,6 +14,9 @@ from photocritic.methods import styles as ST
 from photocritic.methods.zeroshot import (PromptSet, ZeroShotHead, antonym_score, ensemble_vectors,
                                           imagenet_class_names, nearest_label, weighted_sum)
 
+from conftest import gray as _gray
+from conftest import write_style_lists
+
 # -- rules on fixed small embeddings ------------------------------------------
 
 
@@ -79,8 +82,11 @@ def test_head_rules_against_hand_values():
     r = 2 ** -0.5
     # label vectors: normalize([1, 1]) and normalize([-1, -1]); image [0, -1] gives -r - r
     np.testing.assert_allclose(ens.predict(img), [2 * r, -2 * r, 2 * r * 1.4], atol=1e-6)
-    p = 1 / (1 + np.exp(-100 * 2 * r * 1.4))
-    assert ens.predict_binary(img).tolist() == [1, 0, 1] and p > 0.5
+    # binary: the nearer of the two label vectors, i.e. the sign of the cosine difference
+    label_vecs = np.array([[r, r], [-r, -r]])
+    unit_img = img / np.linalg.norm(img, axis=1, keepdims=True)
+    nearer = (unit_img @ label_vecs.T).argmax(1)
+    assert ens.predict_binary(img).tolist() == (nearer == 0).astype(int).tolist() == [1, 0, 1]
 
 
 # -- parity with torchmetrics ------------------------------------------------------
@@ -111,7 +117,7 @@ def test_antonym_rule_equals_torchmetrics_clip_iqa(clip100, tmp_path):
     ref = metric(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))  # uint8, as documented
     ref = torch.stack([ref[k] for k in ref], dim=1).mean(1).numpy()
     ps = PromptSet("pair", "antonym", pairs=[list(p) for p in pairs])
-    critic = photocritic.load(str(clip100), prompts=ps)
+    critic = photocritic.load(str(clip100), prompts=ps, precision="fp32")
     rows = critic.score(paths)
     ours = (np.array([r.score for r in rows]) - 1.0) / 9.0  # the antonym map is 1 + 9p
     np.testing.assert_allclose(ours, ref, atol=1e-5)
@@ -119,46 +125,6 @@ def test_antonym_rule_equals_torchmetrics_clip_iqa(clip100, tmp_path):
 
 
 # -- end to end: a tiny CLIP that learned brightness ------------------------------
-
-
-def _gray(b: float, seed: int, size: int = 64) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    a = np.clip(b * 255 + rng.normal(0, 12, (size, size, 1)), 0, 255)
-    return np.repeat(a, 3, axis=2).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def brightness_clip(tmp_path_factory):
-    """A tiny CLIP trained here, for a few hundred steps, on images of graded
-    brightness captioned by how bright they are."""
-    from transformers import CLIPModel, CLIPTokenizer
-
-    from photocritic.encoders.base import Preprocess
-    from photocritic.encoders.tiny import save_random_clip
-
-    d = save_random_clip(tmp_path_factory.mktemp("bright-clip"), size="tiny", kind="clip", seed=5)
-    model = CLIPModel.from_pretrained(str(d))
-    tok = CLIPTokenizer.from_pretrained(str(d))
-    pre = Preprocess(resize=64, crop=64, mean=(0.48145466, 0.4578275, 0.40821073),
-                     std=(0.26862954, 0.26130258, 0.27577711))
-    captions = ["a very dark photo", "a dark photo", "a bright photo", "a very bright photo"]
-    text = tok(captions, padding=True, return_tensors="pt")
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    rng = np.random.default_rng(0)
-    torch.manual_seed(0)
-    model.train()
-    for step in range(300):
-        # one image per caption bucket, so every caption in the batch is distinct
-        b = [(k + rng.random()) / 4 for k in range(4)]
-        pix = pre.normalize(torch.from_numpy(np.stack([_gray(v, 1000 + 4 * step + k) for k, v in enumerate(b)])))
-        out = model(input_ids=text["input_ids"], attention_mask=text["attention_mask"],
-                    pixel_values=pix, return_loss=True)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-    model.eval()
-    model.save_pretrained(str(d))
-    return d
 
 
 def test_trained_tiny_clip_ranks_brightness_through_the_zero_shot_path(brightness_clip, tmp_path):
@@ -221,18 +187,11 @@ def test_style_map_equals_sklearn():
 def test_styles_command(tiny_clip_dir, tmp_path, capsys):
     from sklearn.metrics import average_precision_score
 
-    lists = tmp_path / "lists"
-    lists.mkdir()
-    names = list(ST.STYLE_PHRASES)
-    (lists / "styles.txt").write_text("".join(f"{k + 1} {n}\n" for k, n in enumerate(names)))
-    (lists / "train.jpgl").write_text("1\n")
-    (lists / "train.lab").write_text("1\n")
     rng = np.random.default_rng(1)
     labels = (rng.random((10, 14)) < 0.3).astype(int)
     labels[0] = 1
-    (lists / "test.jpgl").write_text("".join(f"{100 + i}\n" for i in range(11)))  # 110 is missing
-    (lists / "test.multilab").write_text("".join(" ".join(map(str, r)) + "\n" for r in
-                                                 np.vstack([labels, np.ones((1, 14), int)])))
+    lists = write_style_lists(tmp_path / "lists", [100 + i for i in range(11)],  # 110 is missing
+                              np.vstack([labels, np.ones((1, 14), int)]))
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     for i in range(10):
@@ -277,7 +236,7 @@ def test_prompt_search_command_writes_a_reusable_set(brightness_clip, tmp_path, 
     out = tmp_path / "best.json"
     assert main(["prompts", "search", "--model", str(brightness_clip), "--dataset", str(d),
                  "--template", "a {label} photo", "--positive", "bright,very bright,dark",
-                 "--negative", "dark,very dark", "--output", str(out), "--table", str(tmp_path / "t.csv"),
+                 "--negative", "dark,very dark", "--output", str(out), "--all-pairs", str(tmp_path / "t.csv"),
                  "-q", "--no-cache"]) == 0
     best = PromptSet.load(out)
     assert best.rule == "weighted_sum" and best.positive[0] in ("bright", "very bright")

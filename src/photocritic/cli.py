@@ -8,75 +8,132 @@ import csv
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
+
+from .features import CacheError
 
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 COLUMNS = ["path", "score", "status", "error", "cached"]
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_MODEL = 0, 1, 2, 3
+#: 0 the run completed (also when some files were bad); 1 an error that is not
+#: the user's (unwritable output, damaged cache, I/O); 2 usage (bad option,
+#: missing path, bad labels); 3 model weights not available offline; 130 Ctrl-C.
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 class UsageError(Exception):
     pass
 
 
-def write_rows(rows, output: str | Path) -> None:
-    """Write score rows as CSV, JSONL or Parquet, chosen by the extension."""
+class OutputError(OSError):
+    """Rows could not be written where asked; ``fallback`` says where they went."""
+
+
+def _write_format(records: list[dict], path: Path, fmt: str, columns: list[str]) -> None:
+    tmp = path.with_name(path.name + ".part")
+    try:
+        if fmt == "csv":
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                w = csv.DictWriter(fh, fieldnames=columns)
+                w.writeheader()
+                for rec in records:
+                    w.writerow({**rec, "score": "" if rec["score"] is None else f"{rec['score']:.6f}"})
+        elif fmt == "jsonl":
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for rec in records:
+                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            types = {"score": pa.float64(), "cached": pa.bool_()}
+            table = pa.table({c: pa.array([r[c] for r in records], types.get(c, pa.string()))
+                              for c in columns})
+            pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_rows(rows, output: str | Path, extra: tuple[str, ...] = ()) -> Path:
+    """Write score rows as CSV, JSONL or Parquet, chosen by the extension.
+
+    If the file cannot be written, the rows go to a fallback file (beside
+    it, else in the current folder, else in the temp folder) and
+    :class:`OutputError` says where: finished rows are never lost."""
+    import tempfile
+
     output = Path(output)
     fmt = OUTPUT_FORMATS.get(output.suffix.lower())
     if fmt is None:
         raise UsageError(f"--output {output}: unknown extension {output.suffix!r}; "
                          f"use one of {', '.join(OUTPUT_FORMATS)}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    records = [r.as_dict() for r in rows]
-    tmp = output.with_name(output.name + ".part")
-    if fmt == "csv":
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS)
-            w.writeheader()
-            for rec in records:
-                w.writerow({**rec, "score": "" if rec["score"] is None else f"{rec['score']:.6f}"})
-    elif fmt == "jsonl":
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        table = pa.table({
-            "path": pa.array([r["path"] for r in records], pa.string()),
-            "score": pa.array([r["score"] for r in records], pa.float64()),
-            "status": pa.array([r["status"] for r in records], pa.string()),
-            "error": pa.array([r["error"] for r in records], pa.string()),
-            "cached": pa.array([r["cached"] for r in records], pa.bool_()),
-        })
-        pq.write_table(table, tmp)
-    os.replace(tmp, output)
+    records = [r.as_dict(extra) for r in rows]
+    columns = COLUMNS + list(extra)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        _write_format(records, output, fmt, columns)
+        return output
+    except OSError as exc:
+        first = exc
+    name = f"{output.stem}.photocritic-fallback-{os.getpid()}{output.suffix}"
+    for folder in (output.parent, Path.cwd(), Path(tempfile.gettempdir())):
+        try:
+            _write_format(records, folder / name, fmt, columns)
+        except OSError:
+            continue
+        raise OutputError(f"cannot write --output {output} ({_describe(first)}); the {len(records)} "
+                          f"rows were written to {folder / name} instead")
+    raise OutputError(f"cannot write --output {output} ({_describe(first)}), nor a fallback file "
+                      f"beside it, in {Path.cwd()} or in {tempfile.gettempdir()}; the rows are lost")
 
 
-def format_table(rows) -> str:
+def check_output(output: str | Path) -> None:
+    """Before any image is scored: the extension is known and the file can be
+    created (a probe file is written and removed)."""
+    output = Path(output)
+    if output.suffix.lower() not in OUTPUT_FORMATS:
+        raise UsageError(f"--output {output}: unknown extension {output.suffix!r}; "
+                         f"use one of {', '.join(OUTPUT_FORMATS)}")
+    if output.is_dir():
+        raise UsageError(f"--output {output}: is a directory; give a file name")
+    probe = output.with_name(output.name + ".part")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb"):
+            pass
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"--output {output}: cannot write there ({_describe(exc)}); "
+                          f"nothing was scored") from None
+
+
+def format_table(rows, extra: tuple[str, ...] = ()) -> str:
     ok = sorted((r for r in rows if r.status == "ok"), key=lambda r: -r.score)
     bad = [r for r in rows if r.status != "ok"]
-    lines = [f"{'rank':>4}  {'score':>6}  path"]
+    show_class = "context_class" in extra
+    lines = [f"{'rank':>4}  {'score':>6}  " + ("class  " if show_class else "") + "path"]
     for k, r in enumerate(ok, 1):
-        lines.append(f"{k:>4}  {r.score:6.2f}  {r.path}")
+        lines.append(f"{k:>4}  {r.score:6.2f}  " + (f"{r.context_class}  " if show_class else "") + r.path)
     if bad:
         lines.append("")
         lines.append("not scored:")
         for r in bad:
-            lines.append(f"  {r.status:<10} {r.error}")
+            lines.append(f"  {r.status:<11} {r.error}")
     return "\n".join(lines)
 
 
 def _cmd_score(args) -> int:
     from .data.images import list_images
 
-    if args.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
-    if args.output and Path(args.output).suffix.lower() not in OUTPUT_FORMATS:
-        raise UsageError(f"--output {args.output}: unknown extension; use one of "
-                         f"{', '.join(OUTPUT_FORMATS)}")
+    for p in args.paths:
+        if not os.path.lexists(p):
+            raise UsageError(f"{p}: no such file or folder")
+    if args.output:
+        check_output(args.output)
     paths = list_images(args.paths, recursive=args.recursive)
     if not paths:
         raise UsageError("no image files found under " + ", ".join(args.paths)
@@ -85,35 +142,87 @@ def _cmd_score(args) -> int:
     cache = _open_cache(args)
     try:
         rows = critic.score(paths, batch_size=args.batch_size, cache=cache, workers=args.workers,
-                            progress=not args.quiet, decode=args.decode)
+                            progress=not args.quiet, decode=args.decode, max_bytes=args.max_file_size)
+    except (KeyboardInterrupt, CacheError) as exc:
+        _save_partial(args, exc, critic.extra_columns, cache is not None)
+        raise
     finally:
         if cache is not None:
             cache.close()
     stats = critic.last_stats
-    if args.output:
-        write_rows(rows, args.output)
-    if args.table or not args.output:
-        print(format_table(rows))
-    print(stats.summary() + (f" -> {args.output}" if args.output else ""), file=sys.stderr)
+    _finish(args, rows, stats, critic.extra_columns)
     return EXIT_OK
+
+
+def _finish(args, rows, stats, extra) -> None:
+    """Write --output (or its fallback), print the table, then the summary line."""
+    stats.warnings = dict(_WARNINGS)
+    written = None
+    try:
+        if args.output:
+            written = write_rows(rows, args.output, extra)
+        if args.table or not args.output:
+            print(format_table(rows, extra))
+            sys.stdout.flush()
+    finally:
+        print(stats.summary() + (f" -> {written}" if written else ""), file=sys.stderr)
+
+
+def _save_partial(args, exc, extra, cached: bool) -> None:
+    """After Ctrl-C or a cache failure mid-run: write the finished rows (the
+    rest marked ``interrupted``) to --output, and say what happened."""
+    rows = getattr(exc, "partial_rows", None)
+    stats = getattr(exc, "partial_stats", None)
+    if rows is None or not any(r.status not in ("pending", "interrupted") for r in rows):
+        return
+    where = ""
+    if args.output:
+        try:
+            where = f"; the {len(rows)} rows ({stats.interrupted} marked interrupted) are in " \
+                    f"{write_rows(rows, args.output, extra)}"
+        except OutputError as err:
+            where = f"; {err}"
+    else:
+        print(format_table(rows, extra))
+    if isinstance(exc, KeyboardInterrupt):
+        exc.note = ("interrupted" + (" (finished batches are in the cache)" if cached else "") + where)
+    else:
+        exc.args = (str(exc) + where,)
+    stats.warnings = dict(_WARNINGS)
+    print(stats.summary(), file=sys.stderr)
 
 
 def _load(args):
     from . import load
 
-    return load(args.model, device=args.device, precision=args.precision, prompts=args.prompts,
-                weights=args.weights)
+    return load(args.model, device=args.device, precision=args.precision,
+                prompts=getattr(args, "prompts", None), weights=args.weights)
 
 
 def _open_cache(args, required: bool = False):
-    """The cache the options name; with ``required``, a temporary one for --no-cache."""
-    import tempfile
+    """The cache the options name. With --no-cache: None, or (``required``,
+    for commands that need embeddings back) an in-memory cache that writes
+    nothing. With --cache-rebuild a damaged or foreign file is moved aside
+    (never deleted) and a new cache started."""
+    from .features import EmbeddingCache, default_cache_path, move_aside
 
-    from .features import EmbeddingCache, default_cache_path
-
-    if args.no_cache and required:
-        return EmbeddingCache(Path(tempfile.mkdtemp(prefix="photocritic-")) / "embeddings.sqlite")
-    return None if args.no_cache else EmbeddingCache(args.cache or default_cache_path())
+    if args.no_cache:
+        if args.cache_rebuild:
+            raise UsageError("--cache-rebuild and --no-cache contradict each other")
+        return EmbeddingCache(None) if required else None
+    path = Path(args.cache or default_cache_path()).expanduser()
+    if args.cache_rebuild and path.exists():
+        try:
+            with EmbeddingCache(path) as probe:
+                probe.check()
+            print(f"photocritic: the cache {path} is healthy; kept", file=sys.stderr)
+        except CacheError as exc:
+            if exc.kind != "damaged":
+                raise
+            moved = move_aside(path)
+            print(f"photocritic: {exc.args[0].split(';')[0]}; moved it to {moved} and started a new "
+                  f"cache", file=sys.stderr)
+    return EmbeddingCache(path)
 
 
 @contextlib.contextmanager
@@ -123,21 +232,23 @@ def _embedded_split(args, zero_shot: bool = False):
     images) with the cache attached for the model's text side."""
     from .data.datasets import load_dataset
 
-    ds = load_dataset(args.dataset, images=args.images)
+    ds = load_dataset(args.dataset, images=args.images, label_scale=args.label_scale)
     if args.split:
         ds, _ = ds.split(args.split, seed=args.seed)
     if ds.root is None or not ds.on_1_to_10:
-        raise UsageError(f"{args.command} needs images (--images) and labels on the 1-10 scale")
+        raise UsageError(f"{args.command} needs images (--images) and labels on the 1-10 scale "
+                         f"(for another scale say which with --label-scale)")
     critic = _load(args)
     if zero_shot and critic.prompts is None:
-        raise UsageError(f"{args.model} is not a zero-shot (CLIP/SigLIP) model")
+        raise UsageError(f"--model {args.model} is not a zero-shot (CLIP/SigLIP) model")
     cache = _open_cache(args, required=True)
     try:
         rows, emb = critic.embed_paths(ds.image_paths(), cache, batch_size=args.batch_size,
-                                       progress=not args.quiet, decode=args.decode)
+                                       progress=not args.quiet, decode=args.decode,
+                                       workers=args.workers, max_bytes=args.max_file_size)
         ok = [i for i, r in enumerate(rows) if r.status == "ok"]
         if len(ok) < 3:
-            raise UsageError(f"only {len(ok)} images could be scored")
+            raise UsageError(f"only {len(ok)} images of {ds.name} could be scored; need at least 3")
         critic.text_cache = cache
         yield ds, critic, emb, ok
     finally:
@@ -159,21 +270,48 @@ def _cmd_prompts_list(args) -> int:
 
 def _cmd_prompts_search(args) -> int:
     from .methods import prompt_search as S
+    from .methods.zeroshot import imagenet_class_names
 
+    try:
+        S.check_template(args.template)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    context = "{class}" in args.template
+    if args.classes is not None and not context:
+        raise UsageError(f"--classes needs a template with {{class}}, not {args.template!r}")
+    classes = classes_spec = None
+    if context:
+        classes_spec = args.classes or "imagenet"
+        if classes_spec == "imagenet":
+            classes = imagenet_class_names()
+        else:
+            from .data.ava import read_id_list
+
+            classes = classes_spec = read_id_list(classes_spec)
+            if not classes:
+                raise UsageError(f"--classes {args.classes}: no class names in the file")
     pos, neg = S.adjective_lists()
-    pos = args.positive.split(",") if args.positive else pos
-    neg = args.negative.split(",") if args.negative else neg
+    pos = [w.strip() for w in args.positive.split(",") if w.strip()] if args.positive else pos
+    neg = [w.strip() for w in args.negative.split(",") if w.strip()] if args.negative else neg
+    if not pos or not neg:
+        raise UsageError("--positive and --negative need at least one adjective each")
     with _embedded_split(args, zero_shot=True) as (ds, critic, emb, ok):
-        results = S.search(emb, ds.mean[ok], critic.text_embeddings, pos, neg, args.template, args.task)
-    best = S.best_prompt_set(results, args.template)
-    best.save(args.output)
-    if args.table:
-        S.save_results(results, args.table)
+        results = S.search(emb, ds.mean[ok], critic.text_embeddings, pos, neg, args.template,
+                           args.task, classes)
+    if args.all_pairs:
+        S.save_results(results, args.all_pairs)
     metric = "srcc" if args.task == "continuous" else "accuracy"
+    try:
+        best = S.best_prompt_set(results, args.template, classes=classes_spec)
+    except ValueError as exc:
+        print(f"photocritic: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    best.save(args.output)
     for r in results[:10]:
         print(f"{r['positive']:>14} / {r['negative']:<14} {metric} {r[metric]:.4f}")
-    print(f"photocritic: {len(results)} pairs on {len(ok)} images; best saved to {args.output} "
-          f"(use it with --prompts {args.output})", file=sys.stderr)
+    print(f"photocritic: {len(results)} pairs on {len(ok)} images"
+          + (f" x {len(classes)} classes" if classes else "")
+          + f"; best saved to {args.output} (use it with --prompts {args.output})", file=sys.stderr)
     return EXIT_OK
 
 
@@ -206,7 +344,8 @@ def _cmd_styles(args) -> int:
     lists = read_style_lists(args.styles)
     critic = _load(args)
     if critic.prompts is None:
-        raise UsageError(f"{args.model} is not a zero-shot (CLIP/SigLIP) model")
+        raise UsageError(f"--model {args.model} is not a zero-shot (CLIP/SigLIP) model")
+    templates = ST.VARIANTS[args.templates]
     root = Path(args.images)
     paths = [str(root / f"{i}.jpg") for i in lists.test_ids]
     present = [k for k, p in enumerate(paths) if Path(p).exists()]
@@ -215,17 +354,18 @@ def _cmd_styles(args) -> int:
     cache = _open_cache(args, required=True)
     try:
         rows, emb = critic.embed_paths([paths[k] for k in present], cache, batch_size=args.batch_size,
-                                       progress=not args.quiet, decode=args.decode)
+                                       progress=not args.quiet, decode=args.decode, workers=args.workers,
+                                       max_bytes=args.max_file_size)
         critic.text_cache = cache
-        prompts = ST.style_prompts(lists.names)
+        prompts = ST.style_prompts(lists.names, templates)
         text = critic.text_embeddings([t for group in prompts for t in group])
     finally:
         critic.text_cache = None
         cache.close()
     ok = [present[k] for k, r in enumerate(rows) if r.status == "ok"]
-    scores = ST.style_scores(emb, text, len(ST.TEMPLATES))
+    scores = ST.style_scores(emb, text, len(templates))
     res = ST.evaluate(lists.test_labels[ok], scores, lists.names)
-    res.update(model=critic.name, images_listed=len(paths), images_missing=len(paths) - len(present),
+    res.update(model=critic.name, templates=args.templates, prompts_per_style=templates, images_listed=len(paths), images_missing=len(paths) - len(present),
                images_failed=len(present) - len(ok))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -243,32 +383,33 @@ def _cmd_eval(args) -> int:
     from .data.datasets import load_dataset
     from .evaluation import evaluate
 
-    ds = load_dataset(args.dataset, images=args.images)
+    ds = load_dataset(args.dataset, images=args.images, label_scale=args.label_scale)
     info = None
     if args.split:
         ds, info = ds.split(args.split, seed=args.seed)
-    if len(ds) < 2:
+    if len(ds) < 1:
         raise UsageError(f"dataset {args.dataset}"
-                         + (f" split {args.split}" if args.split else "") + f" has {len(ds)} labelled images")
+                         + (f" split {args.split}" if args.split else "") + " has no labelled images")
     critic = _load(args)
     cache = _open_cache(args)
     try:
         res = evaluate(critic, ds, args.output, info, cache=cache, batch_size=args.batch_size,
-                       progress=not args.quiet, n_boot=args.bootstrap, decode=args.decode)
+                       progress=not args.quiet, n_boot=args.bootstrap, decode=args.decode,
+                       seed=args.seed, workers=args.workers)
     finally:
         if cache is not None:
             cache.close()
     keys = [k for k in ("n", "srcc", "plcc", "accuracy", "emd") if k in res]
     print(json.dumps({k: res[k] for k in keys}))
     print(f"photocritic: evaluated {res['n']} images ({res['images_missing']} missing, "
-          f"{res['images_failed']} failed) -> {args.output}", file=sys.stderr)
+          f"{res['images_failed']} failed) -> {args.output}" + _warning_note(), file=sys.stderr)
     return EXIT_OK
 
 
 def _cmd_data_summary(args) -> int:
     from .data.datasets import load_dataset, summary
 
-    ds = load_dataset(args.spec, images=args.images, comments=args.comments)
+    ds = load_dataset(args.spec, images=args.images, comments=args.comments, label_scale=args.label_scale)
     print(json.dumps(summary(ds), indent=2))
     return EXIT_OK
 
@@ -281,138 +422,286 @@ def _cmd_models(args) -> int:
     return EXIT_OK
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
+# -- option parsing ------------------------------------------------------------
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default (where it has one) after its help."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or "default:" in text or default in (None, False, argparse.SUPPRESS) \
+                or action.option_strings == [] or isinstance(action, argparse._HelpAction):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below the smallest allowed value, {low}")
+        return value
+    return parse
+
+
+def _device(text: str) -> str:
+    from .device import validate_device
+
+    try:
+        return validate_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000 ** 2, "mb": 1000 ** 2,
+          "mib": 1024 ** 2, "g": 1000 ** 3, "gb": 1000 ** 3, "gib": 1024 ** 3}
+
+
+def _size(text: str) -> int:
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 500MB, 2GiB or a number of bytes)")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the size must be at least 1 byte")
+    return value
+
+
+def _label_scale(text: str) -> str:
+    from .data.datasets import parse_scale
+
+    try:
+        parse_scale(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LOW-HIGH, e.g. 0-100 or 1-5") from None
+    return text
+
+
+def _add_run_options(p: argparse.ArgumentParser, model_default: str | None = "lite",
+                     prompts: bool = True) -> None:
     """Options shared by every command that scores images."""
-    p.add_argument("--model", default="lite",
-                   help="preset name, model directory, or CLIP/SigLIP hub id/directory (default: lite)")
-    p.add_argument("--prompts", help="zero-shot prompt set: a shipped name (see `photocritic "
-                                     "prompts list`) or a JSON file")
-    p.add_argument("--weights", help="local directory of a zero-shot preset's weights")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    if model_default is None:
+        p.add_argument("--model", required=True,
+                       help="a zero-shot model: CLIP/SigLIP preset, hub id or directory")
+    else:
+        p.add_argument("--model", default=model_default,
+                       help="preset name, model directory, or CLIP/SigLIP hub id/directory")
+    if prompts:
+        p.add_argument("--prompts", help="zero-shot prompt set: a shipped name (see `photocritic "
+                                         "prompts list`) or a JSON file (default: the model's own)")
+    p.add_argument("--weights", help="local directory of a zero-shot preset's weights "
+                                     "(default: the Hugging Face cache)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=32, help="images per batch")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 where the hardware does bf16 natively (CUDA with bf16, "
+                        "CPUs with AVX-512-BF16 or AMX), fp32 otherwise")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--cache", help="embedding cache file (default: the user cache directory, "
-                                   "or $PHOTOCRITIC_CACHE)")
-    g.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    g.add_argument("--cache", help="embedding cache file (default: $PHOTOCRITIC_CACHE, else "
+                                   "embeddings.sqlite in the user cache directory)")
+    g.add_argument("--no-cache", action="store_true", help="do not read or write any cache file")
+    p.add_argument("--cache-rebuild", action="store_true",
+                   help="if the cache file is damaged or not a photocritic cache, move it aside "
+                        "(to NAME.damaged-TIME; nothing is deleted) and start a new one")
     p.add_argument("--decode", choices=["auto", "threads", "workers"], default="auto",
-                    help="decode in worker processes overlapped with the model, or in threads "
-                         "between batches (auto: workers for cuda, threads for cpu)")
-    p.add_argument("--workers", type=int, default=None,
-                    help="decoding processes (default: half the cores, 1 to 4) or threads "
-                         "(default: all cores)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+                   help="decode in worker processes overlapped with the model, or in threads "
+                        "between batches (auto: workers for cuda, threads for cpu)")
+    p.add_argument("--workers", type=_int_at_least(0), default=None,
+                   help="decoding processes (default: half the cores, 1 to 4; 0: in the main "
+                        "process) or threads (default: all cores)")
+    p.add_argument("--max-file-size", type=_size, default="1GiB",
+                   help="files larger than this are not read (status too_large)")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress (a bar on a terminal, plain lines otherwise)")
 
 
 def _add_dataset_options(p: argparse.ArgumentParser) -> None:
     """Options of every command that reads a labelled split."""
     p.add_argument("--dataset", required=True, help="dataset SPEC: an AVA folder or label file, "
                                                     "or a labels .csv/.jsonl (or a folder holding one)")
-    p.add_argument("--split", help="split name (a list in the dataset, a split column value, or "
-                                   "train/val/test of a seeded random split) or a file of image ids")
-    p.add_argument("--images", help="folder the images are in (default: beside the labels)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random split (and bootstrap)")
+    p.add_argument("--split", help="split name (a list in the dataset, hentschel-train/-test, a "
+                                   "split column value, or train/val/test of a seeded random "
+                                   "split) or a file of image ids (default: every labelled image)")
+    p.add_argument("--images", help="folder the images are in (default: beside the labels, or "
+                                    "an AVA folder's images/)")
+    p.add_argument("--label-scale", type=_label_scale, metavar="LOW-HIGH",
+                   help="scale of mean/MOS labels, mapped to 1-10 (e.g. 0-100, 1-5; "
+                        "default: mean labels must be on 1-10)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random split and of the bootstrap")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    ap = argparse.ArgumentParser(prog="photocritic",
-                                 description="Judge the aesthetics of images with vision-language models.")
+    def sub_parser(name, **kw):
+        return sub.add_parser(name, formatter_class=_Formatter, **kw)
+
+    ap = argparse.ArgumentParser(prog="photocritic", formatter_class=_Formatter,
+                                 description="Judge the aesthetics of images with vision-language "
+                                             "models.",
+                                 epilog="exit codes: 0 done (also when some files were bad), 1 error "
+                                        "(output, cache, I/O), 2 usage, 3 model weights not "
+                                        "available offline, 130 interrupted")
     ap.add_argument("--version", action="version", version=f"photocritic {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    sc = sub.add_parser("score", help="score images or folders of images (1-10)",
-                        description="Score images. Bad files get a status and a message; "
-                                    "all other files are scored.")
+    sc = sub_parser("score", help="score images or folders of images (1-10)",
+                    description="Score images. Bad files get a status and a message; "
+                                "all other files are scored.")
     sc.add_argument("paths", nargs="+", help="image files and/or folders")
-    sc.add_argument("--output", "-o", help="write rows to FILE (.csv, .jsonl or .parquet); "
-                                           "without it, print a ranked table")
+    sc.add_argument("--output", "-o", help="write rows to FILE (.csv, .jsonl or .parquet) "
+                                           "(default: print a ranked table)")
     sc.add_argument("--table", action="store_true",
-                    help="print the ranked table even when writing --output")
+                    help="print the ranked table on stdout, also when writing --output")
     sc.add_argument("--recursive", "-r", action="store_true", help="look into sub-folders")
     _add_run_options(sc)
     sc.set_defaults(func=_cmd_score)
 
-    ev = sub.add_parser("eval", help="evaluate a model on a labelled data set",
-                        description="Score a labelled split through the normal pipeline (cache "
-                                    "included) and write metrics.json, predictions.csv, report.md "
-                                    "and plots to --output.")
+    ev = sub_parser("eval", help="evaluate a model on a labelled data set",
+                    description="Score a labelled split through the normal pipeline (cache "
+                                "included) and write metrics.json, predictions.csv, report.md "
+                                "and plots to --output.")
     _add_dataset_options(ev)
     ev.add_argument("--output", "-o", required=True, help="folder for the report")
-    ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
+    ev.add_argument("--bootstrap", type=_int_at_least(0), default=1000,
+                    help="bootstrap resamples for the 95%% CIs (0: none)")
     _add_run_options(ev)
     ev.set_defaults(func=_cmd_eval)
 
-    dt = sub.add_parser("data", help="inspect data sets")
+    dt = sub_parser("data", help="inspect data sets")
     dsub = dt.add_subparsers(dest="data_command", required=True)
-    su = dsub.add_parser("summary", help="print a JSON summary of a data set")
+    su = dsub.add_parser("summary", help="print a JSON summary of a data set", formatter_class=_Formatter)
     su.add_argument("spec", help="dataset SPEC (see `photocritic eval --help`)")
     su.add_argument("--images", help="folder the images are in (reports how many are missing)")
     su.add_argument("--comments", help="comments: a folder of .txt files, .json or .jsonl")
+    su.add_argument("--label-scale", type=_label_scale, metavar="LOW-HIGH",
+                    help="scale of mean/MOS labels, mapped to 1-10 (e.g. 0-100, 1-5)")
     su.set_defaults(func=_cmd_data_summary)
 
-    pr = sub.add_parser("prompts", help="zero-shot prompt sets")
+    pr = sub_parser("prompts", help="zero-shot prompt sets")
     psub = pr.add_subparsers(dest="prompts_command", required=True)
-    pl = psub.add_parser("list", help="list the shipped prompt sets")
+    pl = psub.add_parser("list", help="list the shipped prompt sets", formatter_class=_Formatter)
     pl.set_defaults(func=_cmd_prompts_list)
     ps = psub.add_parser("search", help="find the best adjective pair on a labelled split",
+                         formatter_class=_Formatter,
                          description="Try every positive x negative adjective pair (default: the "
                                      "27 x 12 WordNet lists) in --template on a labelled split and "
-                                     "save the best as a prompt set.")
+                                     "save the best as a prompt set. A template with {class} runs "
+                                     "the context-aware search over the 1,000 ImageNet classes.")
     _add_dataset_options(ps)
     ps.add_argument("--task", choices=["continuous", "binary"], default="continuous",
-                    help="rank by SRCC of the weighted sum, or by binary accuracy at 5")
-    ps.add_argument("--template", default="a {label} picture")
+                    help="rank pairs by SRCC of the weighted sum, or by binary accuracy (the "
+                         "label of the most similar prompt against label > 5)")
+    ps.add_argument("--template", default="a {label} picture",
+                    help="prompt with {label} (and optionally {class}, e.g. "
+                         "'a {label} picture, of a #{class}')")
+    ps.add_argument("--classes", help="with {class}: 'imagenet' or a file of class names, one per "
+                                      "line (default: imagenet)")
     ps.add_argument("--positive", help="comma-separated positive adjectives (default: WordNet list)")
     ps.add_argument("--negative", help="comma-separated negative adjectives (default: WordNet list)")
     ps.add_argument("--output", "-o", required=True, help="JSON file for the winning prompt set")
-    ps.add_argument("--table", help="CSV file for every pair's score")
-    _add_run_options(ps)
+    ps.add_argument("--all-pairs", metavar="CSV", help="also write every pair's score to this CSV")
+    _add_run_options(ps, prompts=False)
     ps.set_defaults(func=_cmd_prompts_search)
 
-    ca = sub.add_parser("calibrate", help="fit a model's 1-10 map to labelled data; save the model",
-                        description="Fit the monotone logistic map from a model's raw output to "
-                                    "the labels (least squares) and save the model with it as a "
-                                    "directory that --model accepts. Rankings do not change.")
+    ca = sub_parser("calibrate", help="fit a model's 1-10 map to labelled data; save the model",
+                    description="Fit the monotone logistic map from a model's raw output to "
+                                "the labels (least squares) and save the model with it as a "
+                                "directory that --model accepts. Rankings do not change.")
     _add_dataset_options(ca)
     ca.add_argument("--output", "-o", required=True, help="folder for the calibrated model")
     _add_run_options(ca)
     ca.set_defaults(func=_cmd_calibrate)
 
-    st = sub.add_parser("styles", help="zero-shot AVA style classification, evaluated by mAP")
+    st = sub_parser("styles", help="zero-shot AVA style classification, evaluated by mAP")
     st.add_argument("--styles", required=True, help="AVA style_image_lists folder")
     st.add_argument("--images", required=True, help="folder holding <id>.jpg of the test list")
-    st.add_argument("--output", "-o", required=True)
-    _add_run_options(st)
+    st.add_argument("--output", "-o", required=True, help="folder for styles.json and style_scores.csv")
+    st.add_argument("--templates", choices=["single", "ensemble"], default="ensemble",
+                    help="one prompt per style, or four averaged (a prompt ensemble)")
+    _add_run_options(st, model_default=None, prompts=False)
     st.set_defaults(func=_cmd_styles)
 
-    md = sub.add_parser("models", help="list the named presets")
+    md = sub_parser("models", help="list the named presets")
     md.set_defaults(func=_cmd_models)
     return ap
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
     return str(exc)
+
+
+# -- warnings: counted, not spilled ------------------------------------------------
+
+_WARNINGS: dict[str, int] = {}
+
+
+def _warning_name(message, category) -> str:
+    text = " ".join(str(message).split()[:3]).rstrip(".:,")
+    return f"{category.__name__}: {text}" if category is UserWarning else category.__name__
+
+
+@contextlib.contextmanager
+def _counted_warnings():
+    """Library warnings (scipy's OptimizeWarning, PIL's "Corrupt EXIF", ...)
+    are counted for the summary line; photocritic's own warnings are printed."""
+    from .device import PrecisionWarning
+
+    _WARNINGS.clear()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PrecisionWarning):
+            print(f"photocritic: warning: {message}", file=sys.stderr)
+            return
+        name = _warning_name(message, category)
+        _WARNINGS[name] = _WARNINGS.get(name, 0) + 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        yield
+
+
+def _warning_note() -> str:
+    if not _WARNINGS:
+        return ""
+    return (f"; {sum(_WARNINGS.values())} library warnings ("
+            + ", ".join(f"{k}: {v}" for k, v in sorted(_WARNINGS.items())) + ")")
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .encoders.base import ModelNotAvailableError
-    from .features import CacheError
 
     # Expected failures become one line on stderr and an exit code, in this order.
     expected = ((UsageError, EXIT_USAGE), (ModelNotAvailableError, EXIT_MODEL),
-                (CacheError, EXIT_ERROR), (OSError, EXIT_ERROR),
+                (CacheError, EXIT_ERROR), (OutputError, EXIT_ERROR), (OSError, EXIT_ERROR),
                 (ValueError, EXIT_USAGE))  # ValueError covers LabelFormatError
     try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("photocritic: interrupted; finished batches are in the cache", file=sys.stderr)
-        return 130
+        with _counted_warnings():
+            return args.func(args)
+    except KeyboardInterrupt as exc:
+        note = getattr(exc, "note", None) or "interrupted"
+        print(f"photocritic: {note}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader (e.g. `head`) has gone: stop quietly, without a second error at exit
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except tuple(kind for kind, _ in expected) as exc:
         print(f"photocritic: error: {_describe(exc)}", file=sys.stderr)
         return next(code for kind, code in expected if isinstance(exc, kind))

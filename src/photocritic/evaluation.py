@@ -16,20 +16,65 @@ from . import metrics as M
 from .data.datasets import LabelledSet
 
 
+def _safe(fn, *args, **kw) -> float:
+    try:
+        return float(fn(*args, **kw))
+    except ValueError:
+        return float("nan")
+
+
 def compute_metrics(pred: np.ndarray, true: np.ndarray, on_1_to_10: bool,
                     pred_dist: np.ndarray | None = None, true_dist: np.ndarray | None = None,
-                    n_boot: int = 1000, seed: int = 0) -> dict:
-    """Every score metric that applies to these predictions."""
-    out = {"n": int(len(pred)), "srcc": M.srcc(pred, true), "plcc": M.plcc(pred, true),
-           "plcc_logistic": M.plcc_logistic(pred, true), "krcc": M.krcc(pred, true)}
-    if on_1_to_10:
-        out.update(accuracy=M.accuracy(pred, true), mse=M.mse(pred, true), mae=M.mae(pred, true))
+                    n_boot: int = 1000, seed: int = 0, pred_binary: np.ndarray | None = None) -> dict:
+    """Every score metric that applies to these predictions.
+
+    What cannot be computed (too few images, constant labels, a logistic
+    fit that fails) is NaN, with the reason under ``notes``; :func:`json_safe`
+    turns NaN into ``null``. ``pred_binary`` holds the method's own binary
+    predictions (1 = good); without it accuracy uses predicted score > 5.
+    """
+    n = int(len(pred))
+    notes = []
+    out = {"n": n, "srcc": _safe(M.srcc, pred, true), "plcc": _safe(M.plcc, pred, true),
+           "krcc": _safe(M.krcc, pred, true)}
+    if n >= 2:
+        out["plcc_logistic"], why = M.plcc_logistic_fit(pred, true)
+    else:
+        out["plcc_logistic"], why = float("nan"), "fewer than 2 images"
+    if why:
+        out["plcc_logistic_failed"] = why
+        notes.append(f"plcc_logistic: {why}")
+    if n and np.ptp(np.asarray(true)) == 0:
+        notes.append("all labels are equal: correlations are undefined")
+    if on_1_to_10 and n:
+        out["accuracy"] = (M.binary_accuracy(pred_binary, true) if pred_binary is not None
+                           else _safe(M.accuracy, pred, true))
+        out.update(mse=float(np.mean((pred - true) ** 2)), mae=float(np.mean(np.abs(pred - true))))
     if pred_dist is not None and true_dist is not None:
         out.update(emd=M.emd(pred_dist, true_dist, r=1), emd_r2=M.emd(pred_dist, true_dist, r=2))
-    if n_boot and len(pred) >= 3:
-        out["ci95"] = {name: list(M.bootstrap_ci(fn, pred, true, n_boot=n_boot, seed=seed))
-                       for name, fn in (("srcc", M.srcc), ("plcc", M.plcc))}
+    if n_boot:
+        if n >= 3:
+            out["ci95"] = {name: list(M.bootstrap_ci(fn, pred, true, n_boot=n_boot, seed=seed))
+                           for name, fn in (("srcc", M.srcc), ("plcc", M.plcc))}
+            out["bootstrap"] = {"resamples": n_boot, "seed": seed}
+        else:
+            notes.append("bootstrap: fewer than 3 images")
+    if notes:
+        out["notes"] = notes
     return out
+
+
+def json_safe(x):
+    """``x`` with every NaN or infinity replaced by None (valid JSON)."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
 
 
 def _plots(pred: np.ndarray, true: np.ndarray, out: Path, label: str) -> list[str]:
@@ -50,7 +95,8 @@ def _plots(pred: np.ndarray, true: np.ndarray, out: Path, label: str) -> list[st
     ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel(f"true {label}")
     ax.set_ylabel("predicted score")
-    ax.set_title(f"Predicted vs. true (SRCC {M.srcc(pred, true):.3f}, PLCC {M.plcc(pred, true):.3f})")
+    ax.set_title(f"Predicted vs. true (SRCC {_safe(M.srcc, pred, true):.3f}, "
+                 f"PLCC {_safe(M.plcc, pred, true):.3f})")
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(out / "scatter.png", dpi=110)
@@ -92,6 +138,8 @@ def _plots(pred: np.ndarray, true: np.ndarray, out: Path, label: str) -> list[st
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
     if isinstance(v, float):
         return "n/a" if math.isnan(v) else f"{v:.4f}"
     return str(v)
@@ -99,8 +147,12 @@ def _fmt(v) -> str:
 
 def evaluate(critic, ds: LabelledSet, output: str | Path, split_info: dict | None = None,
              cache=None, batch_size: int = 32, progress: bool = False, n_boot: int = 1000,
-             decode: str = "auto") -> dict:
-    """Score ``ds`` with ``critic`` and write the evaluation to ``output``."""
+             decode: str = "auto", seed: int = 0, workers: int | None = None) -> dict:
+    """Score ``ds`` with ``critic`` and write the evaluation to ``output``.
+
+    Accuracy uses the method's own binary rule (:attr:`Critic.binary_rule`),
+    named in the report. Metrics that cannot be computed are ``null`` in
+    metrics.json, with the reason under ``notes``."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     if ds.root is None:
@@ -111,29 +163,39 @@ def evaluate(critic, ds: LabelledSet, output: str | Path, split_info: dict | Non
     missing = [p for p, e in zip(paths, exists) if not e]
     t0 = time.perf_counter()
     rows = critic.score([paths[i] for i in present], batch_size=batch_size, cache=cache,
-                        progress=progress, decode=decode)
+                        progress=progress, decode=decode, workers=workers)
     seconds = time.perf_counter() - t0
     ok = [(i, r) for i, r in zip(present, rows) if r.status == "ok"]
     failed = [r for r in rows if r.status != "ok"]
-    if len(ok) < 2:
-        raise ValueError(f"only {len(ok)} images of {ds.name} could be scored; need at least 2")
+    if not ok:
+        raise ValueError(f"none of the {len(ds)} images of {ds.name} could be scored "
+                         f"({len(missing)} missing on disk, {len(failed)} failed to load)")
     idx = np.array([i for i, _ in ok])
     pred = np.array([r.score for _, r in ok])
     true = ds.mean[idx]
-    pred_dist = None  # the scalar models predict no distribution
-    res = compute_metrics(pred, true, ds.on_1_to_10, pred_dist,
-                          None if ds.distribution is None else ds.distribution[idx], n_boot=n_boot)
+    binary = np.array([r.binary for _, r in ok]) if all(r.binary is not None for _, r in ok) else None
+    res = compute_metrics(pred, true, ds.on_1_to_10, None,
+                          None if ds.distribution is None else ds.distribution[idx], n_boot=n_boot,
+                          seed=seed, pred_binary=binary)
+    rule = critic.binary_rule
+    if "accuracy" in res:
+        res["accuracy_rule"] = rule
     stats = critic.last_stats
-    res.update(model=critic.name, dataset=ds.name, label_kind=ds.kind, split=split_info,
-               images_listed=len(ds), images_missing=len(missing), images_failed=len(failed),
-               images_from_cache=stats.cached, seconds=round(seconds, 2),
+    res.update(model=critic.name, dataset=ds.name, label_kind=ds.kind, label_scale=ds.scale,
+               split=split_info, images_listed=len(ds), images_missing=len(missing),
+               images_failed=len(failed), images_from_cache=stats.cached, seconds=round(seconds, 2),
                missing_examples=missing[:10], failed_examples=[r.error for r in failed[:10]])
-    (out / "metrics.json").write_text(json.dumps(res, indent=2) + "\n")
+    if ds.dropped:
+        res["labels_dropped"] = ds.dropped
+    res = json_safe(res)
+    (out / "metrics.json").write_text(json.dumps(res, indent=2, allow_nan=False) + "\n")
+    extra = ["context_class"] if any(r.context_class for _, r in ok) else []
     with open(out / "predictions.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["image_id", "path", "true", "predicted"])
+        w.writerow(["image_id", "path", "true", "predicted", "predicted_good", *extra])
         for (i, r), p in zip(ok, pred):
-            w.writerow([ds.ids[i], r.path, f"{ds.mean[i]:.6f}", f"{p:.6f}"])
+            w.writerow([ds.ids[i], r.path, f"{ds.mean[i]:.6f}", f"{p:.6f}",
+                        "" if r.binary is None else int(r.binary), *(r.context_class for _ in extra)])
     label = "mean score" if ds.on_1_to_10 else "MOS"
     plots = _plots(pred, true, out, label)
     lines = [f"# Evaluation of `{critic.name}` on `{ds.name}`", ""]
@@ -145,10 +207,20 @@ def evaluate(critic, ds: LabelledSet, output: str | Path, split_info: dict | Non
               "| metric | value | 95% CI (bootstrap) |", "|---|---|---|"]
     for key in ("n", "srcc", "plcc", "plcc_logistic", "krcc", "accuracy", "mse", "mae", "emd", "emd_r2"):
         if key in res:
-            ci = res.get("ci95", {}).get(key)
-            lines.append(f"| {key} | {_fmt(res[key])} | {'' if ci is None else f'{ci[0]:.4f} – {ci[1]:.4f}'} |")
-    lines += ["", "Accuracy is binary at 5 (prediction > 5 vs. label > 5); PLCC (logistic) is after "
-              "the 4-parameter logistic fit.", ""]
+            ci = (res.get("ci95") or {}).get(key)
+            ci_text = "" if ci is None or None in ci else f"{ci[0]:.4f} – {ci[1]:.4f}"
+            lines.append(f"| {key} | {_fmt(res[key])} | {ci_text} |")
+    lines += [""]
+    if "accuracy" in res:
+        lines += [f"Binary rule for accuracy: **{rule}**, against label > 5.", ""]
+    lines += ["PLCC (logistic) is after a monotone increasing 4-parameter logistic fit; "
+              "n/a means it could not be computed (see notes).", ""]
+    if ds.scale:
+        lines += [f"Labels were on the {ds.scale} scale and mapped linearly to 1–10.", ""]
+    for note in res.get("notes", []):
+        lines.append(f"- note: {note}")
+    if res.get("notes"):
+        lines.append("")
     captions = {"scatter.png": "Predicted score against the true label, with the identity line.",
                 "histograms.png": "Histograms of predicted and true scores.",
                 "calibration.png": "Calibration: mean true label in equal-count bins of the prediction."}

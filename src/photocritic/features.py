@@ -27,6 +27,11 @@ CREATE TABLE IF NOT EXISTS embeddings (
     PRIMARY KEY (content_hash, encoder_key)
 ) WITHOUT ROWID;
 """
+_META = """
+CREATE TABLE IF NOT EXISTS photocritic_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO photocritic_meta VALUES ('format', 'photocritic-embedding-cache');
+INSERT OR IGNORE INTO photocritic_meta VALUES ('version', '1');
+"""
 
 
 def default_cache_path() -> Path:
@@ -56,25 +61,119 @@ def hash_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 class CacheError(RuntimeError):
-    """The cache file cannot be opened or is not a photocritic cache."""
+    """The cache file cannot be opened, is damaged, or is not a photocritic cache.
+
+    ``kind``: ``damaged`` (SQLite reports damage, or the file is not SQLite
+    at all: --cache-rebuild moves it aside), ``foreign`` (another program's
+    SQLite database: never touched) or ``unusable`` (permissions, a folder)."""
+
+    def __init__(self, message: str, kind: str = "unusable"):
+        super().__init__(message)
+        self.kind = kind
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_OUR_TABLES = {"embeddings", "photocritic_meta"}
+_FIX = "run again with --cache-rebuild (moves it aside, deletes nothing) or --no-cache"
+
+
+def _side_files(path: Path) -> list[Path]:
+    return [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal")]
+
+
+def move_aside(path: str | os.PathLike) -> Path | None:
+    """Rename a cache file (and its -wal/-shm files) to ``<name>.damaged-<time>``;
+    nothing is deleted. Returns the new name, or None when there was no file."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    k = 1
+    while target.exists():
+        k += 1
+        target = path.with_name(f"{path.name}.damaged-{stamp}-{k}")
+    os.replace(path, target)
+    for side in _side_files(path):
+        if side.exists():
+            os.replace(side, target.with_name(target.name + side.name[len(path.name):]))
+    return target
 
 
 class EmbeddingCache:
-    """Float32 vectors by (content hash, encoder key)."""
+    """Float32 vectors by (content hash, encoder key).
 
-    def __init__(self, path: str | os.PathLike, timeout: float = 60.0):
-        self.path = Path(path).expanduser()
+    ``path=None`` keeps the cache in memory only: nothing is written to disk
+    (what ``--no-cache`` uses where a command needs embeddings back).
+
+    A file that is not SQLite, an SQLite database of another program, or a
+    damaged one raises :class:`CacheError` naming the file, at open or at
+    the first query that meets the damage; nothing is ever written to a
+    foreign database.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, timeout: float = 60.0):
+        self.path = None if path is None else Path(path).expanduser()
         try:
+            if self.path is None:
+                self._conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+                self._conn.executescript(_SCHEMA)
+                return
+            self._check_header()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
                                          check_same_thread=False)
             self._conn.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
+            self._check_tables()
             self._retry(lambda: self._conn.execute("PRAGMA journal_mode = WAL"))
             self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._retry(lambda: self._conn.executescript(_SCHEMA))
-        except (OSError, sqlite3.DatabaseError) as exc:
-            raise CacheError(f"cannot use {self.path} as the embedding cache ({exc}); "
-                             f"pass another file with --cache PATH, or --no-cache") from None
+            self._retry(lambda: self._conn.executescript(_SCHEMA + _META))
+        except CacheError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
+        except OSError as exc:
+            raise CacheError(f"cannot use {self.path} as the embedding cache "
+                             f"({exc.strerror or exc}); pass another file with --cache PATH, "
+                             f"or --no-cache") from None
+
+    def _check_header(self) -> None:
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            with open(self.path, "rb") as fh:
+                head = fh.read(len(_SQLITE_MAGIC))
+            if head != _SQLITE_MAGIC:
+                raise CacheError(f"{self.path} is not an embedding cache (not an SQLite database); "
+                                 f"{_FIX}, or pass another file with --cache PATH", "damaged")
+        elif self.path.is_dir():
+            raise CacheError(f"{self.path} is a directory, not an embedding cache file; "
+                             f"pass a file with --cache PATH")
+
+    def _check_tables(self) -> None:
+        names = {r[0] for r in self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+        if names and not names <= _OUR_TABLES:
+            raise CacheError(f"{self.path} is an SQLite database of another program (tables: "
+                             f"{', '.join(sorted(names)[:5])}), not a photocritic embedding cache; "
+                             f"it was not changed. Pass another file with --cache PATH", "foreign")
+        if "embeddings" in names:
+            cols = [r[1] for r in self._conn.execute("PRAGMA table_info(embeddings)").fetchall()]
+            if cols != ["content_hash", "encoder_key", "dim", "vector", "created"]:
+                raise CacheError(f"{self.path}: its 'embeddings' table is not a photocritic cache's "
+                                 f"(columns {cols}); it was not changed. Pass another file with --cache PATH",
+                                 "foreign")
+
+    def _damaged(self, exc: Exception) -> CacheError:
+        return CacheError(f"the embedding cache {self.path} is damaged or unreadable ({exc}); {_FIX}",
+                          "damaged")
+
+    def check(self) -> None:
+        """Read every page (``PRAGMA quick_check``); CacheError if damaged."""
+        try:
+            res = [r[0] for r in self._conn.execute("PRAGMA quick_check").fetchall()]
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
+        if res != ["ok"]:
+            raise self._damaged(RuntimeError("; ".join(res[:3])))
 
     def _retry(self, fn, attempts: int = 50):
         for i in range(attempts):
@@ -85,6 +184,12 @@ class EmbeddingCache:
                     raise
                 time.sleep(0.05 * (i + 1))
 
+    def _guard(self, fn):
+        try:
+            return self._retry(fn)
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
+
     def get_many(self, hashes: list[str], encoder_key: str) -> dict[str, np.ndarray]:
         """The cached vectors among ``hashes`` (missing ones are absent)."""
         out: dict[str, np.ndarray] = {}
@@ -92,11 +197,13 @@ class EmbeddingCache:
         for start in range(0, len(unique), 500):
             chunk = unique[start:start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self._retry(lambda: self._conn.execute(
+            rows = self._guard(lambda: self._conn.execute(
                 f"SELECT content_hash, dim, vector FROM embeddings "
                 f"WHERE encoder_key = ? AND content_hash IN ({marks})",
                 [encoder_key, *chunk]).fetchall())
             for h, dim, blob in rows:
+                if not isinstance(blob, bytes):
+                    raise self._damaged(RuntimeError(f"a vector of type {type(blob).__name__}"))
                 vec = np.frombuffer(blob, dtype=np.float32)
                 if vec.size == dim:
                     out[h] = vec
@@ -114,10 +221,10 @@ class EmbeddingCache:
                 self._conn.executemany(
                     "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?)", rows)
 
-        self._retry(write)
+        self._guard(write)
 
     def __len__(self) -> int:
-        return self._conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
+        return self._guard(lambda: self._conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
 
     def close(self) -> None:
         self._conn.close()

@@ -29,17 +29,9 @@ def _pair(pred, true) -> tuple[np.ndarray, np.ndarray]:
 
 def _rank(x: np.ndarray) -> np.ndarray:
     """Average ranks (ties share the mean of their positions), 1-based."""
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=np.float64)
-    sx = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sx[j + 1] == sx[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return ranks
+    from scipy.stats import rankdata
+
+    return rankdata(x, method="average")
 
 
 def plcc(pred, true) -> float:
@@ -57,49 +49,100 @@ def srcc(pred, true) -> float:
 
 
 def krcc(pred, true) -> float:
-    """Kendall's tau-b (accounts for ties in either variable)."""
+    """Kendall's tau-b (accounts for ties in either variable).
+
+    scipy's O(n log n) implementation (merge-sort discordance count), so the
+    20,000 images of AVA's test split need O(n) memory, not n x n matrices."""
+    from scipy.stats import kendalltau
+
     p, t = _pair(pred, true)
-    n = len(p)
-    dp = np.sign(p[:, None] - p[None, :])
-    dt = np.sign(t[:, None] - t[None, :])
-    iu = np.triu_indices(n, k=1)
-    s = float((dp * dt)[iu].sum())
-    n_p = float((dp[iu] != 0).sum())
-    n_t = float((dt[iu] != 0).sum())
-    return s / math.sqrt(n_p * n_t) if n_p and n_t else float("nan")
+    return float(kendalltau(p, t, variant="b").statistic)
 
 
 def logistic4(x, b1, b2, b3, b4):
     """The 4-parameter logistic of VQEG-style quality evaluation:
-    f(x) = (b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2."""
+    f(x) = (b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2.
+    Increasing in x when b1 > b2."""
     z = np.clip(-(np.asarray(x, dtype=np.float64) - b3) / abs(b4), -500, 500)
     return (b1 - b2) / (1.0 + np.exp(z)) + b2
 
 
+class LogisticFitError(ValueError):
+    """The monotone logistic could not be fitted (too few points, constant
+    predictions or labels, or no convergence)."""
+
+
 def fit_logistic4(pred, true) -> np.ndarray:
-    """Least-squares fit of :func:`logistic4` mapping predictions to labels."""
-    from scipy.optimize import curve_fit
+    """Least-squares fit of :func:`logistic4` mapping predictions to labels,
+    constrained to be monotone increasing (b1 >= b2, b4 > 0).
+
+    An unconstrained fit can pick a decreasing logistic and so turn a
+    correlation of -0.99 into +0.99; a monotone increasing map can only keep
+    or lose correlation. Parametrised as low + span * sigmoid((x - c) / s)
+    with span >= 0 and s > 0 (box bounds, trust-region reflective).
+    Raises :class:`LogisticFitError` when it cannot be fitted.
+    """
+    from scipy.optimize import OptimizeWarning, curve_fit
 
     p, t = _pair(pred, true)
-    b0 = [t.max(), t.min(), float(np.mean(p)), float(np.std(p)) or 1.0]
-    params, _ = curve_fit(logistic4, p, t, p0=b0, maxfev=20000)
-    return params
+    if len(p) < 4:
+        raise LogisticFitError(f"needs at least 4 points for 4 parameters, got {len(p)}")
+    if np.ptp(p) == 0 or np.ptp(t) == 0:
+        raise LogisticFitError("predictions or labels are constant")
+    spread = float(np.std(p))
+
+    def f(x, low, span, c, s):
+        return low + span / (1.0 + np.exp(np.clip(-(x - c) / s, -500, 500)))
+
+    p0 = [float(t.min()), float(np.ptp(t)), float(np.mean(p)), spread]
+    lo = [-np.inf, 0.0, -np.inf, spread * 1e-6]
+    hi = [np.inf, np.inf, np.inf, np.inf]
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", OptimizeWarning)
+            (low, span, c, s), _ = curve_fit(f, p, t, p0=p0, bounds=(lo, hi), maxfev=20000)
+    except (RuntimeError, ValueError, OptimizeWarning) as exc:
+        raise LogisticFitError(f"the fit did not converge ({exc})") from None
+    return np.array([low + span, low, c, s])
 
 
 def plcc_logistic(pred, true) -> float:
-    """PLCC after the 4-parameter logistic fit (standard in quality assessment)."""
+    """PLCC after the monotone 4-parameter logistic fit (standard in quality
+    assessment). NaN when the fit fails (see :func:`plcc_logistic_fit`);
+    never the raw PLCC under this name."""
+    return plcc_logistic_fit(pred, true)[0]
+
+
+def plcc_logistic_fit(pred, true) -> tuple[float, str | None]:
+    """(PLCC after the fit, None) or (NaN, why the fit failed)."""
     p, t = _pair(pred, true)
     try:
         params = fit_logistic4(p, t)
-    except (RuntimeError, ValueError):
-        return plcc(p, t)  # the fit did not converge: report the raw PLCC
-    return plcc(logistic4(p, *params), t)
+    except LogisticFitError as exc:
+        return float("nan"), str(exc)
+    fitted = logistic4(p, *params)
+    if np.ptp(fitted) == 0:
+        return float("nan"), "the fitted logistic is constant"
+    return plcc(fitted, t), None
 
 
 def accuracy(pred, true, threshold: float = 5.0) -> float:
-    """Binary accuracy of (pred > threshold) against (true > threshold)."""
+    """Binary accuracy of (pred > threshold) against (true > threshold): the
+    rule of regression heads, whose prediction is a mean score."""
     p, t = _pair(pred, true)
     return float(np.mean((p > threshold) == (t > threshold)))
+
+
+def binary_accuracy(pred_positive, true, threshold: float = 5.0) -> float:
+    """Accuracy of binary predictions (1 = good) against (true > threshold),
+    for methods that classify by their own rule (e.g. the nearest prompt)."""
+    b = np.asarray(pred_positive).reshape(-1).astype(bool)
+    t = np.asarray(true, dtype=np.float64).reshape(-1)
+    if b.shape != t.shape or b.size == 0:
+        raise ValueError(f"predictions ({b.size}) and labels ({t.size}) differ in length or are empty")
+    return float(np.mean(b == (t > threshold)))
 
 
 def mse(pred, true) -> float:
@@ -171,6 +214,8 @@ def bootstrap_ci(metric, pred, true, n_boot: int = 1000, alpha: float = 0.05,
         v = metric(p[idx], t[idx])
         if not np.isnan(v):
             vals.append(v)
+    if len(vals) < max(2, n_boot // 2):  # e.g. constant labels: the metric is undefined
+        return float("nan"), float("nan")
     lo, hi = np.percentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return float(lo), float(hi)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .encoders.base import ModelNotAvailableError
 from .features import EmbeddingCache, content_hash
@@ -21,6 +22,16 @@ from .scoremap import ScoreMap
 
 FORMAT = "photocritic-model"
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+#: How each zero-shot rule classifies binary (1 = good); regression heads use score > 5.
+BINARY_RULES = {
+    "antonym": "P(positive prompt) > 0.5 (softmax of the logit-scaled cosines, averaged over pairs)",
+    "weighted_sum": "sign of cos(positive) - cos(negative), i.e. the nearest label",
+    "ensemble": "sign of cos(positive) - cos(negative) to the averaged label vectors, "
+                "i.e. the nearest label",
+    "context": "label of the most similar of the context prompts (Hentschel et al. 2022)",
+}
+REGRESSION_RULE = "predicted score > 5"
 
 
 def build_encoder(spec: dict, device: str = "cpu"):
@@ -77,14 +88,14 @@ class Critic:
 
     # -- configuration -------------------------------------------------
     def configure(self, device: str | None = None, precision: str | None = None) -> "Critic":
-        if precision is not None:
-            if precision not in PRECISIONS:
-                raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-            self.precision = precision
+        """Set the device (checked to exist here) and the precision
+        (``auto``: bf16 where it is fast, else fp32; see :mod:`photocritic.device`)."""
+        from .device import resolve_precision, validate_device
+
         if device is not None:
-            if device.startswith("cuda") and not torch.cuda.is_available():
-                raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
-            self.device = device
+            self.device = validate_device(device)
+        if precision is not None:
+            self.precision = resolve_precision(precision, self.device)
         if self._encoder is not None:
             self._apply_device()
         return self
@@ -186,13 +197,43 @@ class Critic:
     def scores_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
         return self.score_map(self.raw_from_embeddings(embeddings))
 
+    @property
+    def binary_rule(self) -> str:
+        """How this model classifies an image as good or bad (for accuracy)."""
+        return BINARY_RULES[self.prompts.rule] if self.prompts is not None else REGRESSION_RULE
+
+    @property
+    def extra_columns(self) -> tuple[str, ...]:
+        """Output columns beyond path/score/status/error/cached."""
+        return ("context_class",) if self.prompts is not None and self.prompts.rule == "context" else ()
+
+    def outputs_from_embeddings(self, embeddings: np.ndarray) -> dict:
+        """``score`` (1-10), ``binary`` (the method's own rule, 1 = good)
+        and, for the context rule, ``context_class`` per embedding."""
+        head = self._head()
+        scores = self.score_map(head.predict(embeddings))
+        out = {"score": scores}
+        if isinstance(head, ZeroShotHead):
+            out["binary"] = head.predict_binary(embeddings)
+            if head.prompts.rule == "context":
+                out["context_class"] = head.nearest_class(embeddings)
+        else:
+            out["binary"] = (scores > 5.0).astype(np.int64)
+        return out
+
     def score(self, inputs, batch_size: int = 32, cache: EmbeddingCache | str | None = None,
-              workers: int | None = None, progress: bool = False, decode: str = "auto"):
+              workers: int | None = None, progress: bool = False, decode: str = "auto",
+              max_bytes: int | None = None):
         """Score file paths and/or PIL images; returns one
         :class:`~photocritic.pipeline.ScoreRow` per input, in order
-        (``float(row)`` is the 1-10 score, NaN where the input failed)."""
+        (``float(row)`` is the 1-10 score, NaN where the input failed; a bad
+        file or a bad PIL image gets a failed row, never an exception).
+        ``max_bytes``: files larger are ``too_large`` (default 1 GiB)."""
+        from .data.images import DEFAULT_MAX_BYTES
         from .pipeline import score_inputs
 
+        if isinstance(inputs, Image.Image):
+            inputs = [inputs]
         if isinstance(inputs, (str, Path)) or not hasattr(inputs, "__iter__"):
             inputs = [inputs]
         own = isinstance(cache, (str, Path))
@@ -202,8 +243,9 @@ class Critic:
         try:
             if cache is not None:
                 self._warm_text()
-            rows, self.last_stats = score_inputs(self, inputs, batch_size=batch_size, cache=cache,
-                                                 workers=workers, progress=progress, decode=decode)
+            rows, self.last_stats = score_inputs(
+                self, inputs, batch_size=batch_size, cache=cache, workers=workers, progress=progress,
+                decode=decode, max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes)
         finally:
             if own:
                 cache.close()
@@ -211,10 +253,13 @@ class Critic:
         return rows
 
     def embed_paths(self, paths: list[str], cache: EmbeddingCache, batch_size: int = 32,
-                    progress: bool = False, decode: str = "auto"):
-        """Embeddings of image files through the normal pipeline and cache:
+                    progress: bool = False, decode: str = "auto", workers: int | None = None,
+                    max_bytes: int | None = None):
+        """Embeddings of image files through the normal pipeline and cache
+        (an in-memory cache, ``EmbeddingCache(None)``, writes nothing):
         returns (rows, embeddings of the rows whose status is ok)."""
-        rows = self.score(paths, batch_size=batch_size, cache=cache, progress=progress, decode=decode)
+        rows = self.score(paths, batch_size=batch_size, cache=cache, progress=progress, decode=decode,
+                          workers=workers, max_bytes=max_bytes)
         hashes = [r.content_hash for r in rows if r.status == "ok"]
         found = cache.get_many(hashes, self.encoder_key())
         return rows, np.stack([found[h] for h in hashes]) if hashes else np.zeros((0, 0), np.float32)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.images import ImageError, decode_for, prepare_pil, read_bytes
+from .data.images import DEFAULT_MAX_BYTES, ImageError, decode_for, prepare_pil, read_bytes
 from .features import EmbeddingCache, content_hash
 
 
@@ -48,13 +48,20 @@ class ScoreRow:
     cached: bool = False
     #: content hash the row's embedding is cached under (files only; not written out)
     content_hash: str = ""
+    #: the method's own binary prediction (1 = good), see ``Critic.binary_rule``
+    binary: int | None = None
+    #: context rule only: the ImageNet class of the most similar prompt
+    context_class: str | None = None
 
     def __float__(self) -> float:
         return float(self.score)
 
-    def as_dict(self) -> dict:
-        return {"path": self.path, "score": None if math.isnan(self.score) else float(self.score),
-                "status": self.status, "error": self.error, "cached": self.cached}
+    def as_dict(self, extra: tuple[str, ...] = ()) -> dict:
+        out = {"path": self.path, "score": None if math.isnan(self.score) else float(self.score),
+               "status": self.status, "error": self.error, "cached": self.cached}
+        for name in extra:
+            out[name] = getattr(self, name)
+        return out
 
 
 @dataclass
@@ -65,20 +72,27 @@ class RunStats:
     computed: int = 0
     failed: int = 0
     failures: dict = field(default_factory=dict)
+    interrupted: int = 0
+    #: library warnings seen during the run, by short name (counted, not printed)
+    warnings: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         kinds = ", ".join(f"{k}: {v}" for k, v in sorted(self.failures.items()))
+        warned = ", ".join(f"{k}: {v}" for k, v in sorted(self.warnings.items()))
         return (f"photocritic: {self.total} images, {self.scored} scored "
                 f"({self.cached} from cache, {self.computed} computed), {self.failed} failed"
-                + (f" ({kinds})" if kinds else ""))
+                + (f" ({kinds})" if kinds else "")
+                + (f", {self.interrupted} not done (interrupted)" if self.interrupted else "")
+                + (f"; {sum(self.warnings.values())} library warnings ({warned})" if warned else ""))
 
 
 class _DecodeDataset(torch.utils.data.Dataset):
     """Reads, hashes and decodes one file; errors come back as values."""
 
-    def __init__(self, paths: list[str], preprocess):
+    def __init__(self, paths: list[str], preprocess, max_bytes: int | None = DEFAULT_MAX_BYTES):
         self.paths = paths
         self.preprocess = preprocess
+        self.max_bytes = max_bytes
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -86,7 +100,7 @@ class _DecodeDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         path = self.paths[i]
         try:
-            data = read_bytes(path)
+            data = read_bytes(path, self.max_bytes)
             return i, content_hash(data), decode_for(data, self.preprocess, path), None, None
         except ImageError as exc:
             return i, None, None, exc.kind, exc.message
@@ -101,9 +115,9 @@ def _collate(items):
             "errors": [(it[0], it[3], it[4]) for it in items if it[3] is not None]}
 
 
-def _hash_one(path: str):
+def _hash_one(path: str, max_bytes: int | None = DEFAULT_MAX_BYTES):
     try:
-        return content_hash(read_bytes(path)), None, None
+        return content_hash(read_bytes(path, max_bytes)), None, None
     except ImageError as exc:
         return None, exc.kind, exc.message
 
@@ -129,37 +143,104 @@ def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
+class PlainProgress:
+    """Progress for a stderr that is not a terminal (a log file, CI): a plain
+    line every ``every`` seconds, never a carriage return."""
+
+    def __init__(self, total: int, desc: str, every: float):
+        import time
+
+        self.total, self.desc, self.every, self.n = total, desc, every, 0
+        self._clock = time.monotonic
+        self._last = self._clock()
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        now = self._clock()
+        if now - self._last >= self.every and self.n < self.total:
+            self._last = now
+            pct = 100.0 * self.n / max(1, self.total)
+            print(f"photocritic: {self.desc} {self.n}/{self.total} ({pct:.0f}%)", file=sys.stderr,
+                  flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class _NoProgress:
+    def update(self, k: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _progress(total: int, enabled: bool, desc: str = "scoring"):
+    """A tqdm bar on a terminal; plain periodic lines otherwise
+    (``$PHOTOCRITIC_PROGRESS_SECONDS``, default 30)."""
+    if not enabled:
+        return _NoProgress()
+    if not sys.stderr.isatty():
+        return PlainProgress(total, desc, float(os.environ.get("PHOTOCRITIC_PROGRESS_SECONDS", 30)))
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="img", file=sys.stderr, disable=not enabled,
-                dynamic_ncols=True, leave=False, desc=desc)
+    return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, leave=False, desc=desc)
 
 
 def score_inputs(critic, inputs, batch_size: int = 32, cache: EmbeddingCache | None = None,
-                 workers: int | None = None, progress: bool = False,
-                 decode: str = "auto") -> tuple[list[ScoreRow], RunStats]:
+                 workers: int | None = None, progress: bool = False, decode: str = "auto",
+                 max_bytes: int | None = DEFAULT_MAX_BYTES) -> tuple[list[ScoreRow], RunStats]:
     """Score paths and/or PIL images with ``critic``; rows come back in input order.
 
     ``workers``: decoding processes (``decode="workers"``) or threads
     (``decode="threads"``); default: half the cores, 1 to 4, for processes
-    and all cores for threads.
+    and all cores for threads. ``max_bytes``: files larger are ``too_large``.
+
+    If the run is stopped (Ctrl-C, a cache failure), the exception carries
+    ``partial_rows`` and ``partial_stats``: the finished rows, and the rest
+    with status ``interrupted``, so that nothing finished is lost.
     """
     mode = decode_mode(decode, getattr(critic, "device", "cpu"))
     inputs = list(inputs)
-    rows: list[ScoreRow] = []
     stats = RunStats(total=len(inputs))
     bar = _progress(len(inputs), progress)
+    rows = [ScoreRow(path=f"<image {i}>" if isinstance(x, Image.Image) else _name(x))
+            for i, x in enumerate(inputs)]
+    try:
+        _score_into(rows, stats, bar, critic, inputs, batch_size, cache, workers, mode, max_bytes, progress)
+    except BaseException as exc:
+        for row in rows:
+            if row.status == "pending":
+                row.status, row.error = "interrupted", f"{row.path}: not scored: the run was stopped"
+                stats.interrupted += 1
+        exc.partial_rows, exc.partial_stats = rows, stats
+        raise
+    finally:
+        bar.close()
+    return rows, stats
 
+
+def _name(x) -> str:
+    try:
+        return os.fspath(x)
+    except TypeError:
+        return f"<{type(x).__name__}>"
+
+
+def _score_into(rows, stats, bar, critic, inputs, batch_size, cache, workers, mode, max_bytes, progress):
     def fail(row: ScoreRow, kind: str, message: str):
         row.status, row.error = kind, message
         stats.failed += 1
         stats.failures[kind] = stats.failures.get(kind, 0) + 1
 
     def finish(targets: list[ScoreRow], embeddings: np.ndarray, cached: bool):
-        scores = critic.scores_from_embeddings(embeddings)
-        for row, s in zip(targets, scores):
-            row.score, row.status, row.cached = float(s), "ok", cached
+        out = critic.outputs_from_embeddings(embeddings)
+        classes = out.get("context_class")
+        for k, row in enumerate(targets):
+            row.score, row.status, row.cached = float(out["score"][k]), "ok", cached
+            row.binary = int(out["binary"][k])
+            if classes is not None:
+                row.context_class = classes[k]
         stats.scored += len(targets)
         if cached:
             stats.cached += len(targets)
@@ -167,25 +248,38 @@ def score_inputs(critic, inputs, batch_size: int = 32, cache: EmbeddingCache | N
             stats.computed += len(targets)
         bar.update(len(targets))
 
-    # In-memory images: no file, no cache; preprocess here.
-    pil_items = [(i, x) for i, x in enumerate(inputs) if isinstance(x, Image.Image)]
-    path_items = [(i, os.fspath(x)) for i, x in enumerate(inputs) if not isinstance(x, Image.Image)]
-    rows = [ScoreRow(path=f"<image {i}>" if isinstance(x, Image.Image) else os.fspath(x))
-            for i, x in enumerate(inputs)]
+    # In-memory images: no file, no cache; preprocess here, one failed row per bad image.
+    pil_items, path_items = [], []
+    for i, x in enumerate(inputs):
+        if isinstance(x, Image.Image):
+            pil_items.append((i, x))
+        elif isinstance(x, (str, os.PathLike)):
+            path_items.append((i, os.fspath(x)))
+        else:
+            fail(rows[i], "not_image", f"input {i}: a {type(x).__name__} is neither a path nor a "
+                                       f"PIL image")
+            bar.update(1)
     pre = critic.preprocess
     for start in range(0, len(pil_items), batch_size):
-        chunk = pil_items[start:start + batch_size]
-        arrays = []
-        for i, im in chunk:
-            arrays.append(prepare_pil(im, pre))
-        emb = critic.embed(torch.from_numpy(np.stack(arrays)))
-        finish([rows[i] for i, _ in chunk], emb, cached=False)
+        good, arrays = [], []
+        for i, im in pil_items[start:start + batch_size]:
+            try:
+                arrays.append(prepare_pil(im, pre, rows[i].path))
+                good.append(i)
+            except ImageError as exc:
+                fail(rows[i], exc.kind, exc.message)
+                bar.update(1)
+        if good:
+            emb = critic.embed(torch.from_numpy(np.stack(arrays)))
+            finish([rows[i] for i in good], emb, cached=False)
 
     # Files: hash everything (threads; hashing releases the GIL), look up the cache.
     hashes: dict[int, str] = {}
-    reading = _progress(len(path_items), progress and len(path_items) > 1000, desc="reading")
+    reading = _progress(len(path_items), progress and len(path_items) > 1000,
+                        desc="reading")
     with ThreadPoolExecutor(max_workers=4) as pool:
-        for (i, path), (h, kind, msg) in zip(path_items, pool.map(lambda it: _hash_one(it[1]), path_items)):
+        for (i, path), (h, kind, msg) in zip(path_items, pool.map(lambda it: _hash_one(it[1], max_bytes),
+                                                                   path_items)):
             reading.update(1)
             if h is None:
                 fail(rows[i], kind, msg)
@@ -208,37 +302,36 @@ def score_inputs(critic, inputs, batch_size: int = 32, cache: EmbeddingCache | N
         if h not in found:
             by_hash.setdefault(h, []).append(i)
     todo = [idx[0] for idx in by_hash.values()]
-    if todo:
-        dataset = _DecodeDataset([rows[i].path for i in todo], pre)
-        if mode == "threads":
-            loader = _thread_batches(dataset, batch_size, workers or os.cpu_count() or 1)
-        else:
-            n_workers = default_workers() if workers is None else workers
-            if len(todo) <= batch_size:
-                n_workers = 0  # not worth starting processes for one batch
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_size=batch_size, num_workers=n_workers, collate_fn=_collate,
-                prefetch_factor=4 if n_workers else None, persistent_workers=False)
-        for batch in loader:
-            for j, kind, msg in batch["errors"]:
-                first = rows[todo[j]].path
-                for i in by_hash[hashes[todo[j]]]:
-                    # identical files were decoded once; each row names its own file
-                    own = msg if i == todo[j] or not msg.startswith(first) else rows[i].path + msg[len(first):]
-                    fail(rows[i], kind, own)
-                    bar.update(1)
-            if batch["pixels"] is None:
-                continue
-            emb = critic.embed(batch["pixels"])
-            if cache is not None:
-                cache.put_many(list(zip(batch["hash"], emb)), key)
-            targets = []
-            expanded = []
-            for k, j in enumerate(batch["index"]):
-                for i in by_hash[hashes[todo[j]]]:
-                    rows[i].content_hash = batch["hash"][k]
-                    targets.append(rows[i])
-                    expanded.append(k)
-            finish(targets, emb[expanded], cached=False)
-    bar.close()
-    return rows, stats
+    if not todo:
+        return
+    dataset = _DecodeDataset([rows[i].path for i in todo], pre, max_bytes)
+    if mode == "threads":
+        loader = _thread_batches(dataset, batch_size, workers or os.cpu_count() or 1)
+    else:
+        n_workers = default_workers() if workers is None else workers
+        if len(todo) <= batch_size:
+            n_workers = 0  # not worth starting processes for one batch
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, num_workers=n_workers, collate_fn=_collate,
+            prefetch_factor=4 if n_workers else None, persistent_workers=False)
+    for batch in loader:
+        for j, kind, msg in batch["errors"]:
+            first = rows[todo[j]].path
+            for i in by_hash[hashes[todo[j]]]:
+                # identical files were decoded once; each row names its own file
+                own = msg if i == todo[j] or not msg.startswith(first) else rows[i].path + msg[len(first):]
+                fail(rows[i], kind, own)
+                bar.update(1)
+        if batch["pixels"] is None:
+            continue
+        emb = critic.embed(batch["pixels"])
+        if cache is not None:
+            cache.put_many(list(zip(batch["hash"], emb)), key)
+        targets = []
+        expanded = []
+        for k, j in enumerate(batch["index"]):
+            for i in by_hash[hashes[todo[j]]]:
+                rows[i].content_hash = batch["hash"][k]
+                targets.append(rows[i])
+                expanded.append(k)
+        finish(targets, emb[expanded], cached=False)

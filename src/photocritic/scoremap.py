@@ -36,13 +36,6 @@ class ScoreMap:
         z = (r - self.center) / self.scale
         return 1.0 + 9.0 / (1.0 + np.exp(-z))
 
-    def inverse(self, score) -> np.ndarray:
-        s = np.asarray(score, dtype=np.float64)
-        if self.kind == "linear":
-            return (s - self.center) / self.scale
-        p = (s - 1.0) / 9.0
-        return self.center + self.scale * np.log(p / (1.0 - p))
-
     @classmethod
     def calibrate(cls, raw, labels) -> "ScoreMap":
         """The logistic map that fits ``labels`` (1-10 mean scores) best in

@@ -76,7 +76,7 @@ def _is_hf_dir(path: Path) -> bool:
         return False
 
 
-def load(name_or_dir: str | Path = "lite", device: str = "cpu", precision: str = "fp32",
+def load(name_or_dir: str | Path = "lite", device: str = "cpu", precision: str = "auto",
          prompts: str | PromptSet | None = None, weights: str | Path | None = None) -> Critic:
     """A preset name, a directory written by photocritic, a CLIP/SigLIP
     directory, or a Hugging Face hub id -> a :class:`~photocritic.models.Critic`.
@@ -84,6 +84,8 @@ def load(name_or_dir: str | Path = "lite", device: str = "cpu", precision: str =
     ``prompts`` (a shipped prompt set's name, a JSON file or a
     :class:`PromptSet`) overrides a zero-shot model's prompts; ``weights``
     points a zero-shot preset at a local directory of its weights.
+    ``precision``: ``auto`` (bf16 where this hardware does bf16 natively,
+    else fp32), ``fp32`` or ``bf16``.
     """
     name = str(name_or_dir)
     path = Path(name).expanduser()
@@ -91,6 +93,10 @@ def load(name_or_dir: str | Path = "lite", device: str = "cpu", precision: str =
     if weights is not None and (preset is None or "hub" not in preset):
         raise ValueError("--weights only applies to the zero-shot presets "
                          f"({', '.join(k for k, v in PRESETS.items() if 'hub' in v)})")
+    if weights is not None and not Path(weights).expanduser().is_dir():
+        raise ValueError(f"--weights {weights}: no such directory"
+                         + ("" if not Path(weights).exists() else " (it is a file; give the folder "
+                            "holding config.json and the weights)"))
     if preset is not None and "dir" in preset:
         critic = Critic.load(preset["dir"])
     elif preset is not None:

@@ -46,12 +46,19 @@ class VoteTable:
         return len(self.ids)
 
     @property
+    def n_votes(self) -> np.ndarray:
+        return self.votes.sum(1)
+
+    @property
     def distribution(self) -> np.ndarray:
-        n = self.votes.sum(1, keepdims=True)
-        return self.votes / np.where(n == 0, 1, n)
+        """Votes / total; rows of images with no votes are NaN."""
+        n = self.votes.sum(1, keepdims=True).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.votes / np.where(n == 0, np.nan, n)
 
     @property
     def mean(self) -> np.ndarray:
+        """Mean score; NaN for an image with no votes (it has no score)."""
         return self.distribution @ BINS
 
     @property
@@ -61,8 +68,10 @@ class VoteTable:
 
     @property
     def binary(self) -> np.ndarray:
-        """1 where the mean score is above 5 (the usual AVA binary label)."""
-        return (self.mean > 5.0).astype(np.int64)
+        """1 where the mean score is above 5 (the usual AVA binary label),
+        0 where it is not, -1 for images with no votes (no label)."""
+        m = self.mean
+        return np.where(np.isnan(m), -1, (m > 5.0).astype(np.int64))
 
     def subset(self, ids) -> tuple["VoteTable", list[str]]:
         """The rows for ``ids`` (in that order) and the ids that have no votes."""
@@ -73,6 +82,25 @@ class VoteTable:
                         None if self.tags is None else self.tags[rows],
                         None if self.challenge is None else self.challenge[rows], list(self.sources))
         return sub, missing
+
+
+def open_text(path: str | Path):
+    """Open a label file as text: UTF-8 with or without a byte-order mark.
+    Other encodings (UTF-16 from spreadsheet exports, Latin-1) are refused
+    with a message naming the file, not a decoding traceback."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(head) > 3 and head[1:2] == b"\x00"):
+        raise LabelFormatError(f"{path}:1: the file is UTF-16 text; save it as UTF-8 (CSV UTF-8)")
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            for n, line in enumerate(fh, 1):
+                pass
+    except UnicodeDecodeError as exc:
+        raise LabelFormatError(f"{path}: not UTF-8 text (byte {exc.start} of the file is "
+                               f"{exc.object[exc.start:exc.start + 1]!r}); save it as UTF-8") from None
+    return open(path, newline="", encoding="utf-8-sig")
 
 
 def _table(ids, votes, tags, challenge, source) -> VoteTable:
@@ -86,7 +114,7 @@ def _table(ids, votes, tags, challenge, source) -> VoteTable:
 
 def read_ava_txt(path: str | Path) -> VoteTable:
     ids, votes, tags, chal = [], [], [], []
-    with open(path, encoding="utf-8") as fh:
+    with open_text(path) as fh:
         for n, line in enumerate(fh, 1):
             parts = line.split()
             if not parts:
@@ -98,6 +126,8 @@ def read_ava_txt(path: str | Path) -> VoteTable:
                 nums = [int(x) for x in parts[2:]]
             except ValueError:
                 raise LabelFormatError(f"{path}:{n}: non-integer vote, tag or challenge") from None
+            if any(v < 0 for v in nums[:10]):
+                raise LabelFormatError(f"{path}:{n}: negative vote count")
             ids.append(parts[1])
             votes.append(nums[:10])
             tags.append(nums[10:12])
@@ -107,8 +137,10 @@ def read_ava_txt(path: str | Path) -> VoteTable:
 
 def read_ava_csv(path: str | Path) -> VoteTable:
     ids, votes, tags, chal = [], [], [], []
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open_text(path) as fh:
         reader = csv.DictReader(fh)
+        if reader.fieldnames:
+            reader.fieldnames = [f.strip().lower() for f in reader.fieldnames]
         cols = [f"score{k}" for k in range(2, 12)]
         if reader.fieldnames is None or "image_id" not in reader.fieldnames or \
                 any(c not in reader.fieldnames for c in cols):
@@ -121,8 +153,13 @@ def read_ava_csv(path: str | Path) -> VoteTable:
                     tags.append([int(float(row["tag1"])), int(float(row["tag2"]))])
                     chal.append(int(float(row["tag3"])))
             except (TypeError, ValueError):
-                raise LabelFormatError(f"{path}:{n}: non-numeric vote or tag") from None
-            ids.append(str(row["image_id"]).strip())
+                raise LabelFormatError(f"{path}:{reader.line_num}: non-numeric vote or tag") from None
+            if any(v < 0 for v in votes[-1]):
+                raise LabelFormatError(f"{path}:{reader.line_num}: negative vote count")
+            ident = str(row["image_id"] or "").strip()
+            if not ident:
+                raise LabelFormatError(f"{path}:{reader.line_num}: empty image_id")
+            ids.append(ident)
     return _table(ids, votes, tags, chal, path)
 
 
@@ -136,8 +173,11 @@ def read_ava_json(path: str | Path) -> VoteTable:
         raise LabelFormatError(f'{path}: expected a list of {{"image_id", "label": [10 votes]}}')
     ids = [str(d["image_id"]) for d in data]
     votes = [d["label"] for d in data]
-    if any(len(v) != 10 for v in votes):
-        raise LabelFormatError(f"{path}: every label must have 10 vote counts")
+    for k, v in enumerate(votes):
+        if not isinstance(v, list) or len(v) != 10 or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 and x == int(x) for x in v):
+            raise LabelFormatError(f"{path}: entry {k + 1} (image_id {ids[k]}): label must be 10 "
+                                   f"non-negative vote counts, not {v!r}"[:300])
     return _table(ids, votes, None, None, path)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ava import BINS, LabelFormatError, VoteTable, merge, read_ava_csv, read_ava_json, \
+from .ava import BINS, LabelFormatError, VoteTable, merge, open_text, read_ava_csv, read_ava_json, \
     read_ava_txt, read_id_list
 from .comments import image_id, read_comments
 
@@ -53,6 +53,10 @@ class LabelledSet:
     split_of: dict[str, str] = field(default_factory=dict)
     comments: dict[str, list[str]] | None = None
     sources: list[str] = field(default_factory=list)
+    #: the label scale the file used ("0-100", ...) when mapped to 1-10
+    scale: str | None = None
+    #: rows left out while loading, by reason (e.g. {"no_votes": 3})
+    dropped: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -88,7 +92,7 @@ class LabelledSet:
             None if self.names is None else [self.names[r] for r in rows], self.root,
             {}, {}, None if self.comments is None else
             {self.ids[r]: self.comments[self.ids[r]] for r in rows if self.ids[r] in self.comments},
-            list(self.sources))
+            list(self.sources), self.scale, dict(self.dropped))
 
     def split(self, name: str, seed: int = 0) -> tuple["LabelledSet", dict]:
         """The rows of split ``name``: a split this set defines, a list file,
@@ -127,13 +131,17 @@ def random_split(ids: list[str], seed: int = 0) -> dict[str, list[str]]:
 
 
 def _from_votes(table: VoteTable, name: str) -> LabelledSet:
-    return LabelledSet(name, "distribution", list(table.ids), table.mean, table.distribution,
-                       sources=list(table.sources))
+    """Images without a single vote have no score: they are left out (and counted)."""
+    keep = np.flatnonzero(table.n_votes > 0)
+    dropped = len(table) - len(keep)
+    return LabelledSet(name, "distribution", [table.ids[i] for i in keep], table.mean[keep],
+                       table.distribution[keep], sources=list(table.sources),
+                       dropped={"no_votes": dropped} if dropped else {})
 
 
 def _is_ava_csv(path: Path) -> bool:
-    with open(path, newline="", encoding="utf-8") as fh:
-        header = next(csv.reader(fh), [])
+    with open_text(path) as fh:
+        header = [h.strip().lower() for h in next(csv.reader(fh), [])]
     return "image_id" in header and "score2" in header and "score11" in header
 
 
@@ -151,34 +159,74 @@ def _ava_folder_tables(folder: Path) -> list[VoteTable]:
     return tables
 
 
-def read_generic(path: Path) -> tuple[list[dict], str]:
+def read_generic(path: Path) -> tuple[list[tuple[int, dict]], str]:
+    """(line number, row) pairs of a generic labels file; header names are
+    lower-cased, a UTF-8 byte-order mark is accepted."""
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         rows = []
-        for n, line in enumerate(open(path, encoding="utf-8"), 1):
-            if line.strip():
+        with open_text(path) as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise LabelFormatError(f"{path}:{n}: not valid JSON ({exc})") from None
+                if not isinstance(row, dict):
+                    raise LabelFormatError(f"{path}:{n}: expected a JSON object "
+                                           f"({{\"path\": ..., \"mean\": ...}}), got a {type(row).__name__}")
+                rows.append((n, {str(k).strip().lower(): v for k, v in row.items()}))
         return rows, "jsonl"
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh)), "csv"
+    with open_text(path) as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames:
+            reader.fieldnames = [f.strip().lower() for f in reader.fieldnames]
+        return [(reader.line_num, row) for row in reader], "csv"
 
 
-def generic_set(path: Path, name: str | None = None) -> LabelledSet:
+def parse_scale(text: str | None) -> tuple[float, float] | None:
+    """``"0-100"`` -> (0.0, 100.0); None stays None."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(x) for x in str(text).split("-", 1)) if not str(text).startswith("-") else (None, None)
+    except ValueError:
+        lo = hi = None
+    if lo is None or not hi > lo:
+        raise ValueError(f"--label-scale {text}: give the scale as LOW-HIGH, e.g. 0-100 or 1-5")
+    return lo, hi
+
+
+def _number(v, what: str) -> float:
+    if isinstance(v, bool) or v is None or (isinstance(v, str) and not v.strip()):
+        raise ValueError(f"{what} is empty")
+    x = float(v)
+    if not np.isfinite(x):
+        raise ValueError(f"{what} is {v!r}, not a finite number")
+    return x
+
+
+def generic_set(path: Path, name: str | None = None, label_scale: str | None = None) -> LabelledSet:
+    """A generic labels file (see the module docstring). Every label is
+    checked: NaN/inf, negative votes and mean scores outside 1-10 (or
+    outside ``label_scale``, which maps the labels linearly to 1-10) are
+    errors naming the file and line."""
     rows, _ = read_generic(path)
     if not rows:
         raise LabelFormatError(f"{path}: no rows")
-    keys = set(rows[0])
+    scale = parse_scale(label_scale)
+    keys = set().union(*(set(r) for _, r in rows))
     key = next((k for k in PATH_KEYS if k in keys), None)
     if key is None:
         raise LabelFormatError(f"{path}: no column naming the image (one of {', '.join(PATH_KEYS)})")
     bins = [f"score{k}" for k in range(1, 11)]
     ids, names, means, dists, split_of = [], [], [], [], {}
-    if all(b in keys for b in bins):
+    dropped = 0
+    if all(b in keys for b in bins) or any(k in keys for k in DIST_KEYS):
         kind = "distribution"
-    elif any(k in keys for k in DIST_KEYS):
-        kind = "distribution"
+        if scale is not None:
+            raise LabelFormatError(f"{path}: --label-scale applies to mean or MOS labels; "
+                                   f"vote distributions are always on 1-10")
     elif "mos" in keys:
         kind = "mos"
     elif any(k in keys for k in MEAN_KEYS):
@@ -186,39 +234,79 @@ def generic_set(path: Path, name: str | None = None) -> LabelledSet:
     else:
         raise LabelFormatError(f"{path}: no label column: give score1..score10, distribution, "
                                f"votes, mos, mean, score or label")
-    for n, row in enumerate(rows, 2):
+    label_key = "mos" if kind == "mos" else next((k for k in MEAN_KEYS if k in keys), None)
+    for n, row in rows:
+        where = f"{path}:{n}"
+        given = row.get(key)
+        if given is None or not str(given).strip():
+            raise LabelFormatError(f"{where}: empty image {key!r}")
         try:
             if kind == "distribution":
                 if all(b in row for b in bins):
-                    d = np.array([float(row[b]) for b in bins])
+                    d = np.array([_number(row[b], b) for b in bins])
                 else:
-                    v = next(row[k] for k in DIST_KEYS if k in row)
+                    dk = next((k for k in DIST_KEYS if k in row), None)
+                    if dk is None:
+                        raise ValueError(f"no {' or '.join(DIST_KEYS)} in this row")
+                    v = row[dk]
                     d = np.array(json.loads(v) if isinstance(v, str) else v, dtype=np.float64)
-                if d.shape != (10,) or d.sum() <= 0 or (d < 0).any():
-                    raise ValueError("a distribution needs 10 non-negative numbers, not all 0")
+                if d.shape != (10,) or (d < 0).any() or not np.isfinite(d).all():
+                    raise ValueError("a distribution needs 10 non-negative finite numbers")
+                if d.sum() == 0:
+                    dropped += 1  # no votes: no score
+                    continue
                 d = d / d.sum()
                 dists.append(d)
                 means.append(float(d @ BINS))
             else:
-                means.append(float(row["mos"] if kind == "mos" else next(row[k] for k in MEAN_KEYS if k in row)))
-        except (ValueError, TypeError, StopIteration, json.JSONDecodeError) as exc:
-            raise LabelFormatError(f"{path}: row {n}: bad label ({exc})") from None
-        given = str(row[key])
+                if label_key not in row:
+                    raise ValueError(f"no {label_key!r} in this row")
+                y = _number(row[label_key], label_key)
+                if scale is not None:
+                    if not scale[0] <= y <= scale[1]:
+                        raise ValueError(f"{label_key} {y:g} is outside --label-scale "
+                                         f"{scale[0]:g}-{scale[1]:g}")
+                    y = 1.0 + 9.0 * (y - scale[0]) / (scale[1] - scale[0])
+                elif kind == "mean" and not 1.0 <= y <= 10.0:
+                    raise ValueError(f"{label_key} {y:g} is outside 1-10; if the file uses another "
+                                     f"scale, say which with --label-scale (e.g. 0-100 or 1-5)")
+                means.append(y)
+        except (ValueError, TypeError, json.JSONDecodeError) as exc:
+            raise LabelFormatError(f"{where}: bad label ({exc})") from None
+        given = str(given).strip()
         k = image_id(given)
         ids.append(k)
         names.append(given)
-        if "split" in row and row["split"]:
+        if row.get("split"):
             split_of[k] = str(row["split"])
     if len(set(ids)) != len(ids):
-        raise LabelFormatError(f"{path}: the same image appears in more than one row")
+        dup = next(k for k in ids if ids.count(k) > 1)
+        raise LabelFormatError(f"{path}: image {dup!r} appears in more than one row")
+    if not ids:
+        raise LabelFormatError(f"{path}: no row has a label (every vote distribution is empty)")
+    if scale is not None and kind == "mos":
+        kind = "mean"
     return LabelledSet(name or path.stem, kind, ids, np.array(means),
                        np.stack(dists) if dists else None, names, path.parent, {}, split_of,
-                       sources=[str(path)])
+                       sources=[str(path)], scale=label_scale if scale is not None else None,
+                       dropped={"no_votes": dropped} if dropped else {})
+
+
+HENTSCHEL_TEST = "idealo_ava_labels_test.json"
 
 
 def load_dataset(spec: str | Path, images: str | Path | None = None,
-                 comments: str | Path | None = None) -> LabelledSet:
-    """A :class:`LabelledSet` from a SPEC (see the module docstring)."""
+                 comments: str | Path | None = None, label_scale: str | None = None) -> LabelledSet:
+    """A :class:`LabelledSet` from a SPEC (see the module docstring).
+
+    ``label_scale`` ("0-100", "1-5", ...) says the scale of a generic file's
+    mean or MOS labels; they are checked against it and mapped to 1-10.
+
+    An AVA folder whose ``labels/`` holds ``idealo_ava_labels_test.json``
+    also gets the named splits ``hentschel-test`` (its 25,551 ids, the test
+    set of Hentschel et al. 2022) and ``hentschel-train`` (every other
+    labelled id; the paper reports 229,971 training images).
+    """
     path = Path(spec).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"dataset {spec}: no such file or folder")
@@ -226,7 +314,7 @@ def load_dataset(spec: str | Path, images: str | Path | None = None,
     if path.is_dir():
         generic = next((path / f for f in ("labels.csv", "labels.jsonl") if (path / f).exists()), None)
         if generic is not None:
-            ds = generic_set(generic, path.name)
+            ds = generic_set(generic, path.name, label_scale)
         else:
             tables = _ava_folder_tables(path)
             if not tables:
@@ -244,13 +332,22 @@ def load_dataset(spec: str | Path, images: str | Path | None = None,
         elif suffix == ".csv" and _is_ava_csv(path):
             ds = _from_votes(read_ava_csv(path), path.stem)
         elif suffix in (".csv", ".jsonl", ".ndjson"):
-            ds = generic_set(path)
+            ds = generic_set(path, label_scale=label_scale)
         else:
             raise LabelFormatError(f"{path}: unknown label format (use .txt, .csv, .json or .jsonl)")
+    if label_scale is not None and ds.kind == "distribution" and ds.scale is None:
+        raise LabelFormatError(f"{path}: --label-scale applies to mean or MOS labels; AVA vote "
+                               f"histograms are always on 1-10")
     if ava_dir is not None:
         lists = ava_dir / "aesthetics_image_lists"
         if lists.is_dir():
             ds.splits = {f.stem: [image_id(x) for x in read_id_list(f)] for f in sorted(lists.glob("*.jpgl"))}
+        ht = ava_dir / "labels" / HENTSCHEL_TEST
+        if ht.is_file():
+            test_ids = list(read_ava_json(ht).ids)
+            held = set(test_ids)
+            ds.splits["hentschel-test"] = test_ids
+            ds.splits["hentschel-train"] = [k for k in ds.ids if k not in held]
         if images is None and (ava_dir / "images").is_dir():
             images = ava_dir / "images"
     if images is not None:
@@ -278,6 +375,10 @@ def summary(ds: LabelledSet) -> dict:
                           "min": round(float(ds.mean.min()), 4), "max": round(float(ds.mean.max()), 4)}}
     if ds.on_1_to_10:
         out["above_5"] = int((ds.mean > 5).sum())
+    if ds.scale:
+        out["label_scale"] = f"{ds.scale}, mapped to 1-10"
+    if ds.dropped:
+        out["dropped"] = ds.dropped
     id_set = set(ds.ids)
     splits = {name: {"listed": len(ids), "with_labels": sum(k in id_set for k in ids)}
               for name, ids in ds.splits.items()}

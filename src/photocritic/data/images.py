@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 import struct
 import warnings
 from pathlib import Path
@@ -27,15 +28,37 @@ ERROR_KINDS = {
     "not_image": "the file is not an image in any format we read",
     "truncated": "the image data ends early",
     "corrupt": "the file looks like an image but its data cannot be decoded",
-    "too_large": "the image has more pixels than the decompression-bomb limit",
+    "too_large": "the image has more pixels than the decompression-bomb limit, or the file is "
+                 "larger than the byte cap (--max-file-size)",
 }
+
+#: Files larger than this are not read (``too_large``); configurable per run
+#: (``max_bytes=``, ``--max-file-size``). A 179-megapixel 16-bit TIFF is about 1 GB.
+DEFAULT_MAX_BYTES = 1 << 30
 
 #: Images with more pixels than this are refused before any pixel is decoded
 #: (decompression-bomb guard): PIL's own hard limit, about 179 million.
 MAX_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".tif", ".tiff",
-                    ".bmp", ".dib", ".gif"}
+def _openable_extensions() -> set[str]:
+    """Every file extension the installed Pillow can open (AVIF, JPEG 2000,
+    PSD, QOI, ... as built), except formats Pillow only identifies: stubs
+    that need an outside handler (BUFR, GRIB, HDF5, WMF) and MPEG video."""
+    from PIL import ImageFile
+
+    Image.init()
+    out = set()
+    for ext, fmt in Image.registered_extensions().items():
+        if fmt not in Image.OPEN or fmt == "MPEG":
+            continue
+        factory = Image.OPEN[fmt][0]
+        if isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile):
+            continue
+        out.add(ext.lower())
+    return out
+
+
+IMAGE_EXTENSIONS = _openable_extensions()
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -61,11 +84,50 @@ class ImageError(Exception):
         self.message = message
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """Read a whole file, mapping OS failures to :class:`ImageError`."""
+def _special_kind(mode: int) -> str | None:
+    if stat.S_ISDIR(mode):
+        return "is a directory, not an image file"
+    if stat.S_ISFIFO(mode):
+        return "is a named pipe (FIFO), not a regular file; only regular files are read"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, not a regular file; only regular files are read"
+    if stat.S_ISSOCK(mode):
+        return "is a socket, not a regular file; only regular files are read"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file; only regular files are read"
+    return None
+
+
+def read_bytes(path: str | os.PathLike, max_bytes: int | None = DEFAULT_MAX_BYTES) -> bytes:
+    """Read a whole regular file, mapping OS failures to :class:`ImageError`.
+
+    Only regular files are read (symbolic links are followed): a FIFO would
+    block forever and a device such as /dev/zero never ends, so both are
+    ``unreadable``. At most ``max_bytes`` are read; a larger file is
+    ``too_large``."""
     try:
+        st = os.stat(path)
+        why = _special_kind(st.st_mode)
+        if why is not None:
+            raise ImageError("unreadable", f"{path}: {why}")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise ImageError("too_large", f"{path}: {st.st_size:,} bytes is over the cap of "
+                             f"{max_bytes:,} bytes (--max-file-size)")
+        limit = st.st_size if max_bytes is None else min(st.st_size, max_bytes)
         with open(path, "rb") as fh:
-            data = fh.read()
+            # read(n) allocates n bytes up front: ask for the size stat gave (+1 to see
+            # growth), never for the cap itself; a file that grew is read on in chunks
+            data = fh.read(limit + 1)
+            if len(data) > st.st_size:
+                parts = [data]
+                while max_bytes is None or len(data) <= max_bytes:
+                    more = fh.read(1 << 20)
+                    if not more:
+                        break
+                    parts.append(more)
+                    data = b"".join(parts)
+    except ImageError:
+        raise
     except FileNotFoundError:
         raise ImageError("missing", f"{path}: no such file (it may have been moved or deleted)")
     except IsADirectoryError:
@@ -76,6 +138,9 @@ def read_bytes(path: str | os.PathLike) -> bytes:
         if exc.errno == errno.ENOENT:
             raise ImageError("missing", f"{path}: no such file")
         raise ImageError("unreadable", f"{path}: cannot read ({exc.strerror or exc})")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageError("too_large", f"{path}: more than the cap of {max_bytes:,} bytes "
+                         f"(--max-file-size)")
     if not data:
         raise ImageError("empty", f"{path}: file is empty (0 bytes)")
     return data
@@ -193,17 +258,35 @@ def decode_for(data: bytes, pre: Preprocess, name: str = "<bytes>") -> np.ndarra
     return np.asarray(im, dtype=np.uint8)
 
 
-def prepare_pil(im: Image.Image, pre: Preprocess) -> np.ndarray:
-    """An in-memory PIL image -> uint8 (H, W, 3) array (API input)."""
-    return np.asarray(_resize_crop(_to_rgb(ImageOps.exif_transpose(im)), pre), dtype=np.uint8)
+def prepare_pil(im: Image.Image, pre: Preprocess, name: str = "<image>") -> np.ndarray:
+    """An in-memory PIL image -> uint8 (H, W, 3) array (API input).
+    A PIL image that cannot be loaded (a lazily opened file that is
+    truncated or damaged, a zero-size image) raises :class:`ImageError`."""
+    try:
+        w, h = im.size
+        if w * h > MAX_PIXELS:
+            raise ImageError("too_large", f"{name}: {w}x{h} pixels is over the {MAX_PIXELS:,}-pixel limit")
+        if w == 0 or h == 0:
+            raise ImageError("corrupt", f"{name}: the image has no pixels ({w}x{h})")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im.load()
+            return np.asarray(_resize_crop(_to_rgb(ImageOps.exif_transpose(im)), pre), dtype=np.uint8)
+    except ImageError:
+        raise
+    except Exception as exc:  # one bad in-memory image must not lose the others
+        text = str(exc)
+        kind = "truncated" if "truncated" in text.lower() or isinstance(exc, EOFError) else "corrupt"
+        raise ImageError(kind, f"{name}: cannot use this PIL image ({type(exc).__name__}: {text})")
 
 
 def list_images(paths: list[str | os.PathLike], recursive: bool = False) -> list[str]:
     """Expand files and folders into a sorted list of files to score.
 
     Files named explicitly are kept whatever their extension (so a bad one
-    is reported); folders contribute files with an image extension.
-    Missing paths are kept too: they become ``missing`` rows.
+    is reported); folders contribute files with an extension Pillow can open
+    (:data:`IMAGE_EXTENSIONS`). Missing paths are kept too: they become
+    ``missing`` rows (the command line rejects them before this).
     """
     out: list[str] = []
     for p in paths:

@@ -26,11 +26,26 @@ _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "bo
 SUPPORTED = ("clip", "siglip", "siglip2")
 
 
+def download_command(name: str) -> str:
+    """The command that downloads ``name`` with the installed huggingface_hub:
+    ``hf download`` (huggingface_hub >= 0.34), else ``huggingface-cli download``."""
+    import importlib.util
+
+    try:
+        has_hf = importlib.util.find_spec("huggingface_hub.cli.hf") is not None
+    except ImportError:
+        has_hf = False
+    return f"hf download {name}" if has_hf else f"huggingface-cli download {name}"
+
+
 def _how_to_get(name: str) -> str:
+    if Path(name).is_dir():
+        return (f"Model directory '{name}' has no loadable weights (it needs config.json and "
+                f"model.safetensors or pytorch_model.bin, as `save_pretrained` writes them).")
     return (f"Model '{name}' is not available offline. Download it once on a machine with "
-            f"network access (e.g. `huggingface-cli download {name}`, which fills the "
-            f"Hugging Face cache), or save it with `save_pretrained` and pass the local "
-            f"directory instead of the hub id (for a preset: --weights DIR).")
+            f"network access (`{download_command(name)}`, which fills the Hugging Face cache), "
+            f"or save it with `save_pretrained` and pass the local directory instead of the "
+            f"hub id (for a preset: --weights DIR).")
 
 
 @functools.lru_cache(maxsize=4)

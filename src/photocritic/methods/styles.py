@@ -31,6 +31,10 @@ STYLE_PHRASES = {
 }
 TEMPLATES = ["a photo with {style}", "a {style} photo", "a photograph showing {style}",
              "an image with {style}"]
+#: VILA reports zero-shot style mAP with a single prompt and with a prompt
+#: ensemble; these templates are this project's own (the paper's were not
+#: published): ``single`` uses the first, ``ensemble`` averages all four.
+VARIANTS = {"single": TEMPLATES[:1], "ensemble": TEMPLATES}
 
 
 def style_prompts(names: list[str], templates: list[str] = TEMPLATES) -> list[list[str]]:

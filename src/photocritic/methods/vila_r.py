@@ -175,10 +175,3 @@ class VilaR:
         obj.module.eval()
         return obj
 
-    @classmethod
-    def untrained(cls, anchor: torch.Tensor) -> "VilaR":
-        """An identity adapter: r = cos(v, w_p), the zero-shot starting point."""
-        obj = cls(rank=None)
-        obj.module = RankAdapter(anchor.numel(), anchor, None)
-        obj.module.eval()
-        return obj

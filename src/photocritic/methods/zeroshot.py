@@ -6,7 +6,10 @@ Scoring rules, each one function over L2-normalised embeddings:
   (positive, negative) prompt pair, the softmax over the pair of the cosine
   similarities times the model's logit scale, keeping P(positive); averaged
   over pairs. VILA's zero-shot prompt ensemble (Ke et al., CVPR 2023) is this
-  rule over six good/bad pairs.
+  rule over six good/bad pairs. Note: the paper's printed equation softmaxes
+  the plain cosines; the official code (and torchmetrics) multiply them by
+  the logit scale first, and so does this function. With one pair the
+  ranking is the same either way; averaged over several pairs it can differ.
 * :func:`weighted_sum` - Hentschel, Kobs & Hotho (2022), Eq. 1-2:
   score(I) = sum_i cos(I, T_i) * w_i with w_i = +1 for positive and -1 for
   negative prompts.
@@ -111,6 +114,9 @@ class PromptSet:
     description: str = ""
 
     def __post_init__(self):
+        if self.template and "{label}" not in self.template:
+            raise ValueError(f"prompt set {self.name!r}: the template {self.template!r} has no "
+                             f"{{label}} to fill with the adjectives")
         if self.rule not in RULES:
             raise ValueError(f"prompt set {self.name!r}: rule must be one of {RULES}, not {self.rule!r}")
         if self.rule == "antonym" and not self.pairs:
@@ -126,6 +132,13 @@ class PromptSet:
         if self.classes == "imagenet":
             return imagenet_class_names()
         return list(self.classes or [])
+
+    def prompt_classes(self) -> list[str | None]:
+        """The class filled into each prompt of :meth:`expand` (None without ``{class}``)."""
+        if self.pairs or "{class}" not in self.template:
+            return [None] * len(self.expand()[0])
+        classes = self.class_list()
+        return [c for _ in (self.positive + self.negative) for c in classes]
 
     def expand(self) -> tuple[list[str], list[float]]:
         """(prompt texts, weights +1/-1); for pairs, positives come first."""
@@ -232,16 +245,31 @@ class ZeroShotHead:
 
     @torch.inference_mode()
     def predict_binary(self, embeddings) -> np.ndarray:
-        """1 = positive label: P(positive) > 0.5 for antonym and ensemble
-        (softmax of the logit-scaled similarities), the nearest prompt's
-        label for context, the sign of the weighted sum otherwise."""
+        """1 = positive label, by each rule's own binary classification:
+
+        * antonym: P(positive) > 0.5 (softmax of the logit-scaled cosines,
+          averaged over pairs);
+        * weighted_sum (fixed prompts) and ensemble: the sign of
+          cos(positive) - cos(negative), i.e. the nearest label;
+        * context: the label of the most similar of all the context prompts
+          (Hentschel et al.: the best of the 2,000 prompts).
+        """
         self._prepare()
         x = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
         rule = self.prompts.rule
         if rule == "antonym":
             return (antonym_score(x, self.pos, self.neg, self.scale) > 0.5).long().numpy()
         if rule == "ensemble":
-            return (antonym_score(x, self.pos[None], self.neg[None], self.scale) > 0.5).long().numpy()
+            return (weighted_sum(x, torch.stack([self.pos, self.neg]), [1.0, -1.0]) > 0).long().numpy()
         if rule == "context":
             return (nearest_label(x, self.texts, self.weights) > 0).long().numpy()
         return (weighted_sum(x, self.texts, self.weights) > 0).long().numpy()
+
+    @torch.inference_mode()
+    def nearest_class(self, embeddings) -> list[str | None]:
+        """Context rule: the class of the most similar prompt, per image (as
+        the CLIP-aesthetics paper's Figure 2 shows it)."""
+        self._prepare()
+        classes = self.prompts.prompt_classes()
+        sims = _unit(np.asarray(embeddings)) @ _unit(self.texts).T
+        return [classes[k] for k in sims.argmax(-1).tolist()]
