@@ -436,6 +436,13 @@ def test_item8_other_scales_need_label_scale(tmp_path):
         load_dataset(d, label_scale="1-5")
 
 
+def test_item8_calibrate_on_constant_labels_is_a_clear_error(tmp_path):
+    d = _eval_folder(tmp_path, [5.0] * 5)
+    out = _run("calibrate", "--dataset", d, "--output", tmp_path / "cal", "-q", "--no-cache")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "cannot calibrate" in out.stderr and not (tmp_path / "cal").exists()
+
+
 # -- 9. damaged and foreign cache files ----------------------------------------------------
 
 
@@ -536,19 +543,33 @@ def test_item12_malformed_jsonl_is_a_file_line_error(tmp_path, line, fragment):
 # -- 13. special files ----------------------------------------------------------------------
 
 
-def test_item13_fifo_and_dev_zero_are_unreadable_and_the_cap_applies(tmp_path):
+def test_item13_fifo_and_dev_zero_are_unreadable(tmp_path):
     d = _two_images(tmp_path)
     os.mkfifo(d / "pipe.jpg")
     os.symlink("/dev/zero", d / "zero.jpg")
-    (d / "big.jpg").write_bytes(jpeg_bytes(photo(9, (800, 600))))
-    out = _run("score", d, "--no-cache", "-q", "--output", tmp_path / "o.csv", "--max-file-size", "20KB",
-               timeout=120)
+    out = _run("score", d, "--no-cache", "-q", "--output", tmp_path / "o.csv", timeout=60)
     assert out.returncode == 0, out.stderr
     rows = {os.path.basename(r["path"]): r for r in csv.DictReader(open(tmp_path / "o.csv"))}
     assert rows["pipe.jpg"]["status"] == "unreadable" and "FIFO" in rows["pipe.jpg"]["error"]
     assert rows["zero.jpg"]["status"] == "unreadable" and "device" in rows["zero.jpg"]["error"]
-    assert rows["big.jpg"]["status"] == "too_large" and "20,000 bytes" in rows["big.jpg"]["error"]
     assert rows["0.jpg"]["status"] == rows["1.jpg"]["status"] == "ok"
+
+
+def test_item13_byte_cap_is_configurable(tmp_path, lite):
+    from photocritic.data.images import DEFAULT_MAX_BYTES
+
+    d = _two_images(tmp_path)
+    big = d / "big.jpg"
+    big.write_bytes(jpeg_bytes(photo(9, (800, 600))))
+    size = big.stat().st_size
+    assert 20_000 < size < DEFAULT_MAX_BYTES
+    out = _run("score", d, "--no-cache", "-q", "--output", tmp_path / "o.csv", "--max-file-size", "20KB")
+    rows = {os.path.basename(r["path"]): r for r in csv.DictReader(open(tmp_path / "o.csv"))}
+    assert rows["big.jpg"]["status"] == "too_large" and f"{size:,} bytes" in rows["big.jpg"]["error"]
+    assert "20,000 bytes" in rows["big.jpg"]["error"] and rows["0.jpg"]["status"] == "ok"
+    rows = lite.score([str(big)], max_bytes=size)  # exactly at the cap is allowed
+    assert rows[0].status == "ok"
+    assert lite.score([str(big)], max_bytes=size - 1)[0].status == "too_large"
 
 
 # -- 14. unwritable output ------------------------------------------------------------------
@@ -831,7 +852,9 @@ def test_item24_explicit_bf16_warns_on_the_command_line(tmp_path, monkeypatch, c
 
 
 def test_item24_every_results_file_records_the_cpu():
-    for f in sorted((REPO / "benchmarks" / "results").glob("*.json")):
+    files = sorted((REPO / "benchmarks" / "results").glob("*.json"))
+    assert [f.name for f in files] == ["robustness.json", "throughput.json", "zeroshot.json"]
+    for f in files:
         info = json.loads(f.read_text())
         for key in ("cpu_model", "cpu_capability", "cpu_bf16_native"):
             assert key in info, (f.name, key)

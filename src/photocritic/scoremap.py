@@ -45,8 +45,13 @@ class ScoreMap:
         r = np.asarray(raw, dtype=np.float64)
         y = np.clip(np.asarray(labels, dtype=np.float64), 1.0 + 1e-6, 10.0 - 1e-6)
         f = lambda x, c, s: 1.0 + 9.0 / (1.0 + np.exp(-(x - c) / abs(s)))  # noqa: E731
+        if np.ptp(r) == 0 or np.ptp(y) == 0:
+            raise ValueError("cannot calibrate: the model's outputs or the labels are all equal")
         p0 = [float(np.median(r)), float(np.std(r)) or 1.0]
-        (c, s), _ = curve_fit(f, r, y, p0=p0, maxfev=20000)
+        try:
+            (c, s), _ = curve_fit(f, r, y, p0=p0, maxfev=20000)
+        except RuntimeError as exc:
+            raise ValueError(f"cannot calibrate: the logistic fit did not converge ({exc})") from None
         return cls(center=float(c), scale=float(abs(s)))
 
     @classmethod
