@@ -18,10 +18,12 @@ Usage: python benchmarks/robustness.py [--images 1000]
 from __future__ import annotations
 
 import argparse
+import atexit
 import csv
 import io
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -103,6 +105,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     print(machine_line(), flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="photocritic-robust-"))
+    atexit.register(shutil.rmtree, tmp, True)  # leave no temp files behind
     inputs, expected = make_folder(tmp / "photos", args.images)
     base = [sys.executable, "-m", "photocritic.cli", "score", *inputs, "-q"]
     report = {"valid_images": args.images, "broken_files": len(expected)}

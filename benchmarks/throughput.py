@@ -25,6 +25,8 @@ Usage: python benchmarks/throughput.py [--lite-images 512] [--clip-images 320]
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import sys
 import tempfile
 import time
@@ -134,6 +136,7 @@ def main(argv=None) -> int:
     print(machine_line(), flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="photocritic-bench-"))
+    atexit.register(shutil.rmtree, tmp, True)  # leave no temp files behind
     paths = make_jpegs(tmp / "jpegs", max(args.lite_images, args.clip_images))
     clip_dir = save_random_clip(tmp / "clip-vit-b-32-random", size="vit-b-32", kind="clip")
     print(f"{'model':<22} {'prec':<5} {'decode':<8} {'e2e img/s':>9} {'enc img/s':>9} {'cached':>9} "

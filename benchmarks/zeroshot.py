@@ -22,6 +22,8 @@ Usage: python benchmarks/zeroshot.py [--images 200]
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import sys
 import tempfile
 import time
@@ -85,6 +87,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     print(machine_line(), flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="photocritic-zs-"))
+    atexit.register(shutil.rmtree, tmp, True)  # leave no temp files behind
     paths = make_jpegs(tmp / "jpegs", args.images, seed=1)
     # logit scale 100, as trained CLIPs have and torchmetrics assumes, so the scores agree
     model_dir = save_random_clip(tmp / "clip-vit-b-32-random", size="vit-b-32", kind="clip",
