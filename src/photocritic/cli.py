@@ -101,6 +101,10 @@ def check_output(output: str | Path) -> None:
     if output.is_dir():
         raise UsageError(f"--output {output}: is a directory; give a file name")
     probe = output.with_name(output.name + ".part")
+    blocker = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise OutputError(f"--output {output}: cannot write there ({blocker} is a file, not a "
+                          f"folder); nothing was scored")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         with open(probe, "wb"):
@@ -260,9 +264,11 @@ def _cmd_prompts_list(args) -> int:
     from .methods.prompt_search import adjective_lists
     from .methods.zeroshot import PromptSet, shipped_prompt_sets
 
-    for name in shipped_prompt_sets():
+    names = shipped_prompt_sets()
+    width = max(map(len, names)) + 2
+    for name in names:
         ps = PromptSet.load(name)
-        print(f"{name:<24} {ps.rule:<13} {ps.description}")
+        print(f"{name:<{width}} {ps.rule:<13} {ps.description}")
     pos, neg = adjective_lists()
     print(f"\nprompt-search adjectives: {len(pos)} positive, {len(neg)} negative (WordNet)")
     return EXIT_OK
