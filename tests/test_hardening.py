@@ -572,6 +572,24 @@ def test_item13_byte_cap_is_configurable(tmp_path, lite):
     assert lite.score([str(big)], max_bytes=size - 1)[0].status == "too_large"
 
 
+def test_item13_a_file_that_grows_after_stat_is_read_whole_up_to_the_cap(tmp_path, monkeypatch):
+    from photocritic.data import images as imgs
+
+    f = tmp_path / "growing.bin"
+    f.write_bytes(b"x" * (3 << 20))
+    real = os.stat
+
+    class Stale:  # what stat said before the file grew to 3 MiB
+        def __init__(self, st):
+            self.st_mode, self.st_size = st.st_mode, 10
+
+    monkeypatch.setattr(imgs.os, "stat", lambda p: Stale(real(p)))
+    assert len(imgs.read_bytes(f)) == 3 << 20
+    with pytest.raises(imgs.ImageError) as err:
+        imgs.read_bytes(f, max_bytes=1 << 20)
+    assert err.value.kind == "too_large"
+
+
 # -- 14. unwritable output ------------------------------------------------------------------
 
 

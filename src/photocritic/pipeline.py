@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -148,15 +149,12 @@ class PlainProgress:
     line every ``every`` seconds, never a carriage return."""
 
     def __init__(self, total: int, desc: str, every: float):
-        import time
-
         self.total, self.desc, self.every, self.n = total, desc, every, 0
-        self._clock = time.monotonic
-        self._last = self._clock()
+        self._last = time.monotonic()
 
     def update(self, k: int = 1) -> None:
         self.n += k
-        now = self._clock()
+        now = time.monotonic()
         if now - self._last >= self.every and self.n < self.total:
             self._last = now
             pct = 100.0 * self.n / max(1, self.total)
@@ -167,19 +165,11 @@ class PlainProgress:
         pass
 
 
-class _NoProgress:
-    def update(self, k: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _progress(total: int, enabled: bool, desc: str = "scoring"):
     """A tqdm bar on a terminal; plain periodic lines otherwise
     (``$PHOTOCRITIC_PROGRESS_SECONDS``, default 30)."""
     if not enabled:
-        return _NoProgress()
+        return PlainProgress(total, desc, math.inf)  # never prints
     if not sys.stderr.isatty():
         return PlainProgress(total, desc, float(os.environ.get("PHOTOCRITIC_PROGRESS_SECONDS", 30)))
     from tqdm.auto import tqdm

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,23 +85,22 @@ class VoteTable:
         return sub, missing
 
 
-def open_text(path: str | Path):
-    """Open a label file as text: UTF-8 with or without a byte-order mark.
-    Other encodings (UTF-16 from spreadsheet exports, Latin-1) are refused
-    with a message naming the file, not a decoding traceback."""
+def open_text(path: str | Path) -> io.StringIO:
+    """A label file as text, read and decoded once: UTF-8 with or without a
+    byte-order mark. Other encodings (UTF-16 from spreadsheet exports,
+    Latin-1) are refused with a message naming the file, not a decoding
+    traceback. Line endings are left to the reader (as ``newline=""``)."""
     path = Path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(1 << 16)
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(head) > 3 and head[1:2] == b"\x00"):
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) > 3 and data[1:2] == b"\x00"):
         raise LabelFormatError(f"{path}:1: the file is UTF-16 text; save it as UTF-8 (CSV UTF-8)")
     try:
-        with open(path, encoding="utf-8-sig") as fh:
-            for n, line in enumerate(fh, 1):
-                pass
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise LabelFormatError(f"{path}: not UTF-8 text (byte {exc.start} of the file is "
-                               f"{exc.object[exc.start:exc.start + 1]!r}); save it as UTF-8") from None
-    return open(path, newline="", encoding="utf-8-sig")
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise LabelFormatError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start:exc.start + 1]!r}); "
+                               f"save it as UTF-8") from None
+    return io.StringIO(text, newline="")
 
 
 def _table(ids, votes, tags, challenge, source) -> VoteTable:

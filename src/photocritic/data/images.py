@@ -119,13 +119,14 @@ def read_bytes(path: str | os.PathLike, max_bytes: int | None = DEFAULT_MAX_BYTE
             # growth), never for the cap itself; a file that grew is read on in chunks
             data = fh.read(limit + 1)
             if len(data) > st.st_size:
-                parts = [data]
-                while max_bytes is None or len(data) <= max_bytes:
+                parts, total = [data], len(data)
+                while max_bytes is None or total <= max_bytes:
                     more = fh.read(1 << 20)
                     if not more:
                         break
                     parts.append(more)
-                    data = b"".join(parts)
+                    total += len(more)
+                data = b"".join(parts)
     except ImageError:
         raise
     except FileNotFoundError:
