@@ -681,10 +681,9 @@ def _counted_warnings():
 
 
 def _warning_note() -> str:
-    if not _WARNINGS:
-        return ""
-    return (f"; {sum(_WARNINGS.values())} library warnings ("
-            + ", ".join(f"{k}: {v}" for k, v in sorted(_WARNINGS.items())) + ")")
+    from .pipeline import warnings_note
+
+    return warnings_note(_WARNINGS)
 
 
 def main(argv=None) -> int:

@@ -79,12 +79,19 @@ class RunStats:
 
     def summary(self) -> str:
         kinds = ", ".join(f"{k}: {v}" for k, v in sorted(self.failures.items()))
-        warned = ", ".join(f"{k}: {v}" for k, v in sorted(self.warnings.items()))
         return (f"photocritic: {self.total} images, {self.scored} scored "
                 f"({self.cached} from cache, {self.computed} computed), {self.failed} failed"
                 + (f" ({kinds})" if kinds else "")
                 + (f", {self.interrupted} not done (interrupted)" if self.interrupted else "")
-                + (f"; {sum(self.warnings.values())} library warnings ({warned})" if warned else ""))
+                + warnings_note(self.warnings))
+
+
+def warnings_note(counts: dict) -> str:
+    """``"; 3 library warnings (name: count, ...)"``, or "" when there were none."""
+    if not counts:
+        return ""
+    return (f"; {sum(counts.values())} library warnings ("
+            + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + ")")
 
 
 class _DecodeDataset(torch.utils.data.Dataset):
