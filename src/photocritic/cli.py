@@ -58,6 +58,15 @@ def _write_format(records: list[dict], path: Path, fmt: str, columns: list[str])
         raise
 
 
+def _output_format(output: Path) -> str:
+    """csv, jsonl or parquet by the extension; UsageError for any other."""
+    fmt = OUTPUT_FORMATS.get(output.suffix.lower())
+    if fmt is None:
+        raise UsageError(f"--output {output}: unknown extension {output.suffix!r}; "
+                         f"use one of {', '.join(OUTPUT_FORMATS)}")
+    return fmt
+
+
 def write_rows(rows, output: str | Path, extra: tuple[str, ...] = ()) -> Path:
     """Write score rows as CSV, JSONL or Parquet, chosen by the extension.
 
@@ -67,10 +76,7 @@ def write_rows(rows, output: str | Path, extra: tuple[str, ...] = ()) -> Path:
     import tempfile
 
     output = Path(output)
-    fmt = OUTPUT_FORMATS.get(output.suffix.lower())
-    if fmt is None:
-        raise UsageError(f"--output {output}: unknown extension {output.suffix!r}; "
-                         f"use one of {', '.join(OUTPUT_FORMATS)}")
+    fmt = _output_format(output)
     records = [r.as_dict(extra) for r in rows]
     columns = COLUMNS + list(extra)
     try:
@@ -95,9 +101,7 @@ def check_output(output: str | Path) -> None:
     """Before any image is scored: the extension is known and the file can be
     created (a probe file is written and removed)."""
     output = Path(output)
-    if output.suffix.lower() not in OUTPUT_FORMATS:
-        raise UsageError(f"--output {output}: unknown extension {output.suffix!r}; "
-                         f"use one of {', '.join(OUTPUT_FORMATS)}")
+    _output_format(output)
     if output.is_dir():
         raise UsageError(f"--output {output}: is a directory; give a file name")
     probe = output.with_name(output.name + ".part")

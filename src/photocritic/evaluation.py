@@ -48,8 +48,8 @@ def compute_metrics(pred: np.ndarray, true: np.ndarray, on_1_to_10: bool,
         notes.append("all labels are equal: correlations are undefined")
     if on_1_to_10 and n:
         out["accuracy"] = (M.binary_accuracy(pred_binary, true) if pred_binary is not None
-                           else _safe(M.accuracy, pred, true))
-        out.update(mse=float(np.mean((pred - true) ** 2)), mae=float(np.mean(np.abs(pred - true))))
+                           else M.accuracy(pred, true))
+        out.update(mse=M.mse(pred, true), mae=M.mae(pred, true))
     if pred_dist is not None and true_dist is not None:
         out.update(emd=M.emd(pred_dist, true_dist, r=1), emd_r2=M.emd(pred_dist, true_dist, r=2))
     if n_boot:

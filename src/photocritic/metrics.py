@@ -17,13 +17,15 @@ import numpy as np
 # -- score metrics -----------------------------------------------------------
 
 
-def _pair(pred, true) -> tuple[np.ndarray, np.ndarray]:
+def _pair(pred, true, min_n: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and labels as float arrays of one length, at least ``min_n``
+    (2 for correlations; errors and accuracy are defined for one image)."""
     p = np.asarray(pred, dtype=np.float64).reshape(-1)
     t = np.asarray(true, dtype=np.float64).reshape(-1)
     if p.shape != t.shape:
         raise ValueError(f"predictions ({p.size}) and labels ({t.size}) differ in length")
-    if p.size < 2:
-        raise ValueError("need at least two samples")
+    if p.size < min_n:
+        raise ValueError(f"need at least {min_n} sample{'s' if min_n > 1 else ''}")
     return p, t
 
 
@@ -131,7 +133,7 @@ def plcc_logistic_fit(pred, true) -> tuple[float, str | None]:
 def accuracy(pred, true, threshold: float = 5.0) -> float:
     """Binary accuracy of (pred > threshold) against (true > threshold): the
     rule of regression heads, whose prediction is a mean score."""
-    p, t = _pair(pred, true)
+    p, t = _pair(pred, true, min_n=1)
     return float(np.mean((p > threshold) == (t > threshold)))
 
 
@@ -146,12 +148,12 @@ def binary_accuracy(pred_positive, true, threshold: float = 5.0) -> float:
 
 
 def mse(pred, true) -> float:
-    p, t = _pair(pred, true)
+    p, t = _pair(pred, true, min_n=1)
     return float(np.mean((p - t) ** 2))
 
 
 def mae(pred, true) -> float:
-    p, t = _pair(pred, true)
+    p, t = _pair(pred, true, min_n=1)
     return float(np.mean(np.abs(p - t)))
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,11 +189,12 @@ def parse_scale(text: str | None) -> tuple[float, float] | None:
     """``"0-100"`` -> (0.0, 100.0); None stays None."""
     if text is None:
         return None
+    parts = str(text).split("-")
     try:
-        lo, hi = (float(x) for x in str(text).split("-", 1)) if not str(text).startswith("-") else (None, None)
+        lo, hi = (float(parts[0]), float(parts[1])) if len(parts) == 2 else (math.nan, math.nan)
     except ValueError:
-        lo = hi = None
-    if lo is None or not hi > lo:
+        lo = hi = math.nan
+    if not hi > lo:
         raise ValueError(f"--label-scale {text}: give the scale as LOW-HIGH, e.g. 0-100 or 1-5")
     return lo, hi
 

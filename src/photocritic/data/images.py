@@ -193,6 +193,16 @@ def _resize_crop(im: Image.Image, pre: Preprocess) -> Image.Image:
     return im.resize((c, c), resample, box=box, reducing_gap=3.0)
 
 
+def _check_pixels(im: Image.Image, name: str) -> tuple[int, int]:
+    """The image's size; ImageError ``too_large`` past :data:`MAX_PIXELS`
+    (decompression-bomb guard), before any pixel is decoded."""
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        raise ImageError("too_large", f"{name}: {w}x{h} pixels is over the "
+                         f"{MAX_PIXELS:,}-pixel limit (decompression-bomb guard)")
+    return w, h
+
+
 def open_image(data: bytes, name: str = "<bytes>", draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode bytes into an RGB PIL image with EXIF orientation applied.
 
@@ -203,10 +213,7 @@ def open_image(data: bytes, name: str = "<bytes>", draft_size: tuple[int, int] |
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
-            w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise ImageError("too_large", f"{name}: {w}x{h} pixels is over the "
-                                 f"{MAX_PIXELS:,}-pixel limit (decompression-bomb guard)")
+            _check_pixels(im, name)
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
             if draft_size is not None and im.format == "JPEG":
@@ -264,9 +271,7 @@ def prepare_pil(im: Image.Image, pre: Preprocess, name: str = "<image>") -> np.n
     A PIL image that cannot be loaded (a lazily opened file that is
     truncated or damaged, a zero-size image) raises :class:`ImageError`."""
     try:
-        w, h = im.size
-        if w * h > MAX_PIXELS:
-            raise ImageError("too_large", f"{name}: {w}x{h} pixels is over the {MAX_PIXELS:,}-pixel limit")
+        w, h = _check_pixels(im, name)
         if w == 0 or h == 0:
             raise ImageError("corrupt", f"{name}: the image has no pixels ({w}x{h})")
         with warnings.catch_warnings():
