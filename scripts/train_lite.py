@@ -98,9 +98,9 @@ def main(argv=None) -> int:
             print(f"validation (4 photos left out), level {level}: pair accuracy "
                   f"{pair_accuracy(head.predict(x[held]), y[held], g[held], level):.3f}", file=sys.stderr)
     head = make_head(args)
-    head.fit(x, y, groups=g, log=lambda s: print(s, file=sys.stderr) if s.startswith("epoch 1/") or
-             s.split()[1].split("/")[0] == s.split()[1].split("/")[1] else None)
-    raw = head.predict(x)
+    head.fit({"image.pooled": x}, y, groups=g,
+             on_epoch=lambda e, loss: print(f"epoch {e} loss {loss:.4f}", file=sys.stderr) if e in (1, args.epochs) else None)
+    raw = head.predict({"image.pooled": x}).score
     originals, strong = raw[y == 0], raw[y == -2]
     # Map the median original to 7 and the median strongly degraded image to 3.
     score_map = ScoreMap.from_anchors(float(np.median(strong)), float(np.median(originals)), 3.0, 7.0)
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
 
 def make_head(args) -> VilaR:
     return VilaR(rank=args.rank, margin=0.1, lr=args.lr, epochs=args.epochs, batch_size=150,
-                 seed=args.seed, weight_decay=args.weight_decay, standardize=True)
+                 seed=args.seed, weight_decay=args.weight_decay, standardize=True, anchor="mean")
 
 
 def pair_accuracy(raw, y, g, level) -> float:

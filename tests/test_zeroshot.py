@@ -300,7 +300,7 @@ def test_calibrating_lite_keeps_its_head(tmp_path, capsys):
     rows = [{"path": name, "mean": mean} for name, _, mean in items]
     out = tmp_path / "lite-cal"
     assert main(["calibrate", "--dataset", str(d), "--output", str(out), "-q", "--no-cache"]) == 0
-    assert (out / "head.safetensors").exists()
+    assert (out / "model.safetensors").exists()
     from photocritic.features import EmbeddingCache
 
     lite, cal = photocritic.load("lite"), photocritic.load(str(out))

@@ -11,20 +11,11 @@ import sys
 import warnings
 from pathlib import Path
 
+from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PhotocriticError, UsageError
 from .features import CacheError
 
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 COLUMNS = ["path", "score", "status", "error", "cached"]
-
-#: 0 the run completed (also when some files were bad); 1 an error that is not
-#: the user's (unwritable output, damaged cache, I/O); 2 usage (bad option,
-#: missing path, bad labels); 3 model weights not available offline; 130 Ctrl-C.
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-
-class UsageError(Exception):
-    pass
-
 
 class OutputError(OSError):
     """Rows could not be written where asked; ``fallback`` says where they went."""
@@ -33,12 +24,20 @@ class OutputError(OSError):
 def _write_format(records: list[dict], path: Path, fmt: str, columns: list[str]) -> None:
     tmp = path.with_name(path.name + ".part")
     try:
-        if fmt == "csv":
+        if fmt == "csv":  # a distribution becomes the columns p1..p10
+            flat = [c for c in columns if c != "distribution"]
+            if "distribution" in columns:
+                flat += [f"p{k}" for k in range(1, 11)]
             with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                w = csv.DictWriter(fh, fieldnames=columns)
+                w = csv.DictWriter(fh, fieldnames=flat)
                 w.writeheader()
                 for rec in records:
-                    w.writerow({**rec, "score": "" if rec["score"] is None else f"{rec['score']:.6f}"})
+                    rec = {**rec, "score": "" if rec["score"] is None else f"{rec['score']:.6f}"}
+                    dist = rec.pop("distribution", None)
+                    if "distribution" in columns:
+                        rec.update({f"p{k + 1}": "" if dist is None else f"{v:.6f}"
+                                    for k, v in enumerate(dist or [None] * 10)})
+                    w.writerow(rec)
         elif fmt == "jsonl":
             with open(tmp, "w", encoding="utf-8") as fh:
                 for rec in records:
@@ -47,7 +46,7 @@ def _write_format(records: list[dict], path: Path, fmt: str, columns: list[str])
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            types = {"score": pa.float64(), "cached": pa.bool_()}
+            types = {"score": pa.float64(), "cached": pa.bool_(), "distribution": pa.list_(pa.float64())}
             table = pa.table({c: pa.array([r[c] for r in records], types.get(c, pa.string()))
                               for c in columns})
             pq.write_table(table, tmp)
@@ -424,6 +423,54 @@ def _cmd_data_summary(args) -> int:
     return EXIT_OK
 
 
+def _cmd_train(args) -> int:
+    from .training.run import train
+
+    params = {}
+    for item in args.param or []:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UsageError(f"--param {item}: use NAME=VALUE")
+        params[key.replace("-", "_")] = _param_value(value)
+    if args.no_anchor:
+        params["anchor"] = "learned"
+    if args.no_residual:
+        params["residual"] = False
+    if args.ridge is not None:
+        params["ridge"] = args.ridge if args.ridge == "auto" else float(args.ridge)
+    options = {k: getattr(args, k) for k in ("method", "backbone", "dataset", "split", "val_split", "images",
+                                             "label_scale", "output", "epochs", "batch_size", "lr",
+                                             "seed", "device", "precision", "resume", "overwrite",
+                                             "cache", "no_cache", "workers", "quiet")}
+    options["params"] = params
+    train(options, args.config)
+    return EXIT_OK
+
+
+def _param_value(text: str):
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def _cmd_data_synth(args) -> int:
+    from .data.synthetic import find_sources, synthesize
+    from .pipeline import _progress
+
+    sources = find_sources(args.sources)
+    bar = _progress(args.n, not args.quiet, desc="synthesising")
+    try:
+        res = synthesize(args.output, args.n, seed=args.seed, sources=sources,
+                         min_sources=args.min_sources, progress=bar.update)
+    finally:
+        bar.close()
+    print(json.dumps(res))
+    return EXIT_OK
+
+
 def _cmd_models(args) -> int:
     from .zoo import PRESETS
 
@@ -588,6 +635,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     dt = sub_parser("data", help="inspect data sets")
     dsub = dt.add_subparsers(dest="data_command", required=True)
+    sy = dsub.add_parser("synth", help="write a synthetic aesthetic world with known ground truth",
+                         formatter_class=_Formatter)
+    sy.add_argument("--n", type=_int_at_least(1), required=True, help="number of images")
+    sy.add_argument("--seed", type=int, default=0, help="the same seed gives the same bytes")
+    sy.add_argument("--output", required=True, help="folder to write images/, labels.csv, comments.json")
+    sy.add_argument("--sources", help="a folder of source photos (default: Debian's wallpaper photos "
+                                      "and scikit-image's)")
+    sy.add_argument("--min-sources", type=_int_at_least(1), default=30, help="fewest source photos accepted")
+    sy.add_argument("--quiet", "-q", action="store_true", help="no progress")
+    sy.set_defaults(func=_cmd_data_synth)
     su = dsub.add_parser("summary", help="print a JSON summary of a data set", formatter_class=_Formatter)
     su.add_argument("spec", help="dataset SPEC (see `photocritic eval --help`)")
     su.add_argument("--images", help="folder the images are in (reports how many are missing)")
@@ -639,6 +696,43 @@ def build_parser() -> argparse.ArgumentParser:
                     help="one prompt per style, or four averaged (a prompt ensemble)")
     _add_run_options(st, model_default=None, prompts=False)
     st.set_defaults(func=_cmd_styles)
+
+    tr = sub_parser("train", help="train a method on labelled images; writes a model directory",
+                    description="Train METHOD on --dataset and write a model directory (config.json, "
+                                "model.safetensors), metrics.json, training.png and the resolved "
+                                "config to --output. Every option can come from --config FILE.")
+    from .registry import method_names
+
+    tr.add_argument("method", nargs="?", choices=method_names(), help="the method to train")
+    tr.add_argument("--backbone", help="efficientnet-lite0, clip-vit-b-32, clip-vit-b-16, clip-vit-l-14, "
+                                       "siglip-b-16, a CLIP/SigLIP directory or a hub id")
+    tr.add_argument("--dataset", help="dataset SPEC (as for eval)")
+    tr.add_argument("--split", help="training split (default: every labelled image)")
+    tr.add_argument("--val-split", help="validation split (default: a seeded 10%% of the training "
+                                        "split, by image id)")
+    tr.add_argument("--images", help="folder the images are in")
+    tr.add_argument("--label-scale", type=_label_scale, metavar="LOW-HIGH", help="scale of mean/MOS labels")
+    tr.add_argument("--output", help="folder for the model (must be empty, or --overwrite)")
+    tr.add_argument("--config", help="a YAML or JSON file of options (the command line wins)")
+    tr.add_argument("--epochs", type=_int_at_least(1), help="epochs (default: the method's)")
+    tr.add_argument("--batch-size", type=_int_at_least(1), help="batch size (default: the method's)")
+    tr.add_argument("--lr", type=float, help="learning rate (default: the method's)")
+    tr.add_argument("--seed", type=int, help="seed of the split, the initialisation and the batches")
+    tr.add_argument("--device", type=_device, help="cpu, cuda, cuda:N or mps")
+    tr.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="feature extraction precision")
+    tr.add_argument("--resume", action="store_true", help="continue a fine-tune from its last checkpoint")
+    tr.add_argument("--overwrite", action="store_true", help="replace what --output holds")
+    tr.add_argument("--ridge", help="linear: ridge penalty alpha, or 'auto' (chosen on validation)")
+    tr.add_argument("--no-anchor", action="store_true", help="vila-r: learn the anchor w_p")
+    tr.add_argument("--no-residual", action="store_true", help="vila-r: v~ = normalize(v H), no + v")
+    tr.add_argument("--param", action="append", metavar="NAME=VALUE",
+                    help="any other method parameter (repeatable)")
+    g = tr.add_mutually_exclusive_group()
+    g.add_argument("--cache", help="feature store file (default: the embedding cache)")
+    g.add_argument("--no-cache", action="store_true", default=None, help="keep features in memory only")
+    tr.add_argument("--workers", type=_int_at_least(0), help="decoding workers")
+    tr.add_argument("--quiet", "-q", action="store_true", default=None, help="no progress")
+    tr.set_defaults(func=_cmd_train)
 
     md = sub_parser("models", help="list the named presets")
     md.set_defaults(func=_cmd_models)
@@ -693,11 +787,9 @@ def _warning_note() -> str:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .encoders.base import ModelNotAvailableError
-
-    # Expected failures become one line on stderr and an exit code, in this order.
-    expected = ((UsageError, EXIT_USAGE), (ModelNotAvailableError, EXIT_MODEL),
-                (CacheError, EXIT_ERROR), (OutputError, EXIT_ERROR), (OSError, EXIT_ERROR),
+    # Expected failures become one line on stderr and an exit code, in this order
+    # (photocritic's own exceptions carry theirs; see photocritic.errors).
+    expected = ((PhotocriticError, None), (OutputError, EXIT_ERROR), (OSError, EXIT_ERROR),
                 (ValueError, EXIT_USAGE))  # ValueError covers LabelFormatError
     try:
         with _counted_warnings():
@@ -713,7 +805,8 @@ def main(argv=None) -> int:
         return EXIT_OK
     except tuple(kind for kind, _ in expected) as exc:
         print(f"photocritic: error: {_describe(exc)}", file=sys.stderr)
-        return next(code for kind, code in expected if isinstance(exc, kind))
+        code = next(code for kind, code in expected if isinstance(exc, kind))
+        return exc.exit_code if code is None else code
 
 
 if __name__ == "__main__":

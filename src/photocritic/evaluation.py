@@ -174,7 +174,9 @@ def evaluate(critic, ds: LabelledSet, output: str | Path, split_info: dict | Non
     pred = np.array([r.score for _, r in ok])
     true = ds.mean[idx]
     binary = np.array([r.binary for _, r in ok]) if all(r.binary is not None for _, r in ok) else None
-    res = compute_metrics(pred, true, ds.on_1_to_10, None,
+    pred_dist = (np.array([r.distribution for _, r in ok])
+                 if all(r.distribution is not None for _, r in ok) else None)
+    res = compute_metrics(pred, true, ds.on_1_to_10, pred_dist,
                           None if ds.distribution is None else ds.distribution[idx], n_boot=n_boot,
                           seed=seed, pred_binary=binary)
     rule = critic.binary_rule

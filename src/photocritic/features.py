@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import PhotocriticError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
     content_hash TEXT NOT NULL,
@@ -60,7 +62,7 @@ def hash_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-class CacheError(RuntimeError):
+class CacheError(PhotocriticError, RuntimeError):
     """The cache file cannot be opened, is damaged, or is not a photocritic cache.
 
     ``kind``: ``damaged`` (SQLite reports damage, or the file is not SQLite

@@ -158,22 +158,20 @@ def mae(pred, true) -> float:
 
 
 def emd(pred_dist, true_dist, r: int = 2) -> float:
-    """Earth mover's distance between score distributions, as in NIMA:
+    """Earth mover's distance between score distributions, averaged over
+    images: :func:`photocritic.losses.emd` (the training loss itself) in
+    float64, after normalising each row to sum to 1."""
+    import torch
 
-        EMD(p, q) = ( 1/N * sum_k |CDF_p(k) - CDF_q(k)|^r )^(1/r)
+    from .losses import emd as emd_fn
 
-    on the cumulative distributions over the N ordered bins, averaged over
-    images. Rows are normalised to sum to 1 first.
-    """
     p = np.atleast_2d(np.asarray(pred_dist, dtype=np.float64))
     q = np.atleast_2d(np.asarray(true_dist, dtype=np.float64))
     if p.shape != q.shape:
         raise ValueError(f"distribution shapes differ: {p.shape} vs {q.shape}")
     p = p / p.sum(1, keepdims=True)
     q = q / q.sum(1, keepdims=True)
-    diff = np.abs(np.cumsum(p, 1) - np.cumsum(q, 1))
-    per_image = np.mean(diff ** r, axis=1) ** (1.0 / r)
-    return float(per_image.mean())
+    return float(emd_fn(torch.from_numpy(p), torch.from_numpy(q), r))
 
 
 def average_precision(labels, scores) -> float:

@@ -1,8 +1,20 @@
-"""A scoring model = an image encoder + a method head + a map to 1-10.
+"""A scoring model = a backbone (image encoder) + a method + a map to 1-10.
 
-A trained model is a directory with ``config.json`` and the head's
-``*.safetensors``, loadable by :func:`photocritic.load`, like Hugging Face's
-``from_pretrained``. Named presets live in :mod:`photocritic.zoo`.
+A model is a directory, loadable by :func:`photocritic.load` like Hugging
+Face's ``from_pretrained``:
+
+* ``config.json``: ``{"format": "photocritic-model", "version": 2, "name",
+  "description", "backbone": {...}, "method": {"type", "params", "meta"},
+  "score_map": {...}}``; ``method.type`` names a registry entry
+  (:mod:`photocritic.registry`), ``params`` its constructor arguments,
+  ``meta`` the shapes needed to rebuild its modules;
+* ``model.safetensors``: the method's tensors;
+* ``backbone.safetensors`` when the image tower was fine-tuned (the
+  backbone spec then says ``"weights": "backbone.safetensors"``).
+
+Version-1 directories (``encoder`` + ``head.safetensors``/``head.json``, as
+the shipped ``lite`` model) are still read. Named presets live in
+:mod:`photocritic.zoo`.
 """
 
 from __future__ import annotations
@@ -15,12 +27,17 @@ import torch
 from PIL import Image
 
 from .encoders.base import ModelNotAvailableError
+from .errors import ModelFormatError
 from .features import EmbeddingCache, content_hash
-from .methods.vila_r import VilaR
+from .methods.base import Method
 from .methods.zeroshot import PromptSet, ZeroShotHead
+from .registry import method_class
 from .scoremap import ScoreMap
 
 FORMAT = "photocritic-model"
+VERSION = 2
+#: image views each backbone type provides
+BACKBONE_VIEWS = ("image.pooled", "image.prelogits", "image.tokens")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 #: How each zero-shot rule classifies binary (1 = good); regression heads use score > 5.
@@ -39,27 +56,30 @@ def build_encoder(spec: dict, device: str = "cpu"):
     if kind == "efficientnet-lite0":
         from .encoders.efficientnet import EfficientNetLite0Encoder
 
-        return EfficientNetLite0Encoder(device=device)
+        return EfficientNetLite0Encoder(device=device, tuned=spec.get("weights"))
     if kind == "hf":
         from .encoders.hf import HFVisionLanguageEncoder
 
-        return HFVisionLanguageEncoder(spec["name"], device=device)
+        return HFVisionLanguageEncoder(spec["name"], device=device, tuned=spec.get("weights"))
     raise ValueError(f"unknown encoder type {kind!r} (known: efficientnet-lite0, hf)")
 
 
 def encoder_identity(spec: dict):
     """(id, preprocess) of an encoder spec, without loading any weights."""
+    from .encoders.base import tuned_suffix
+
     if spec["type"] == "efficientnet-lite0":
         from .encoders.efficientnet import EfficientNetLite0Encoder
 
-        return EfficientNetLite0Encoder.id, EfficientNetLite0Encoder.preprocess
+        return EfficientNetLite0Encoder.id + tuned_suffix(spec.get("weights")), EfficientNetLite0Encoder.preprocess
     if spec["type"] == "hf":
         from transformers import AutoConfig
 
         from .encoders.hf import _fingerprint, _load_pretrained, _preprocess_from
 
         config = _load_pretrained(AutoConfig.from_pretrained, spec["name"])
-        return f"hf:{_fingerprint(spec['name'])}", _preprocess_from(spec["name"], config)
+        return (f"hf:{_fingerprint(spec['name'])}" + tuned_suffix(spec.get("weights")),
+                _preprocess_from(spec["name"], config))
     raise ValueError(f"unknown encoder type {spec['type']!r}")
 
 
@@ -70,7 +90,7 @@ class Critic:
     cached never loads it.
     """
 
-    def __init__(self, encoder_spec: dict, head: VilaR | None, score_map: ScoreMap,
+    def __init__(self, encoder_spec: dict, head: Method | None, score_map: ScoreMap,
                  name: str = "", description: str = "", device: str = "cpu",
                  precision: str = "fp32", prompts: PromptSet | None = None):
         self.encoder_spec = encoder_spec
@@ -126,22 +146,42 @@ class Critic:
         return self._ident()[1]
 
     def encoder_key(self) -> str:
-        """Cache key part: encoder id + preprocessing digest + precision."""
+        """Cache key of this model's image view: encoder id + preprocessing
+        digest + precision (+ the view's name for views other than
+        ``image.pooled``, whose key stays as version 1 wrote it)."""
         enc_id, pre = self._ident()
-        return f"{enc_id}|{pre.key()}|{self.precision}"
+        base = f"{enc_id}|{pre.key()}|{self.precision}"
+        return base if self.view == "image.pooled" else f"{base}|{self.view}"
+
+    @property
+    def view(self) -> str:
+        """The image view the method reads (``image.pooled`` without a method)."""
+        return self.head.image_view if isinstance(self.head, Method) else getattr(self, "_view", "image.pooled")
+
+    def with_view(self, view: str) -> "Critic":
+        """A head-less copy of this model that extracts ``view`` (for training)."""
+        if view not in BACKBONE_VIEWS:
+            raise ValueError(f"unknown view {view!r} (known: {', '.join(BACKBONE_VIEWS)})")
+        other = Critic(self.encoder_spec, None, self.score_map, name=self.name, device=self.device,
+                       precision=self.precision)
+        other._view = view
+        other._encoder, other._identity = self._encoder, self._identity
+        return other
 
     # -- computation -----------------------------------------------------
     def embed(self, pixels_uint8: torch.Tensor) -> np.ndarray:
-        """uint8 NHWC batch -> float32 (N, D) embeddings."""
+        """uint8 NHWC batch -> float32 (N, D) features of this model's view."""
         x = self.preprocess.normalize(pixels_uint8).to(PRECISIONS[self.precision])
-        return self.encoder.encode(x).pooled.float().cpu().numpy()
+        out = self.encoder.encode(x)
+        if self.view == "image.pooled":
+            return out.pooled.float().cpu().numpy()
+        if self.view == "image.prelogits":
+            return out.extras["prelogits"].float().cpu().numpy()
+        raise ValueError(f"view {self.view} is not stored in the embedding cache")
 
     def _head(self):
-        if self.head is None:
-            if self.prompts is not None:
-                self.head = ZeroShotHead(self.prompts, self.text_embeddings, self.logit_scale)
-            else:
-                raise RuntimeError(f"model {self.name!r} has no head")
+        if self.head is None and self.prompts is not None:
+            self.head = ZeroShotHead(self.prompts, self.text_embeddings, self.logit_scale)
         return self.head
 
     def text_embeddings(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
@@ -192,7 +232,10 @@ class Critic:
                 self._logit_scale_vec()
 
     def raw_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
-        return self._head().predict(embeddings)
+        head = self._head()
+        if isinstance(head, Method):
+            return head.predict({self.view: embeddings}).score
+        return head.predict(embeddings)
 
     def scores_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
         return self.score_map(self.raw_from_embeddings(embeddings))
@@ -205,12 +248,25 @@ class Critic:
     @property
     def extra_columns(self) -> tuple[str, ...]:
         """Output columns beyond path/score/status/error/cached."""
+        if isinstance(self.head, Method) and self.head.has_distribution:
+            return ("distribution",)
         return ("context_class",) if self.prompts is not None and self.prompts.rule == "context" else ()
 
     def outputs_from_embeddings(self, embeddings: np.ndarray) -> dict:
-        """``score`` (1-10), ``binary`` (the method's own rule, 1 = good)
-        and, for the context rule, ``context_class`` per embedding."""
+        """``score`` (1-10), ``binary`` (the method's own rule, 1 = good),
+        for distribution methods ``distribution`` (N, 10) and, for the
+        context rule, ``context_class`` per embedding. A model without a
+        method (feature extraction) gives NaN scores."""
         head = self._head()
+        if head is None:
+            return {"score": np.full(len(embeddings), np.nan)}
+        if isinstance(head, Method):
+            pred = head.predict({self.view: embeddings})
+            scores = self.score_map(pred.score)
+            out = {"score": scores, "binary": (scores > 5.0).astype(np.int64)}
+            if pred.distribution is not None:
+                out["distribution"] = pred.distribution
+            return out
         scores = self.score_map(head.predict(embeddings))
         out = {"score": scores}
         if isinstance(head, ZeroShotHead):
@@ -265,37 +321,104 @@ class Critic:
         return rows, np.stack([found[h] for h in hashes]) if hashes else np.zeros((0, 0), np.float32)
 
     # -- persistence -----------------------------------------------------
-    def save(self, directory: str | Path, half: bool = False) -> Path:
-        """Write ``config.json`` and the head (fp16 weights with ``half``)."""
+    def save(self, directory: str | Path, half: bool = False, backbone_state: dict | None = None) -> Path:
+        """Write the model directory (version 2): ``config.json`` and
+        ``model.safetensors`` (fp16 weights with ``half``), plus
+        ``backbone.safetensors`` when ``backbone_state`` (a fine-tuned
+        tower's weights) is given."""
+        from safetensors.torch import save_file
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        if self.head is None and self.prompts is None:
+        backbone = dict(self.encoder_spec)
+        backbone.pop("weights", None)
+        if backbone_state is not None:
+            save_file({k: v.detach().contiguous() for k, v in backbone_state.items()},
+                      str(directory / "backbone.safetensors"))
+            backbone["weights"] = "backbone.safetensors"
+        elif self.encoder_spec.get("weights"):
+            import shutil
+
+            shutil.copyfile(self.encoder_spec["weights"], directory / "backbone.safetensors")
+            backbone["weights"] = "backbone.safetensors"
+        if isinstance(self.head, Method):
+            state = self.head.state_dict()
+            if half:
+                state = {k: v.half() if v.is_floating_point() and v.dtype == torch.float32 else v
+                         for k, v in state.items()}
+            save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"))
+            method = {"type": self.head.name, "params": self.head.get_params(), "meta": self.head.meta()}
+        elif self.prompts is not None:
+            method = {"type": "zeroshot", "params": {"prompts": self.prompts.to_dict()}}
+        else:
             raise RuntimeError(f"model {self.name!r} has nothing to save")
-        if isinstance(self.head, VilaR):
-            self.head.save(directory, half=half)
-        method = "zeroshot" if self.prompts is not None else "vila_r"
-        config = {"format": FORMAT, "version": 1, "name": self.name,
-                  "description": self.description, "encoder": self.encoder_spec,
-                  "method": method, "score_map": self.score_map.to_dict()}
-        if self.prompts is not None:
-            config["prompts"] = self.prompts.to_dict()
-        (directory / "config.json").write_text(json.dumps(config, indent=2))
+        config = {"format": FORMAT, "version": VERSION, "name": self.name,
+                  "description": self.description, "backbone": backbone, "method": method,
+                  "score_map": self.score_map.to_dict()}
+        (directory / "config.json").write_text(json.dumps(config, indent=2, default=_jsonable) + "\n")
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> "Critic":
         directory = Path(directory)
-        config = json.loads((directory / "config.json").read_text())
+        try:
+            config = json.loads((directory / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelFormatError(f"{directory}: cannot read config.json ({exc})") from None
         if config.get("format") != FORMAT:
-            raise ValueError(f"{directory}: config.json is not a photocritic model")
+            raise ModelFormatError(f"{directory}: config.json is not a photocritic model")
+        version = config.get("version", 1)
+        if version == 1:
+            return cls._load_v1(directory, config)
+        if version != VERSION:
+            raise ModelFormatError(f"{directory}: model format version {version} is newer than this "
+                                   f"photocritic reads ({VERSION}); upgrade photocritic")
+        backbone = dict(config["backbone"])
+        if backbone.get("weights"):
+            backbone["weights"] = str(directory / backbone["weights"])
+        m = config["method"]
+        prompts = head = None
+        if m["type"] == "zeroshot":
+            prompts = PromptSet.from_dict(m["params"]["prompts"])
+        else:
+            from safetensors.torch import load_file
+
+            head = method_class(m["type"])(**m.get("params", {}))
+            head.load_state(load_file(str(directory / "model.safetensors")), m.get("meta", {}))
+        return cls(backbone, head, ScoreMap.from_dict(config["score_map"]),
+                   name=config.get("name", directory.name), description=config.get("description", ""),
+                   prompts=prompts)
+
+    @classmethod
+    def _load_v1(cls, directory: Path, config: dict) -> "Critic":
         method = config.get("method")
         if method not in ("vila_r", "zeroshot"):
-            raise ValueError(f"{directory}: unknown method {method!r}")
-        head = VilaR.load(directory) if (directory / "head.safetensors").exists() else None
-        prompts = PromptSet.from_dict(config["prompts"]) if method == "zeroshot" else None
+            raise ModelFormatError(f"{directory}: unknown method {method!r}")
+        head = prompts = None
+        if method == "vila_r":
+            from safetensors.torch import load_file
+
+            from .methods.vila_r import VilaR
+
+            cfg = json.loads((directory / "head.json").read_text())
+            head = VilaR(rank=cfg.get("rank"), margin=cfg.get("margin", 0.1), anchor="mean")
+            head.load_state(load_file(str(directory / "head.safetensors")), {"dim": cfg["dim"]})
+        else:
+            prompts = PromptSet.from_dict(config["prompts"])
         return cls(config["encoder"], head, ScoreMap.from_dict(config["score_map"]),
                    name=config.get("name", directory.name), description=config.get("description", ""),
                    prompts=prompts)
+
+
+def _jsonable(x):
+    if isinstance(x, (tuple, set)):
+        return list(x)
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"{type(x).__name__} is not JSON-serialisable")
+
+
+AestheticModel = Critic
 
 
 def is_model_dir(path: Path) -> bool:
@@ -308,4 +431,4 @@ def is_model_dir(path: Path) -> bool:
         return False
 
 
-__all__ = ["Critic", "ModelNotAvailableError", "is_model_dir"]
+__all__ = ["AestheticModel", "Critic", "ModelNotAvailableError", "is_model_dir"]

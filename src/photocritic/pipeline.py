@@ -53,6 +53,8 @@ class ScoreRow:
     binary: int | None = None
     #: context rule only: the ImageNet class of the most similar prompt
     context_class: str | None = None
+    #: distribution methods only: the predicted 10-bin score distribution
+    distribution: list[float] | None = None
 
     def __float__(self) -> float:
         return float(self.score)
@@ -233,11 +235,16 @@ def _score_into(rows, stats, bar, critic, inputs, batch_size, cache, workers, mo
     def finish(targets: list[ScoreRow], embeddings: np.ndarray, cached: bool):
         out = critic.outputs_from_embeddings(embeddings)
         classes = out.get("context_class")
+        dist = out.get("distribution")
+        binary = out.get("binary")
         for k, row in enumerate(targets):
             row.score, row.status, row.cached = float(out["score"][k]), "ok", cached
-            row.binary = int(out["binary"][k])
+            if binary is not None:
+                row.binary = int(binary[k])
             if classes is not None:
                 row.context_class = classes[k]
+            if dist is not None:
+                row.distribution = [float(v) for v in dist[k]]
         stats.scored += len(targets)
         if cached:
             stats.cached += len(targets)

@@ -41,6 +41,44 @@ PRESETS: dict[str, dict] = {
 
 DEFAULT_ZERO_SHOT_PROMPTS = "vila"
 
+#: Backbones ``photocritic train --backbone`` names (a hub id or a directory works too).
+BACKBONES: dict[str, dict] = {
+    "efficientnet-lite0": {"type": "efficientnet-lite0"},
+    "clip-vit-b-32": {"type": "hf", "name": "openai/clip-vit-base-patch32"},
+    "clip-vit-b-16": {"type": "hf", "name": "openai/clip-vit-base-patch16"},
+    "clip-vit-l-14": {"type": "hf", "name": "openai/clip-vit-large-patch14"},
+    "siglip-b-16": {"type": "hf", "name": "google/siglip-base-patch16-224"},
+}
+
+
+def backbone_spec(name: str) -> dict:
+    """A backbone preset, a CLIP/SigLIP directory or a hub id -> an encoder spec."""
+    from .errors import UsageError
+
+    if name in BACKBONES:
+        return dict(BACKBONES[name])
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not _is_hf_dir(path):
+            raise UsageError(f"--backbone {name}: not a CLIP/SigLIP directory (no config.json with "
+                             f"model_type clip, siglip or siglip2)")
+        return {"type": "hf", "name": str(path.resolve())}
+    if path.exists():
+        raise UsageError(f"--backbone {name}: a file; give a preset ({', '.join(BACKBONES)}), "
+                         f"a model directory or a hub id")
+    if "/" in name and name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return {"type": "hf", "name": name}
+    raise UsageError(f"unknown backbone {name!r}: use one of {', '.join(BACKBONES)}, a CLIP/SigLIP "
+                     f"directory, or a hub id like openai/clip-vit-base-patch32")
+
+
+def backbone_views(spec: dict) -> set[str]:
+    """The views a backbone provides (text views only with a text tower)."""
+    views = {"image.pooled", "image.prelogits", "image.tokens"}
+    if spec["type"] == "hf":
+        views |= {"text.pooled", "text.tokens"}
+    return views
+
 
 def default_score_map(prompts: PromptSet) -> ScoreMap:
     """Documented, monotone maps of each rule's raw output to 1-10:

@@ -16,6 +16,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from ..errors import EXIT_MODEL, PhotocriticError
+
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -85,8 +87,26 @@ class TextEncoder(Protocol):
         ...
 
 
-class ModelNotAvailableError(RuntimeError):
+class ModelNotAvailableError(PhotocriticError, RuntimeError):
     """Raised when a model's weights cannot be found offline.
 
     The message names the model and says how to get it.
     """
+
+    exit_code = EXIT_MODEL
+
+
+def tuned_suffix(weights: str | None) -> str:
+    """The encoder-id suffix of a fine-tuned tower: a digest of its weights
+    file, so that a fine-tuned backbone never shares cache entries with the
+    original or with another fine-tune."""
+    if not weights:
+        return ""
+    h = hashlib.sha256()
+    with open(weights, "rb") as fh:
+        while True:
+            block = fh.read(1 << 22)
+            if not block:
+                break
+            h.update(block)
+    return f"+tuned:{h.hexdigest()[:16]}"

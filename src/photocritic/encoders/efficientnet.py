@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import EncoderOutput, ModelNotAvailableError, Preprocess
+from .base import EncoderOutput, ModelNotAvailableError, Preprocess, tuned_suffix
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels)
 _STAGES = [
@@ -143,10 +143,17 @@ class EfficientNetLite0Encoder:
     preprocess = Preprocess(resize=256, crop=224, resample="bicubic",
                             mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
-    def __init__(self, weights: str | None = None, device: str = "cpu"):
+    prelogits_dim = 1280
+
+    def __init__(self, weights: str | None = None, device: str = "cpu", tuned: str | None = None):
         self.model = EfficientNetLite0()
         state = torch.load(weights or packaged_weights_path(), map_location="cpu", weights_only=True)
         self.model.load_state_dict(state)
+        if tuned:  # a fine-tuned tower's weights (photocritic train finetune)
+            from safetensors.torch import load_file
+
+            self.model.load_state_dict(load_file(tuned), strict=False)
+            self.id = type(self).id + tuned_suffix(tuned)
         self.model.eval()
         self.device = torch.device(device)
         self.model.to(self.device, memory_format=torch.channels_last)
@@ -160,11 +167,33 @@ class EfficientNetLite0Encoder:
     def encode(self, pixels: torch.Tensor) -> EncoderOutput:
         x = pixels.to(self.device).contiguous(memory_format=torch.channels_last)
         stages, fmap = self.model.multilevel(x)
-        pooled = torch.cat([stages, fmap.float().mean(dim=(2, 3))], dim=1)
-        return EncoderOutput(pooled=pooled, tokens=fmap.flatten(2).transpose(1, 2))
+        head = fmap.float().mean(dim=(2, 3))
+        pooled = torch.cat([stages, head], dim=1)
+        return EncoderOutput(pooled=pooled, tokens=fmap.flatten(2).transpose(1, 2),
+                             extras={"prelogits": head})
+
+    def tower(self) -> nn.Module:
+        """The trainable image tower: pixels -> the 1280-d pre-classifier
+        features (``image.prelogits``), with gradients."""
+        return EfficientNetTower(self.model)
 
     @torch.inference_mode()
     def classify(self, pixels: torch.Tensor) -> torch.Tensor:
         """ImageNet logits (N, 1000)."""
         head = self.encode(pixels).pooled[:, -1280:]
         return self.model._fc(head.to(self.model._fc.weight.dtype))
+
+
+class EfficientNetTower(nn.Module):
+    """Grad-enabled forward of the network up to the classifier's input."""
+
+    def __init__(self, net: EfficientNetLite0):
+        super().__init__()
+        self.net = net
+        self.dim = 1280
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net.feature_map(pixels).mean(dim=(2, 3))
+
+    def backbone_state(self) -> dict:
+        return {k: v for k, v in self.net.state_dict().items() if not k.startswith("_fc.")}

@@ -18,7 +18,9 @@ from urllib.parse import urlparse
 
 import torch
 
-from .base import EncoderOutput, ModelNotAvailableError, Preprocess
+from torch import nn
+
+from .base import EncoderOutput, ModelNotAvailableError, Preprocess, tuned_suffix
 
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -150,7 +152,7 @@ class HFVisionLanguageEncoder:
     ``tokens``.
     """
 
-    def __init__(self, name_or_dir: str, device: str = "cpu"):
+    def __init__(self, name_or_dir: str, device: str = "cpu", tuned: str | None = None):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -168,6 +170,12 @@ class HFVisionLanguageEncoder:
         self._tokenizer_loader = lambda: _load_pretrained(AutoTokenizer.from_pretrained, self.name)
         self.preprocess = _preprocess_from(self.name, config)
         self.id = f"hf:{_fingerprint(self.name)}"
+        if tuned:  # a fine-tuned vision tower (photocritic train finetune)
+            from safetensors.torch import load_file
+
+            self.model.vision_model.load_state_dict(load_file(tuned))
+            self.id += tuned_suffix(tuned)
+        self.prelogits_dim = int(config.vision_config.hidden_size)
         self.dim = int(getattr(config, "projection_dim", None) or config.vision_config.hidden_size)
         if self.model_type.startswith("siglip"):
             self.dim = config.vision_config.hidden_size
@@ -186,10 +194,19 @@ class HFVisionLanguageEncoder:
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> EncoderOutput:
         out = self.model.vision_model(pixel_values=pixels.to(self.device))
-        pooled = out.pooler_output
-        if hasattr(self.model, "visual_projection"):
-            pooled = self.model.visual_projection(pooled)
-        return EncoderOutput(pooled=pooled.float(), tokens=out.last_hidden_state)
+        pre = out.pooler_output
+        pooled = self.model.visual_projection(pre) if hasattr(self.model, "visual_projection") else pre
+        return EncoderOutput(pooled=pooled.float(), tokens=out.last_hidden_state,
+                             extras={"prelogits": pre.float()})
+
+    @property
+    def has_text(self) -> bool:
+        return True
+
+    def tower(self) -> nn.Module:
+        """The trainable vision tower: pixels -> the vision output before the
+        projection (``image.prelogits``, 768-d for ViT-B/32), with gradients."""
+        return HFVisionTower(self.model.vision_model)
 
     @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
@@ -203,3 +220,16 @@ class HFVisionLanguageEncoder:
             batch = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         return _tensor(self.model.get_text_features(**batch)).float()
+
+
+class HFVisionTower(nn.Module):
+    def __init__(self, vision_model):
+        super().__init__()
+        self.vision = vision_model
+        self.dim = int(vision_model.config.hidden_size)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vision(pixel_values=pixels).pooler_output
+
+    def backbone_state(self) -> dict:
+        return self.vision.state_dict()

@@ -4,49 +4,53 @@ Given a frozen image embedding v (L2-normalised here first), the adapter is
 
     v~ = normalize(v^T H + v),      r = v~^T w_p
 
-with H a learnable linear map (bias initialised to 0, so an untrained
-adapter is the identity) and w_p a unit text anchor - in VILA the frozen
-text embedding of "good image". Only H is trained, with
-:func:`photocritic.losses.pairwise_ranking_loss` (margin 0.1).
+with H a learnable 768 -> 768 linear map (bias initialised to 0, so an
+untrained adapter is the identity) and w_p a unit text anchor - the frozen
+text embedding of "good image" from the same VLM. Only H is trained, with
+:func:`photocritic.losses.pairwise_ranking_loss` (margin 0.1, all ordered
+pairs of a batch).
 
-Choices of this implementation, for backbones and sizes the paper did not
-have:
+Options (the paper's ablations and this project's choices):
 
-* ``rank``: H may be low-rank, H = U V^T (dim x rank x dim), which keeps a
-  shipped head small; ``rank=None`` is the paper's full dim x dim layer.
-* Backbones without a text tower (EfficientNet-Lite0) have no text anchor:
-  w_p is then the normalised mean training embedding, held fixed like the
-  text anchor (H can rotate any direction onto it).
-* ``standardize=True`` first standardises each feature by its training mean
-  and standard deviation (fixed buffers), for embeddings whose dimensions
-  have very different scales (multi-level CNN features). CLIP embeddings
-  are used as they are, as in the paper.
+* ``anchor``: ``"text"`` (the paper), ``"learned"`` (w_p a trained
+  parameter: the paper's "without text anchor" ablation, and what a backbone
+  without a text tower, such as EfficientNet-Lite0, gets), or ``"mean"``
+  (w_p the normalised mean training embedding, held fixed: the version-1
+  ``lite`` model);
+* ``residual=False``: v~ = normalize(v^T H), H initialised to the identity
+  (the "without residual" ablation);
+* ``rank``: H = U V^T of that rank (``lite`` uses 32); ``None``: full;
+* ``standardize``: standardise each feature by fixed training statistics
+  first, for multi-level CNN features whose dimensions differ in scale.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..losses import pairwise_ranking_loss
+from ..registry import register_method
+from .base import Method, Prediction, Targets, as_tensor
+
+ANCHORS = ("text", "learned", "mean")
 
 
 class RankAdapter(nn.Module):
     def __init__(self, dim: int, anchor: torch.Tensor, rank: int | None = None,
-                 shift: torch.Tensor | None = None, scale: torch.Tensor | None = None):
+                 shift: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+                 learn_anchor: bool = False, residual: bool = True):
         super().__init__()
         self.dim = dim
         self.rank = rank
+        self.residual_on = residual
         if rank is None:
             self.H = nn.Linear(dim, dim, bias=True)
-            nn.init.zeros_(self.H.weight)
+            nn.init.zeros_(self.H.weight) if residual else nn.init.eye_(self.H.weight)
             nn.init.zeros_(self.H.bias)
         else:
             self.down = nn.Linear(dim, rank, bias=False)
@@ -54,7 +58,11 @@ class RankAdapter(nn.Module):
             nn.init.normal_(self.down.weight, std=1.0 / math.sqrt(dim))
             nn.init.zeros_(self.up.weight)
             nn.init.zeros_(self.up.bias)
-        self.register_buffer("anchor", F.normalize(anchor.float().reshape(-1), dim=0))
+        unit = F.normalize(anchor.float().reshape(-1), dim=0)
+        if learn_anchor:
+            self.anchor_param = nn.Parameter(unit.clone())
+        else:
+            self.register_buffer("anchor", unit)
         self.register_buffer("shift", torch.zeros(dim) if shift is None else shift.float())
         self.register_buffer("scale", torch.ones(dim) if scale is None else scale.float())
 
@@ -65,26 +73,31 @@ class RankAdapter(nn.Module):
         """v~ = normalize(v^T H + v), on the L2-normalised embedding v
         (standardised first by the fixed ``shift``/``scale`` buffers)."""
         v = F.normalize((v.float() - self.shift) / self.scale, dim=-1)
-        return F.normalize(v + self.residual(v), dim=-1)
+        return F.normalize(v + self.residual(v) if self.residual_on else self.residual(v), dim=-1)
+
+    def unit_anchor(self) -> torch.Tensor:
+        a = getattr(self, "anchor_param", None)
+        return F.normalize(a, dim=0) if a is not None else self.anchor
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         """r = v~^T w_p."""
-        return self.adapt(v) @ self.anchor
+        return self.adapt(v) @ self.unit_anchor()
 
 
-class VilaR:
-    """Estimator wrapper: ``fit(features, labels)`` / ``predict`` / ``save`` / ``load``.
+@register_method("vila-r")
+class VilaR(Method):
+    """``fit(features, targets)`` / ``predict`` on ``image.pooled``.
 
     ``predict`` returns the raw rank score r in [-1, 1]; mapping it to the
     1-10 scale is the model's :class:`~photocritic.scoremap.ScoreMap`.
+    ``features["text.pooled"]`` holds the embedding of :meth:`texts` (the
+    anchor text) when ``anchor="text"``.
     """
-
-    kind = "vila_r"
 
     def __init__(self, rank: int | None = None, margin: float = 0.1, lr: float = 1e-3,
                  weight_decay: float = 0.0, epochs: int = 30, batch_size: int = 128,
-                 seed: int = 0, anchor: torch.Tensor | np.ndarray | None = None,
-                 standardize: bool = False):
+                 seed: int = 0, anchor: str = "text", residual: bool = True,
+                 standardize: bool = False, anchor_text: str = "good image", patience: int | None = None):
         self.rank = rank
         self.margin = margin
         self.lr = lr
@@ -93,34 +106,49 @@ class VilaR:
         self.batch_size = batch_size
         self.seed = seed
         self.anchor = anchor
+        self.residual = residual
         self.standardize = standardize
-        self.module: RankAdapter | None = None
+        self.anchor_text = anchor_text
+        self.patience = patience
 
-    def _init_module(self, features: torch.Tensor) -> None:
+    module: RankAdapter | None = None
+
+    def texts(self) -> list[str]:
+        return [self.anchor_text] if self.anchor == "text" else []
+
+    def _init_module(self, x: torch.Tensor, features) -> None:
+        from ..errors import ViewError
+
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"anchor must be one of {ANCHORS}, not {self.anchor!r}")
         shift = scale = None
         if self.standardize:
-            shift, scale = features.mean(0), features.std(0).clamp(min=1e-6)
-        anchor = self.anchor
-        if anchor is None:
-            z = features if shift is None else (features - shift) / scale
-            anchor = F.normalize(z.float(), dim=-1).mean(0)
-        self.module = RankAdapter(features.shape[1], torch.as_tensor(anchor), self.rank, shift, scale)
+            shift, scale = x.mean(0), x.std(0).clamp(min=1e-6)
+        z = x if shift is None else (x - shift) / scale
+        if self.anchor == "text":
+            if "text.pooled" not in features:
+                raise ViewError("VILA-R's text anchor needs the backbone's text tower "
+                                f"(the embedding of {self.anchor_text!r}); use anchor='learned'")
+            w = as_tensor(features["text.pooled"])[0]
+            if w.shape[0] != x.shape[1]:
+                raise ViewError(f"the text anchor has {w.shape[0]} dimensions and the image "
+                                f"embeddings {x.shape[1]}")
+        else:  # learned: start from the mean direction, as "mean" keeps it
+            w = F.normalize(z.float(), dim=-1).mean(0)
+        self._meta = {"dim": int(x.shape[1])}
+        self.module = RankAdapter(x.shape[1], w, self.rank, shift, scale,
+                                  learn_anchor=self.anchor == "learned", residual=self.residual)
 
-    def fit(self, features, labels, groups=None, log=None) -> "VilaR":
-        """Train H on all ordered pairs within each batch.
-
-        With ``groups``, batches are made of whole groups, and only pairs
-        inside a group count.
-        """
-        x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
-        y = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
+    def fit(self, features, targets: Targets | np.ndarray, val=None, on_epoch=None,
+            groups=None) -> "VilaR":
+        """Train H on all ordered pairs within each batch. With ``groups``,
+        batches are made of whole groups and only pairs inside a group count."""
+        x = as_tensor(features["image.pooled"])
+        y = as_tensor(targets.mean if isinstance(targets, Targets) else targets)
         g = None if groups is None else torch.as_tensor(np.asarray(groups))
         torch.manual_seed(self.seed)
         if self.module is None:
-            self._init_module(x)
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        gen = torch.Generator().manual_seed(self.seed)
+            self._init_module(x, features)
         if g is None:
             units = [torch.tensor([i]) for i in range(len(x))]
         else:
@@ -128,50 +156,39 @@ class VilaR:
             units = [torch.nonzero(inverse == k).flatten() for k in range(int(inverse.max()) + 1)]
         per_unit = max(1, round(sum(len(u) for u in units) / len(units)))
         units_per_batch = max(1, self.batch_size // per_unit)
-        self.module.train()
-        for epoch in range(self.epochs):
+
+        def batches(gen):
             order = torch.randperm(len(units), generator=gen)
-            total, steps = 0.0, 0
-            for start in range(0, len(order), units_per_batch):
-                idx = torch.cat([units[k] for k in order[start:start + units_per_batch]])
-                loss = pairwise_ranking_loss(self.module(x[idx]), y[idx], self.margin,
-                                             None if g is None else g[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += float(loss.detach())
-                steps += 1
-            if log:
-                log(f"epoch {epoch + 1}/{self.epochs} loss {total / max(steps, 1):.4f}")
-        self.module.eval()
+            return [torch.cat([units[k] for k in order[s:s + units_per_batch]])
+                    for s in range(0, len(order), units_per_batch)]
+
+        def loss(idx):
+            return pairwise_ranking_loss(self.module(x[idx]), y[idx], self.margin,
+                                         None if g is None else g[idx])
+
+        from ..training.loop import fit_head
+
+        self.history_ = fit_head(self.module, loss, len(x), epochs=self.epochs, batch_size=self.batch_size,
+                                 lr=self.lr, weight_decay=self.weight_decay, seed=self.seed,
+                                 batches=batches, on_epoch=on_epoch, monitor=self.monitor,
+                                 patience=self.patience if val is not None else None)
         return self
 
-    @torch.inference_mode()
-    def predict(self, features) -> np.ndarray:
-        x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
-        return self.module(x).numpy()
+    def predict(self, features) -> Prediction:
+        with torch.inference_mode():
+            return Prediction(self.module(as_tensor(features["image.pooled"])).numpy())
 
-    def config(self) -> dict:
-        return {"kind": self.kind, "rank": self.rank, "margin": self.margin, "dim": self.module.dim}
+    def meta(self) -> dict:
+        return {"dim": self.module.dim}
 
-    def save(self, directory: str | Path, half: bool = False) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.module.state_dict().items()}
-        if half:  # weights in fp16; the fixed vectors stay fp32
-            state = {k: v if k in ("anchor", "shift", "scale") else v.half() for k, v in state.items()}
-        save_file(state, str(directory / "head.safetensors"))
-        (directory / "head.json").write_text(json.dumps(self.config(), indent=2))
+    def state_dict(self):
+        return {k: v.detach().contiguous() for k, v in self.module.state_dict().items()}
 
-    @classmethod
-    def load(cls, directory: str | Path) -> "VilaR":
-        directory = Path(directory)
-        cfg = json.loads((directory / "head.json").read_text())
-        state = {k: v.float() for k, v in load_file(str(directory / "head.safetensors")).items()}
-        obj = cls(rank=cfg.get("rank"), margin=cfg.get("margin", 0.1))
-        obj.module = RankAdapter(cfg["dim"], state["anchor"], cfg.get("rank"),
-                                 state.get("shift"), state.get("scale"))
-        obj.module.load_state_dict(state)
-        obj.module.eval()
-        return obj
-
+    def load_state(self, state, meta) -> "VilaR":
+        state = {k: v.float() for k, v in state.items()}
+        anchor = state.get("anchor", state.get("anchor_param"))
+        self.module = RankAdapter(meta["dim"], anchor, self.rank, state.get("shift"), state.get("scale"),
+                                  learn_anchor="anchor_param" in state, residual=self.residual)
+        self.module.load_state_dict(state)
+        self.module.eval()
+        return self

@@ -1,0 +1,344 @@
+"""``photocritic train``: data -> features (or images) -> a method's fit ->
+a model directory with metrics.json, training.png and the resolved config.
+
+Frozen methods read their views through the normal scoring pipeline and
+feature store, so a second run on the same data decodes no image. Methods
+that train the image tower (``finetune``) go to :mod:`photocritic.training.trainer`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError, OutputExistsError, UsageError, ViewError
+from ..methods.base import Method, Targets
+from ..registry import method_class
+
+#: options every method shares; each reaches the method when its constructor takes it
+COMMON = ("epochs", "batch_size", "lr", "seed")
+DEFAULTS = {"split": None, "val_split": None, "images": None, "label_scale": None, "epochs": None,
+            "batch_size": None, "lr": None, "seed": 0, "device": "cpu", "precision": "auto",
+            "resume": False, "overwrite": False, "cache": None, "no_cache": False, "params": {},
+            "workers": None, "decode": "auto", "quiet": False, "extract_batch_size": 32,
+            "val_fraction": 0.1}
+REQUIRED = ("method", "backbone", "dataset", "output")
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    metrics: dict
+    config: dict
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_config(options: dict, config_file: str | None = None) -> dict:
+    """Defaults < the config file (YAML or JSON) < options given on the command line."""
+    cfg = dict(DEFAULTS)
+    cfg["params"] = {}
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise UsageError(f"--config {config_file}: no such file")
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix.lower() == ".json":
+                loaded = json.loads(text)
+            else:
+                import yaml
+
+                loaded = yaml.safe_load(text)
+        except Exception as exc:
+            raise UsageError(f"--config {config_file}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} "
+                             f"({str(exc).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"--config {config_file}: the top level must be a mapping of option: value")
+        loaded = {k.replace("-", "_"): v for k, v in loaded.items()}
+        unknown = set(loaded) - set(DEFAULTS) - set(REQUIRED)
+        if unknown:
+            raise UsageError(f"--config {config_file}: unknown options {', '.join(sorted(unknown))}")
+        base = path.parent
+        for key in ("dataset", "images", "output"):  # relative paths are relative to the file
+            if isinstance(loaded.get(key), str) and not Path(loaded[key]).is_absolute() \
+                    and (base / loaded[key]).exists():
+                loaded[key] = str(base / loaded[key])
+        cfg.update({k: v for k, v in loaded.items() if k != "params"})
+        cfg["params"].update(loaded.get("params") or {})
+    for k, v in options.items():
+        if k == "params":
+            cfg["params"].update(v or {})
+        elif v is not None and not (v is False and k in cfg):
+            cfg[k] = v
+    missing = [k for k in REQUIRED if not cfg.get(k)]
+    if missing:
+        raise UsageError("train needs " + ", ".join("--" + k.replace("_", "-") for k in missing)
+                         + " (on the command line or in --config)")
+    return cfg
+
+
+def build_method(cfg: dict) -> Method:
+    cls = method_class(cfg["method"])
+    names = cls.param_names()
+    params = dict(cfg["params"])
+    unknown = set(params) - set(names)
+    if unknown:
+        raise UsageError(f"method {cfg['method']} has no parameter {', '.join(sorted(unknown))} "
+                         f"(it takes {', '.join(names)})")
+    for k in COMMON:
+        if cfg.get(k) is not None and k in names:
+            params.setdefault(k, cfg[k])
+    return cls(**params)
+
+
+def val_ids(train_ids: list[str], fraction: float, seed: int) -> list[str]:
+    """A seeded ``fraction`` of the training ids, chosen by image id (so the
+    same ids whatever the file order)."""
+    ids = sorted(train_ids)
+    k = max(1, int(round(fraction * len(ids))))
+    pick = np.random.default_rng(seed).permutation(len(ids))[:k]
+    return [ids[i] for i in sorted(pick)]
+
+
+def prepare_output(output: Path, overwrite: bool, resume: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output}: a file; give a folder")
+    if output.is_dir() and any(output.iterdir()) and not (overwrite or resume):
+        raise OutputExistsError(f"--output {output} exists and is not empty; pass --overwrite to "
+                                f"replace it (or --resume to continue a fine-tune)")
+    if output.is_dir() and overwrite and not resume:
+        for child in output.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    output.mkdir(parents=True, exist_ok=True)
+
+
+def load_splits(cfg: dict, log) -> tuple:
+    from ..data.datasets import load_dataset
+
+    ds = load_dataset(cfg["dataset"], images=cfg["images"], label_scale=cfg["label_scale"])
+    if ds.root is None:
+        raise UsageError(f"dataset {cfg['dataset']} has no image folder: pass --images DIR")
+    if not ds.on_1_to_10:
+        raise UsageError(f"dataset {cfg['dataset']} has MOS labels of unknown scale; say which with "
+                         f"--label-scale (e.g. 0-100)")
+    train = ds.split(cfg["split"], seed=cfg["seed"])[0] if cfg["split"] else ds
+    if cfg["val_split"]:
+        val = ds.split(cfg["val_split"], seed=cfg["seed"])[0]
+        held = set(val.ids)
+        train = train.subset([k for k in train.ids if k not in held], train.name)
+        how = f"split {cfg['val_split']}"
+    else:
+        vids = val_ids(train.ids, cfg["val_fraction"], cfg["seed"])
+        held = set(vids)
+        val = train.subset(vids, f"{train.name}:val")
+        train = train.subset([k for k in train.ids if k not in held], train.name)
+        how = f"seeded {cfg['val_fraction']:.0%} of the training split (seed {cfg['seed']})"
+    log(f"training on {len(train)} labelled images, validating on {len(val)} ({how})")
+    return train, val, how
+
+
+class _EpochLog:
+    """Per-epoch train loss and validation metrics; a progress bar on stderr."""
+
+    def __init__(self, method: Method, val_features: dict, val_targets: Targets, epochs: int | None,
+                 quiet: bool):
+        self.method, self.vf, self.vt = method, val_features, val_targets
+        self.rows: list[dict] = []
+        self.bar = None
+        if not quiet:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=epochs, unit="epoch", file=sys.stderr, leave=False, dynamic_ncols=True,
+                            disable=None)
+
+    def __call__(self, epoch: int, train_loss: float) -> dict:
+        row = {"epoch": epoch, "train_loss": train_loss, **validation_metrics(self.method, self.vf, self.vt)}
+        self.rows.append(row)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{train_loss:.4f}", val_srcc=f"{row.get('srcc', float('nan')):.3f}")
+        return row
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def validation_metrics(method: Method, features: dict, targets: Targets) -> dict:
+    from .. import metrics as M
+
+    pred = method.predict(features)
+    out = {"srcc": _nan_safe(M.srcc, pred.score, targets.mean),
+           "plcc": _nan_safe(M.plcc, pred.score, targets.mean),
+           "mse": float(np.mean((pred.score - targets.mean) ** 2))}
+    if method.name != "vila-r":  # a rank score in [-1, 1] has no 1-10 threshold before its map
+        out["accuracy"] = M.accuracy(pred.score, targets.mean)
+    if pred.distribution is not None and targets.distribution is not None:
+        out["emd"] = M.emd(pred.distribution, targets.distribution, r=2)
+    return out
+
+
+def _nan_safe(fn, *a) -> float:
+    try:
+        return float(fn(*a))
+    except ValueError:
+        return math.nan
+
+
+def open_store(cfg: dict):
+    """The feature store the options name (in memory with no_cache)."""
+    from ..features import EmbeddingCache, default_cache_path
+
+    return EmbeddingCache(None if cfg["no_cache"] else Path(cfg["cache"] or default_cache_path()).expanduser())
+
+
+def extract(cfg: dict, spec: dict, ds, view: str, cache, log) -> tuple:
+    """``view`` features of ``ds``'s images through the scoring pipeline and
+    feature store; images missing or unreadable are left out and counted."""
+    import os
+
+    from ..models import Critic
+    from ..scoremap import ScoreMap
+
+    critic = Critic(spec, None, ScoreMap()).configure(device=cfg["device"], precision=cfg["precision"])
+    critic = critic.with_view(view)
+    paths = ds.image_paths()
+    present = [i for i, p in enumerate(paths) if os.path.exists(p)]
+    t0 = time.perf_counter()
+    rows, emb = critic.embed_paths([paths[i] for i in present], cache, batch_size=cfg["extract_batch_size"],
+                                   progress=not cfg["quiet"], decode=cfg["decode"], workers=cfg["workers"])
+    ok = [present[k] for k, r in enumerate(rows) if r.status == "ok"]
+    stats = critic.last_stats
+    info = {"listed": len(ds), "missing": len(paths) - len(present),
+            "failed": sum(1 for r in rows if r.status != "ok"), "used": len(ok),
+            "from_cache": stats.cached, "computed": stats.computed,
+            "seconds": round(time.perf_counter() - t0, 3)}
+    idx = np.array(ok, dtype=int)
+    targets = Targets(ds.mean[idx], None if ds.distribution is None else ds.distribution[idx])
+    return {view: emb}, targets, info, critic
+
+
+def train(options: dict, config_file: str | None = None, log=None) -> TrainResult:
+    log = log or (lambda m: print(f"photocritic: {m}", file=sys.stderr))
+    cfg = resolve_config(options, config_file)
+    from ..zoo import backbone_spec, backbone_views
+
+    spec = backbone_spec(cfg["backbone"])
+    method = build_method(cfg)
+    notes: list[str] = []
+    views = backbone_views(spec)
+    if getattr(method, "anchor", None) == "text" and "text.pooled" not in views:
+        method.anchor = "learned"
+        notes.append(f"backbone {cfg['backbone']} has no text tower: VILA-R's anchor is learned "
+                     f"(as with --no-anchor)")
+        log(notes[-1])
+    lacking = [v for v in method.requires if v not in views]
+    if lacking:
+        raise ViewError(f"method {method.name} needs the view {', '.join(lacking)}, which backbone "
+                        f"{cfg['backbone']} does not provide (it has {', '.join(sorted(views))})")
+    output = Path(cfg["output"]).expanduser()
+    prepare_output(output, cfg["overwrite"], cfg["resume"])
+    train_set, val_set, val_how = load_splits(cfg, log)
+    if method.trains_backbone:
+        from .trainer import finetune_run
+
+        return finetune_run(cfg, spec, method, train_set, val_set, output, notes, log)
+    cache = open_store(cfg)
+    try:
+        view = method.image_view
+        xf, yt, info_t, critic = extract(cfg, spec, train_set, view, cache, log)
+        vf, yv, info_v, _ = extract(cfg, spec, val_set, view, cache, log)
+        for text_view in [v for v in method.requires if v.startswith("text.")] + \
+                (["text.pooled"] if method.texts() else []):
+            critic.text_cache = cache
+            t = critic.text_embeddings(method.texts())
+            xf[text_view] = vf[text_view] = t
+    finally:
+        cache.close()
+    check_counts(method, info_t, info_v, train_set.name)
+    method.check_targets(yt)
+    log(f"features: {info_t['used'] + info_v['used']} images ({info_t['from_cache'] + info_v['from_cache']} "
+        f"from the feature store), {info_t['missing'] + info_v['missing']} missing, "
+        f"{info_t['failed'] + info_v['failed']} unreadable (left out)")
+    epoch_log = _EpochLog(method, vf, yv, getattr(method, "epochs", 1), cfg["quiet"])
+    t0 = time.perf_counter()
+    try:
+        method.fit(xf, yt, val=(vf, yv), on_epoch=epoch_log)
+    finally:
+        epoch_log.close()
+    fit_seconds = time.perf_counter() - t0
+    score_map = fit_score_map(method, xf, yt)
+    from ..models import Critic
+
+    model = Critic(spec, method, score_map, name=output.name,
+                   description=f"{method.name} on {cfg['backbone']}, trained on {train_set.name} "
+                               f"({info_t['used']} images)")
+    model.save(output)
+    final = validation_metrics(method, vf, yv)
+    metrics = {"method": method.name, "backbone": cfg["backbone"], "epochs": epoch_log.rows,
+               "final_val": final, "history": getattr(method, "history_", None),
+               "train_images": info_t, "val_images": info_v, "validation": val_how,
+               "fit_seconds": round(fit_seconds, 3), "notes": notes}
+    if method.name == "linear":
+        metrics["ridge_alpha"] = method.alpha_
+        from ..methods.linear import plot_weights
+
+        plot_weights(method, output / "weights.png")
+    write_reports(output, cfg, metrics)
+    log(f"trained {method.name}: val SRCC {final['srcc']:.3f}, PLCC {final['plcc']:.3f}"
+        + (f", EMD {final['emd']:.4f}" if "emd" in final else "") + f" -> {output}")
+    return TrainResult(output, metrics, cfg, notes)
+
+
+def check_counts(method: Method, info_t: dict, info_v: dict, name: str) -> None:
+    if info_t["used"] < method.min_train or info_v["used"] < 2:
+        raise DataError(f"too few labelled images for {method.name}: {info_t['used']} usable for "
+                        f"training (needs {method.min_train}) and {info_v['used']} for validation "
+                        f"(needs 2) in {name}; {info_t['missing'] + info_v['missing']} listed images "
+                        f"are missing on disk and {info_t['failed'] + info_v['failed']} unreadable")
+
+
+def fit_score_map(method: Method, features: dict, targets: Targets):
+    """Methods whose output is already a 1-10 score get the identity map;
+    a rank score (VILA-R) gets the logistic map fitted to the training labels."""
+    from ..scoremap import ScoreMap
+
+    if method.name == "vila-r":
+        return ScoreMap.calibrate(method.predict(features).score, targets.mean)
+    return ScoreMap(center=0.0, scale=1.0, kind="linear")
+
+
+def write_reports(output: Path, cfg: dict, metrics: dict) -> None:
+    from ..evaluation import json_safe
+
+    (output / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
+    resolved = {k: v for k, v in cfg.items() if k not in ("quiet",)}
+    (output / "train_config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
+    plot_training(metrics["epochs"], output / "training.png", metrics["method"])
+
+
+def plot_training(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ep = [r["epoch"] for r in rows]
+    ax[0].plot(ep, [r["train_loss"] for r in rows], marker="o" if len(rows) < 3 else None)
+    ax[0].set(xlabel="epoch", ylabel="train loss", title=title)
+    for key in ("srcc", "plcc"):
+        ax[1].plot(ep, [r.get(key) for r in rows], label=f"val {key.upper()}",
+                   marker="o" if len(rows) < 3 else None)
+    ax[1].set(xlabel="epoch", ylabel="correlation")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
