@@ -136,6 +136,10 @@ def format_table(rows, extra: tuple[str, ...] = ()) -> str:
 def _cmd_score(args) -> int:
     from .data.images import list_images
 
+    if args.embeddings:
+        return _score_embeddings(args)
+    if not args.paths:
+        raise UsageError("give image files or folders to score (or --embeddings FILE)")
     for p in args.paths:
         if not os.path.lexists(p):
             raise UsageError(f"{p}: no such file or folder")
@@ -157,6 +161,38 @@ def _cmd_score(args) -> int:
         if cache is not None:
             cache.close()
     stats = critic.last_stats
+    _finish(args, rows, stats, critic.extra_columns)
+    return EXIT_OK
+
+
+def _score_embeddings(args) -> int:
+    """Apply a model's head to precomputed embeddings (no image is read)."""
+    from .data.embeddings import read_embeddings
+    from .errors import DataError
+    from .pipeline import RunStats, ScoreRow
+
+    if args.paths:
+        raise UsageError("give either image paths or --embeddings, not both")
+    if args.output:
+        check_output(args.output)
+    critic = _load(args)
+    if critic.head is None:
+        raise UsageError(f"--embeddings needs a model with a trained head; {args.model} is zero-shot "
+                         f"(its text side needs the backbone)")
+    want = (critic.head.meta() or {}).get("dim")
+    rows, stats = [], RunStats()
+    for ids, emb in read_embeddings(args.embeddings):
+        if want is not None and emb.shape[1] != want:
+            raise DataError(f"--embeddings {args.embeddings}: {emb.shape[1]}-d embeddings, but model "
+                            f"{args.model} expects {want}-d {critic.view} features "
+                            f"({critic.encoder_spec.get('name', critic.encoder_spec['type'])})")
+        out = critic.outputs_from_embeddings(emb)
+        for k, key in enumerate(ids):
+            row = ScoreRow(path=key, score=float(out["score"][k]), status="ok", binary=int(out["binary"][k]))
+            if "distribution" in out:
+                row.distribution = [float(v) for v in out["distribution"][k]]
+            rows.append(row)
+    stats.total = stats.scored = stats.computed = len(rows)
     _finish(args, rows, stats, critic.extra_columns)
     return EXIT_OK
 
@@ -613,7 +649,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub_parser("score", help="score images or folders of images (1-10)",
                     description="Score images. Bad files get a status and a message; "
                                 "all other files are scored.")
-    sc.add_argument("paths", nargs="+", help="image files and/or folders")
+    sc.add_argument("paths", nargs="*", help="image files and/or folders")
+    sc.add_argument("--embeddings", metavar="FILE",
+                    help="score precomputed embeddings instead of images: a .npy (N, D) array (rows "
+                         "keyed by index) or a Parquet file with an embedding column and an id/key/"
+                         "path column, as img2dataset and clip-retrieval write them")
     sc.add_argument("--output", "-o", help="write rows to FILE (.csv, .jsonl or .parquet) "
                                            "(default: print a ranked table)")
     sc.add_argument("--table", action="store_true",

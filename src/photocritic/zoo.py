@@ -20,6 +20,11 @@ PRESETS: dict[str, dict] = {
         "summary": "EfficientNet-Lite0 + VILA-R rank head trained on self-supervised "
                    "degradation pairs; offline, fast; a technical-quality prior, not AVA-trained",
     },
+    "laion-v2": {
+        "dir": _PACKAGE_WEIGHTS / "laion-v2",
+        "summary": "CLIP ViT-L/14 + the LAION improved aesthetic predictor head (ships in the package; "
+                   "with --embeddings it needs no other weights)",
+    },
     "clip-vit-b-32": {
         "hub": "openai/clip-vit-base-patch32", "prompts": "hentschel-fixed",
         "summary": "zero-shot CLIP ViT-B/32, weighted sum over 'a outstanding/horrible picture' "

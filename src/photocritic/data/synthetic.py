@@ -102,7 +102,8 @@ DEBIAN_PHOTOS = {
                      "Kite", "OneStandsOut", "Path", "summer_1am")
     ] + ["/usr/share/wallpapers/Volna/contents/images/5120x2880.jpg"],
 }
-SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle")
+SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle", "hubble_deep_field",
+                  "immunohistochemistry", "retina")
 INSTALL_HINT = ("apt-get install " + " ".join(DEBIAN_PHOTOS)
                 + " (or pass --sources DIR, a folder of your own photos)")
 

@@ -190,10 +190,15 @@ class EfficientNetTower(nn.Module):
     def __init__(self, net: EfficientNetLite0):
         super().__init__()
         self.net = net
+        self.net._fc.requires_grad_(False)  # the ImageNet classifier is not part of the tower
         self.dim = 1280
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.net.feature_map(pixels).mean(dim=(2, 3))
+        n = self.net
+        x = F.relu6(n._bn0(n._conv_stem(pixels)))
+        for block in n._blocks:
+            x = block(x)
+        return F.relu6(n._bn1(n._conv_head(x))).mean(dim=(2, 3))
 
     def backbone_state(self) -> dict:
         return {k: v for k, v in self.net.state_dict().items() if not k.startswith("_fc.")}

@@ -16,7 +16,7 @@ import torch
 from ..registry import register_method
 from .base import Method, Prediction, Targets
 
-DEFAULT_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+DEFAULT_ALPHAS = tuple(10.0 ** k for k in range(-2, 7))  # 0.01 ... 1e6
 
 
 def standardize_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -202,8 +203,6 @@ def open_store(cfg: dict):
 def extract(cfg: dict, spec: dict, ds, view: str, cache, log) -> tuple:
     """``view`` features of ``ds``'s images through the scoring pipeline and
     feature store; images missing or unreadable are left out and counted."""
-    import os
-
     from ..models import Critic
     from ..scoremap import ScoreMap
 
@@ -250,6 +249,11 @@ def train(options: dict, config_file: str | None = None, log=None) -> TrainResul
         from .trainer import finetune_run
 
         return finetune_run(cfg, spec, method, train_set, val_set, output, notes, log)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1:
+        _extract_shard(cfg, spec, method.image_view, [train_set, val_set], rank, world, log)
+        if rank != 0:
+            return None
     cache = open_store(cfg)
     try:
         view = method.image_view
@@ -295,6 +299,25 @@ def train(options: dict, config_file: str | None = None, log=None) -> TrainResul
     log(f"trained {method.name}: val SRCC {final['srcc']:.3f}, PLCC {final['plcc']:.3f}"
         + (f", EMD {final['emd']:.4f}" if "emd" in final else "") + f" -> {output}")
     return TrainResult(output, metrics, cfg, notes)
+
+
+def _extract_shard(cfg, spec, view, sets, rank: int, world: int, log) -> None:
+    """Under torchrun: each process extracts its share of the images into
+    the (shared, file) feature store; then the main process trains on it."""
+    from accelerate import Accelerator
+
+    if cfg["no_cache"]:
+        raise UsageError("several processes share extracted features through the feature store; "
+                         "drop --no-cache (or pass --cache FILE)")
+    acc = Accelerator(cpu=cfg["device"] == "cpu")
+    cache = open_store(cfg)
+    try:
+        for ds in sets:
+            rows = list(range(rank, len(ds), world))
+            extract(cfg, spec, ds.subset([ds.ids[i] for i in rows], ds.name), view, cache, log)
+    finally:
+        cache.close()
+    acc.wait_for_everyone()
 
 
 def check_counts(method: Method, info_t: dict, info_v: dict, name: str) -> None:

@@ -1,0 +1,307 @@
+"""The one Trainer for methods that train the image tower (``finetune``).
+
+Hugging Face Accelerate runs it unchanged on one CPU, one GPU, or many
+processes (``torchrun --nproc_per_node N -m photocritic train ...``;
+``accelerate launch -m photocritic train ...`` on GPUs):
+
+* data order: a permutation of the training images seeded by (seed, epoch);
+  every global batch of ``batch_size`` images is split across the processes,
+  and each process's loss is its share of the *global* mean
+  (sum of its per-image losses / global batch size x processes), so DDP's
+  gradient average equals the one-process gradient exactly;
+* gradient accumulation: a global batch is processed in ``accumulate``
+  micro-batches per process, gradients synchronised on the last;
+* mixed precision: bf16 autocast with ``--precision bf16`` (or ``auto`` where
+  bf16 is native);
+* a checkpoint after every epoch (model, optimiser, epoch, early-stopping
+  state, RNG state, metrics); ``--resume`` continues from it bit for bit;
+* validation predictions are gathered from every process; every process
+  computes the same metrics and so takes the same early-stopping decision;
+  only the main process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.images import ImageError, decode_for, read_bytes
+from ..errors import DataError
+from ..losses import emd
+from ..methods.base import Targets
+
+CHECKPOINT = "checkpoint"
+
+
+class ImageRatings(torch.utils.data.Dataset):
+    """(uint8 HWC pixels, 10-bin target, index) per image; an unreadable
+    image gives None (dropped by :func:`collate` and counted)."""
+
+    def __init__(self, paths: list[str], distribution: np.ndarray, preprocess, augment=None):
+        self.paths = paths
+        self.q = torch.as_tensor(distribution / distribution.sum(1, keepdims=True), dtype=torch.float32)
+        self.preprocess = preprocess
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            pixels = decode_for(read_bytes(self.paths[i]), self.preprocess, self.paths[i])
+        except ImageError:
+            return None
+        if self.augment is not None:
+            pixels = self.augment(pixels)
+        return torch.from_numpy(np.ascontiguousarray(pixels)), self.q[i], i
+
+
+def collate(items):
+    items = [it for it in items if it is not None]
+    if not items:
+        return None
+    return (torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items]),
+            torch.tensor([it[2] for it in items]))
+
+
+class FinetuneNet(nn.Module):
+    def __init__(self, tower: nn.Module, head: nn.Module):
+        super().__init__()
+        self.tower = tower
+        self.head = head
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tower(pixels))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.modules():  # batch norm keeps its running statistics
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+
+
+class _Shard(torch.utils.data.Sampler):
+    """This process's part of each global batch, micro-batched: yields lists of indices."""
+
+    def __init__(self, order: torch.Tensor, global_batch: int, rank: int, world: int, accumulate: int):
+        self.plan = []
+        for s in range(0, len(order), global_batch):
+            batch = order[s:s + global_batch]
+            mine = batch.tensor_split(world)[rank]
+            self.plan.append((len(batch), [m.tolist() for m in mine.tensor_split(accumulate) if len(m)]))
+
+    def __iter__(self):
+        for _, micro in self.plan:
+            yield from micro
+
+    def __len__(self) -> int:
+        return sum(len(m) for _, m in self.plan)
+
+
+def _state_rng() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+
+
+def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: list, log):
+    from accelerate import Accelerator
+
+    from ..device import resolve_precision
+    from ..models import Critic, build_encoder
+    from ..scoremap import ScoreMap
+    from .run import TrainResult, validation_metrics, write_reports
+
+    precision = resolve_precision(cfg["precision"], cfg["device"])
+    acc = Accelerator(cpu=cfg["device"] == "cpu", mixed_precision="bf16" if precision == "bf16" else "no")
+    main = acc.is_main_process
+    say = log if main else (lambda m: None)
+    torch.manual_seed(method.seed)
+    encoder = build_encoder(spec, "cpu")
+    tower = encoder.tower()
+    tower.float()
+    if train_set.distribution is None:
+        raise DataError("finetune learns score distributions (EMD); the labels have only mean scores")
+    tr_paths, tr_idx = _present(train_set)
+    va_paths, va_idx = _present(val_set)
+    if len(tr_paths) < method.min_train or len(va_paths) < 2:
+        raise DataError(f"too few labelled images for finetune: {len(tr_paths)} on disk for training "
+                        f"(needs {method.min_train}), {len(va_paths)} for validation (needs 2)")
+    head = method.build({"dim": tower.dim})
+    method._meta = {"dim": tower.dim}
+    net = FinetuneNet(tower, head)
+    opt = torch.optim.SGD([{"params": [p for p in tower.parameters() if p.requires_grad], "lr": method.lr_backbone},
+                           {"params": head.parameters(), "lr": method.lr}], momentum=method.momentum)
+    start_epoch, best, best_epoch, waited, rows = 1, math.inf, 0, 0, []
+    ck = output / CHECKPOINT
+    if cfg["resume"]:
+        if not (ck / "state.pt").exists():
+            raise DataError(f"--resume: {output} has no checkpoint to resume from")
+        state = torch.load(ck / "state.pt", map_location="cpu", weights_only=False)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        start_epoch, best, best_epoch, waited, rows = (state["epoch"] + 1, state["best"], state["best_epoch"],
+                                                       state["waited"], state["rows"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        say(f"resuming after epoch {state['epoch']}")
+    net, opt = acc.prepare(net, opt)
+    pre = encoder.preprocess
+    q_train = train_set.distribution[tr_idx]
+    data = ImageRatings(tr_paths, q_train, pre)
+    vdata = ImageRatings(va_paths, val_set.distribution[va_idx], pre)
+    workers = method.workers if method.workers is not None else min(4, max(0, (os.cpu_count() or 2) // 2))
+    world, rank = acc.num_processes, acc.process_index
+    max_epochs = cfg["epochs"] or method.epochs or 10 ** 9
+    t0 = time.perf_counter()
+    steps = 0
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, max_epochs + 1):
+        if waited >= method.patience:
+            break
+        shard = _Shard(epoch_order(len(data), method.seed, epoch), method.batch_size, rank, world,
+                       method.accumulate)
+        loader = torch.utils.data.DataLoader(data, batch_sampler=shard, num_workers=workers,
+                                             collate_fn=collate, persistent_workers=False)
+        net.train()
+        total, seen = 0.0, 0
+        it = iter(loader)
+        for global_n, micro in shard.plan:
+            opt.zero_grad()
+            for k in range(len(micro)):
+                batch = next(it)
+                if batch is None:
+                    continue
+                pixels, q, idx = batch
+                x = pre.normalize(pixels).to(acc.device)
+                sync = k == len(micro) - 1
+                ctx = acc.no_sync(net) if not sync and world > 1 else _null()
+                with ctx, acc.autocast():
+                    p = net(x)
+                    per = emd(p.float(), q.to(acc.device), reduction="none")
+                    loss = per.sum() / global_n * world
+                acc.backward(loss)
+                total += float(per.sum().detach())
+                seen += len(per)
+            opt.step()
+            steps += 1
+        train_loss = _global_mean(acc, total, seen)
+        net.eval()
+        pred = _predict(acc, net, vdata, pre, rank, world, method.batch_size)
+        report = _metrics(pred, val_set, va_idx)
+        report = {"epoch": epoch, "train_loss": train_loss, **report}
+        rows.append(report)
+        say(f"epoch {epoch}: train EMD {train_loss:.4f}, val EMD {report['emd']:.4f}, "
+            f"SRCC {report['srcc']:.3f}")
+        if report["emd"] < best:
+            best, best_epoch, waited = report["emd"], epoch, 0
+            if main:
+                _save_best(acc, net, ck)
+        else:
+            waited += 1
+        if main and epoch % method.checkpoint_every == 0:
+            ck.mkdir(parents=True, exist_ok=True)
+            torch.save({"net": acc.unwrap_model(net).state_dict(), "opt": opt.state_dict(), "epoch": epoch,
+                        "best": best, "best_epoch": best_epoch, "waited": waited, "rows": rows,
+                        "rng": _state_rng()}, ck / "state.tmp")
+            os.replace(ck / "state.tmp", ck / "state.pt")
+        acc.wait_for_everyone()
+    seconds = time.perf_counter() - t0
+    acc.wait_for_everyone()
+    if not main:
+        acc.end_training() if hasattr(acc, "end_training") else None
+        return None
+    final_net = acc.unwrap_model(net)
+    if (ck / "best.pt").exists():
+        final_net.load_state_dict(torch.load(ck / "best.pt", map_location="cpu", weights_only=True))
+    final_net.float().eval()
+    method.module = final_net.head
+    model = Critic({k: v for k, v in spec.items() if k != "weights"}, method,
+                   ScoreMap(center=0.0, scale=1.0, kind="linear"), name=output.name,
+                   description=f"finetune of {cfg['backbone']} on {train_set.name} ({len(tr_paths)} images)")
+    model.save(output, backbone_state=final_net.tower.backbone_state())
+    metrics = {"method": method.name, "backbone": cfg["backbone"], "epochs": rows,
+               "final_val": {k: v for k, v in (rows[best_epoch - 1] if best_epoch else {}).items()},
+               "best_epoch": best_epoch, "processes": world, "precision": precision,
+               "train_images": {"listed": len(train_set), "used": len(tr_paths)},
+               "val_images": {"listed": len(val_set), "used": len(va_paths)},
+               "seconds": round(seconds, 3), "steps": steps, "notes": notes}
+    write_reports(output, cfg, metrics)
+    say(f"trained finetune: best epoch {best_epoch}, val EMD {best:.4f} -> {output}")
+    return TrainResult(output, metrics, cfg, notes)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _present(ds) -> tuple[list[str], np.ndarray]:
+    paths = ds.image_paths()
+    keep = [i for i, p in enumerate(paths) if os.path.exists(p)]
+    return [paths[i] for i in keep], np.array(keep, dtype=int)
+
+
+def _global_mean(acc, total: float, seen: int) -> float:
+    t = torch.tensor([total, float(seen)], dtype=torch.float64, device=acc.device)
+    t = acc.reduce(t, reduction="sum") if acc.num_processes > 1 else t
+    return float(t[0] / max(t[1], 1))
+
+
+@torch.no_grad()
+def _predict(acc, net, vdata, pre, rank: int, world: int, batch: int) -> dict:
+    """(index -> distribution) for every validation image, from all processes."""
+    mine = list(range(rank, len(vdata), world))
+    out_idx, out_p = [], []
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(vdata, mine), batch_size=batch,
+                                         collate_fn=collate)
+    for b in loader:
+        if b is None:
+            continue
+        pixels, _, idx = b
+        with acc.autocast():
+            p = net(pre.normalize(pixels).to(acc.device)).float()
+        out_idx.append(idx.to(acc.device))
+        out_p.append(p)
+    idx = torch.cat(out_idx) if out_idx else torch.zeros(0, dtype=torch.long, device=acc.device)
+    p = torch.cat(out_p) if out_p else torch.zeros(0, 10, device=acc.device)
+    if world > 1:
+        idx = acc.gather(acc.pad_across_processes(idx, pad_index=-1))
+        p = acc.gather(acc.pad_across_processes(p))
+    keep = idx >= 0
+    return dict(zip(idx[keep].tolist(), p[keep].cpu().numpy()))
+
+
+def _metrics(pred: dict, val_set, va_idx) -> dict:
+    from .. import metrics as M
+    from ..methods.nima import BINS
+
+    order = sorted(pred)
+    p = np.stack([pred[k] for k in order])
+    rows = va_idx[order]
+    q = val_set.distribution[rows]
+    score = p @ BINS.numpy()
+    y = val_set.mean[rows]
+    srcc = M.srcc(score, y) if len(y) >= 2 and np.ptp(y) > 0 else math.nan
+    plcc = M.plcc(score, y) if len(y) >= 2 and np.ptp(y) > 0 else math.nan
+    return {"srcc": srcc, "plcc": plcc, "accuracy": M.accuracy(score, y), "emd": M.emd(p, q, r=2)}
+
+
+def _save_best(acc, net, ck: Path) -> None:
+    ck.mkdir(parents=True, exist_ok=True)
+    torch.save(acc.unwrap_model(net).state_dict(), ck / "best.tmp")
+    os.replace(ck / "best.tmp", ck / "best.pt")
