@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.photocritic-installed
 
-.PHONY: run test bench clean
+.PHONY: run test bench sources clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,10 +18,18 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) sources
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/zeroshot.py
 	$(PY) benchmarks/robustness.py
+	$(PY) benchmarks/train.py
+	$(PY) benchmarks/learnability.py
+
+# Source photos of the synthetic world (Debian wallpaper packages; needs root).
+SOURCE_PACKAGES := lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 plasma-workspace-wallpapers
+sources:
+	@dpkg -s $(SOURCE_PACKAGES) >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SOURCE_PACKAGES); }
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

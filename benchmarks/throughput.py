@@ -98,12 +98,12 @@ def measure(name: str, model_ref: str, paths: list[str], precision: str, batch_s
         t0 = time.perf_counter()
         rows = model.score(paths, batch_size=batch_size, cache=cache, workers=workers, decode=decode)
         first = time.perf_counter() - t0
-        assert all(row.status == "ok" for row in rows) and model.last_stats.computed == len(paths)
+        assert all(row.status == "ok" for row in rows) and rows.stats.computed == len(paths)
         fresh = photocritic.load(model_ref, precision=precision)
         t0 = time.perf_counter()
-        fresh.score(paths, batch_size=batch_size, cache=cache)
+        again = fresh.score(paths, batch_size=batch_size, cache=cache)
         cached = time.perf_counter() - t0
-        assert fresh.last_stats.cached == len(paths) and fresh._encoder is None
+        assert again.stats.cached == len(paths) and fresh._encoder is None
         cache.close()
         rounds.append({"e2e": len(paths) / first, "enc": enc, "cached": len(paths) / cached,
                        "e2e_over_enc": len(paths) / first / enc, "cached_over_first": first / cached})

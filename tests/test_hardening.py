@@ -872,7 +872,7 @@ def test_item24_explicit_bf16_warns_on_the_command_line(tmp_path, monkeypatch, c
 
 def test_item24_every_results_file_records_the_cpu():
     files = sorted((REPO / "benchmarks" / "results").glob("*.json"))
-    assert [f.name for f in files] == ["robustness.json", "throughput.json", "zeroshot.json"]
+    assert {"robustness.json", "throughput.json", "zeroshot.json"} <= {f.name for f in files}
     for f in files:
         info = json.loads(f.read_text())
         for key in ("cpu_model", "cpu_capability", "cpu_bf16_native"):

@@ -76,7 +76,7 @@ def test_clip_dir_scores_zero_shot_with_vila_prompts(tiny_clip_dir, tmp_path):
     # a fresh model object gets image and text embeddings and the logit scale from the cache
     again = photocritic.load(str(tiny_clip_dir), precision="fp32")
     rows2 = again.score(paths, cache=tmp_path / "c.sqlite")
-    assert again.last_stats.cached == 3 and again._encoder is None  # never loaded the weights
+    assert rows2.stats.cached == 3 and again._encoder is None  # never loaded the weights
     np.testing.assert_allclose([r.score for r in rows2], [r.score for r in rows], rtol=1e-6)
 
 

@@ -43,7 +43,7 @@ def test_broken_files_reported_others_scored(tmp_path, lite, decode):
         assert name in by_name[name].error and math.isnan(by_name[name].score)
     good = [r for r in rows if r.path.endswith(tuple(f"p{i:04d}.jpg" for i in range(12)))]
     assert len(good) == 12 and all(r.status == "ok" and 1 < r.score < 10 for r in good)
-    stats = lite.last_stats
+    stats = rows.stats
     assert (stats.scored, stats.failed) == (12, len(expected))
 
 
@@ -73,11 +73,11 @@ def test_cache_reused_and_duplicates_computed_once(tmp_path, lite):
     paths = sorted(str(p) for p in d.iterdir())
     cache = EmbeddingCache(tmp_path / "c.sqlite")
     first = lite.score(paths, cache=cache)
-    s1 = lite.last_stats
+    s1 = first.stats
     assert (s1.scored, s1.computed, s1.cached) == (7, 7, 0)
     assert len(cache) == 6  # identical content stored once
     second = lite.score(paths, cache=cache)
-    s2 = lite.last_stats
+    s2 = second.stats
     assert (s2.scored, s2.computed, s2.cached) == (7, 0, 7)
     from photocritic.features import hash_file
 
@@ -90,7 +90,7 @@ def test_cache_reused_and_duplicates_computed_once(tmp_path, lite):
     lite.configure(precision="bf16")
     try:
         third = lite.score(paths, cache=cache)
-        assert lite.last_stats.computed == 7
+        assert third.stats.computed == 7
         assert np.corrcoef([r.score for r in first], [r.score for r in third])[0, 1] > 0.95
     finally:
         lite.configure(precision="fp32")
@@ -125,3 +125,26 @@ def test_sigkill_then_rerun_computes_only_the_rest(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert f"48 scored ({kept} from cache, {48 - kept} computed), 0 failed" in out.stderr
+
+
+def test_two_threads_share_one_model(tmp_path):
+    """The model object keeps no per-call state: two threads scoring at
+    once with one model get what each would get alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import photo
+
+    import photocritic
+
+    paths = []
+    for i in range(8):
+        p = tmp_path / f"t{i}.jpg"
+        photo(100 + i).save(p)
+        paths.append(str(p))
+    model = photocritic.load("lite", precision="fp32")
+    alone = [[r.score for r in model.score(paths[:4])], [r.score for r in model.score(paths[4:])]]
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda part: model.score(part, cache=tmp_path / f"c{part[0][-5]}.sqlite"),
+                             [paths[:4], paths[4:]]))
+    assert [[r.score for r in rows] for rows in runs] == alone
+    assert [rows.stats.computed for rows in runs] == [4, 4]

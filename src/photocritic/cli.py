@@ -160,7 +160,7 @@ def _cmd_score(args) -> int:
     finally:
         if cache is not None:
             cache.close()
-    stats = critic.last_stats
+    stats = rows.stats
     _finish(args, rows, stats, critic.extra_columns)
     return EXIT_OK
 
@@ -292,10 +292,9 @@ def _embedded_split(args, zero_shot: bool = False):
         ok = [i for i, r in enumerate(rows) if r.status == "ok"]
         if len(ok) < 3:
             raise UsageError(f"only {len(ok)} images of {ds.name} could be scored; need at least 3")
-        critic.text_cache = cache
+        critic.warm_text(cache)
         yield ds, critic, emb, ok
     finally:
-        critic.text_cache = None
         cache.close()
 
 
@@ -401,11 +400,9 @@ def _cmd_styles(args) -> int:
         rows, emb = critic.embed_paths([paths[k] for k in present], cache, batch_size=args.batch_size,
                                        progress=not args.quiet, decode=args.decode, workers=args.workers,
                                        max_bytes=args.max_file_size)
-        critic.text_cache = cache
         prompts = ST.style_prompts(lists.names, templates)
-        text = critic.text_embeddings([t for group in prompts for t in group])
+        text = critic.text_embeddings([t for group in prompts for t in group], cache=cache)
     finally:
-        critic.text_cache = None
         cache.close()
     ok = [present[k] for k, r in enumerate(rows) if r.status == "ok"]
     scores = ST.style_scores(emb, text, len(templates))

@@ -182,7 +182,7 @@ def evaluate(critic, ds: LabelledSet, output: str | Path, split_info: dict | Non
     rule = critic.binary_rule
     if "accuracy" in res:
         res["accuracy_rule"] = rule
-    stats = critic.last_stats
+    stats = rows.stats
     res.update(model=critic.name, dataset=ds.name, label_kind=ds.kind, label_scale=ds.scale,
                split=split_info, images_listed=len(ds), images_missing=len(missing),
                images_failed=len(failed), images_from_cache=stats.cached, seconds=round(seconds, 2),

@@ -20,6 +20,7 @@ the shipped ``lite`` model) are still read. Named presets live in
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -103,8 +104,8 @@ class Critic:
         self._identity = None
         self.device = device
         self.precision = precision
-        self.text_cache: EmbeddingCache | None = None
         self._text_memo: dict[str, np.ndarray] = {}
+        self._lock = threading.RLock()
 
     # -- configuration -------------------------------------------------
     def configure(self, device: str | None = None, precision: str | None = None) -> "Critic":
@@ -128,9 +129,10 @@ class Critic:
 
     @property
     def encoder(self):
-        if self._encoder is None:
-            self._encoder = build_encoder(self.encoder_spec, self.device)
-            self._apply_device()
+        with self._lock:  # loaded once, also when two threads score at once
+            if self._encoder is None:
+                self._encoder = build_encoder(self.encoder_spec, self.device)
+                self._apply_device()
         return self._encoder
 
     def _ident(self):
@@ -184,12 +186,12 @@ class Critic:
             self.head = ZeroShotHead(self.prompts, self.text_embeddings, self.logit_scale)
         return self.head
 
-    def text_embeddings(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+    def text_embeddings(self, texts: list[str], batch_size: int = 256,
+                        cache: EmbeddingCache | None = None) -> np.ndarray:
         """The encoder's embeddings of ``texts`` (K, D): computed once per
         model object, and stored in / read from the cache whenever one is
         attached, so a prompt set is embedded once per (encoder, prompt)."""
-        key = self.encoder_key() + "|text"
-        cache = self.text_cache
+        key = self.text_key()
         hashes = [content_hash(("text:" + t).encode()) for t in texts]
         stored = cache.get_many(hashes, key) if cache is not None else {}
         for t, h in zip(texts, hashes):
@@ -198,7 +200,8 @@ class Critic:
         todo = list(dict.fromkeys(t for t in texts if t not in self._text_memo))
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            vecs = self.encoder.encode_text(chunk).float().cpu().numpy()
+            with self._lock:
+                vecs = self.encoder.encode_text(chunk).float().cpu().numpy()
             self._text_memo.update(zip(chunk, vecs))
         if cache is not None:
             new = [(h, self._text_memo[t]) for t, h in zip(texts, hashes) if h not in stored]
@@ -211,10 +214,14 @@ class Critic:
         vec = self._logit_scale_vec()
         return float(vec[0])
 
-    def _logit_scale_vec(self) -> np.ndarray:
-        key = self.encoder_key() + "|logit_scale"
+    def text_key(self) -> str:
+        """Feature-store key of the text view (independent of the image view)."""
+        enc_id, pre = self._ident()
+        return f"{enc_id}|{pre.key()}|{self.precision}|text"
+
+    def _logit_scale_vec(self, cache: EmbeddingCache | None = None) -> np.ndarray:
+        key = self.text_key()[:-len("|text")] + "|logit_scale"
         h = content_hash(b"logit_scale")
-        cache = self.text_cache
         stored = cache.get_many([h], key).get(h) if cache is not None else None
         vec = self._text_memo.get("\0logit_scale")
         if vec is None:
@@ -224,12 +231,14 @@ class Critic:
             cache.put_many([(h, vec)], key)
         return vec
 
-    def _warm_text(self) -> None:
-        """Make sure the attached cache holds this model's text side."""
+    def warm_text(self, cache: EmbeddingCache) -> None:
+        """Read this model's text side (prompt embeddings, logit scale) from
+        ``cache``, computing and storing what is missing, so that scoring
+        never needs the text tower again."""
         if self.prompts is not None:
-            self.text_embeddings(self.prompts.expand()[0])
+            self.text_embeddings(self.prompts.expand()[0], cache=cache)
             if self.prompts.rule in ("antonym", "ensemble"):
-                self._logit_scale_vec()
+                self._logit_scale_vec(cache)
 
     def raw_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
         head = self._head()
@@ -295,25 +304,24 @@ class Critic:
         own = isinstance(cache, (str, Path))
         if own:
             cache = EmbeddingCache(cache)
-        self.text_cache = cache
         try:
             if cache is not None:
-                self._warm_text()
-            rows, self.last_stats = score_inputs(
+                self.warm_text(cache)
+            rows, stats = score_inputs(
                 self, inputs, batch_size=batch_size, cache=cache, workers=workers, progress=progress,
                 decode=decode, max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes)
         finally:
             if own:
                 cache.close()
-            self.text_cache = None
-        return rows
+        return ScoreRows(rows, stats)
 
     def embed_paths(self, paths: list[str], cache: EmbeddingCache, batch_size: int = 32,
                     progress: bool = False, decode: str = "auto", workers: int | None = None,
                     max_bytes: int | None = None):
         """Embeddings of image files through the normal pipeline and cache
         (an in-memory cache, ``EmbeddingCache(None)``, writes nothing):
-        returns (rows, embeddings of the rows whose status is ok)."""
+        returns (rows, embeddings of the rows whose status is ok); the run's
+        counts are ``rows.stats``."""
         rows = self.score(paths, batch_size=batch_size, cache=cache, progress=progress, decode=decode,
                           workers=workers, max_bytes=max_bytes)
         hashes = [r.content_hash for r in rows if r.status == "ok"]
@@ -408,6 +416,16 @@ class Critic:
         return cls(config["encoder"], head, ScoreMap.from_dict(config["score_map"]),
                    name=config.get("name", directory.name), description=config.get("description", ""),
                    prompts=prompts)
+
+
+class ScoreRows(list):
+    """The rows of one scoring run, in input order, with the run's counts as
+    ``stats`` (a :class:`~photocritic.pipeline.RunStats`). The model object
+    itself keeps no per-call state: two threads may score with one model."""
+
+    def __init__(self, rows, stats):
+        super().__init__(rows)
+        self.stats = stats
 
 
 def _jsonable(x):

@@ -104,7 +104,7 @@ DEBIAN_PHOTOS = {
 }
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle", "hubble_deep_field",
                   "immunohistochemistry", "retina")
-INSTALL_HINT = ("apt-get install " + " ".join(DEBIAN_PHOTOS)
+INSTALL_HINT = ("`make sources`, i.e. apt-get install " + " ".join(DEBIAN_PHOTOS)
                 + " (or pass --sources DIR, a folder of your own photos)")
 
 

@@ -214,7 +214,7 @@ def extract(cfg: dict, spec: dict, ds, view: str, cache, log) -> tuple:
     rows, emb = critic.embed_paths([paths[i] for i in present], cache, batch_size=cfg["extract_batch_size"],
                                    progress=not cfg["quiet"], decode=cfg["decode"], workers=cfg["workers"])
     ok = [present[k] for k, r in enumerate(rows) if r.status == "ok"]
-    stats = critic.last_stats
+    stats = rows.stats
     info = {"listed": len(ds), "missing": len(paths) - len(present),
             "failed": sum(1 for r in rows if r.status != "ok"), "used": len(ok),
             "from_cache": stats.cached, "computed": stats.computed,
@@ -261,8 +261,7 @@ def train(options: dict, config_file: str | None = None, log=None) -> TrainResul
         vf, yv, info_v, _ = extract(cfg, spec, val_set, view, cache, log)
         for text_view in [v for v in method.requires if v.startswith("text.")] + \
                 (["text.pooled"] if method.texts() else []):
-            critic.text_cache = cache
-            t = critic.text_embeddings(method.texts())
+            t = critic.text_embeddings(method.texts(), cache=cache)
             xf[text_view] = vf[text_view] = t
     finally:
         cache.close()

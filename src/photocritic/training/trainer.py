@@ -61,7 +61,7 @@ class ImageRatings(torch.utils.data.Dataset):
             return None
         if self.augment is not None:
             pixels = self.augment(pixels)
-        return torch.from_numpy(np.ascontiguousarray(pixels)), self.q[i], i
+        return torch.from_numpy(np.array(pixels)), self.q[i], i  # a writable copy
 
 
 def collate(items):
