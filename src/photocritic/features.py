@@ -236,3 +236,124 @@ class EmbeddingCache:
 
     def __exit__(self, *exc):
         self.close()
+
+
+_TOKEN_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    content_hash TEXT NOT NULL,
+    view_key     TEXT NOT NULL,
+    shard        INTEGER NOT NULL,
+    offset       INTEGER NOT NULL,
+    shape        TEXT NOT NULL,
+    created      REAL NOT NULL,
+    PRIMARY KEY (content_hash, view_key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS photocritic_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO photocritic_meta VALUES ('format', 'photocritic-token-store');
+INSERT OR IGNORE INTO photocritic_meta VALUES ('version', '1');
+"""
+
+
+class TokenStore:
+    """Large views (``image.tokens``: T x C per image) as float16 rows in
+    append-only shard files (``shard-00000.f16`` ...), indexed by SQLite
+    (``index.sqlite``: content hash + view key -> shard, byte offset, shape).
+
+    A batch's bytes are written and flushed to the shard before its index
+    rows are committed, so a run killed at any point (SIGKILL included)
+    leaves only complete, indexed rows; bytes of an unfinished batch are
+    never referenced, and a re-run appends after them. Reads are
+    memory-mapped views: memory stays flat in the number of images.
+    Several processes may write at once (an exclusive lock on the shard
+    while appending; SQLite's WAL for the index).
+    """
+
+    def __init__(self, directory: str | os.PathLike, shard_bytes: int = 1 << 30, timeout: float = 60.0):
+        self.dir = Path(directory).expanduser()
+        if self.dir.exists() and not self.dir.is_dir():
+            raise CacheError(f"{self.dir} is a file, not a token store folder; pass another --cache")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.shard_bytes = shard_bytes
+        self._maps: dict[int, np.memmap] = {}
+        try:
+            self._conn = sqlite3.connect(str(self.dir / "index.sqlite"), timeout=timeout,
+                                         isolation_level=None, check_same_thread=False)
+            self._conn.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.executescript(_TOKEN_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise CacheError(f"the token store {self.dir} is damaged or unreadable ({exc}); move it "
+                             f"aside or pass another --cache", "damaged") from None
+
+    def _shard_path(self, k: int) -> Path:
+        return self.dir / f"shard-{k:05d}.f16"
+
+    def put_many(self, items: list[tuple[str, np.ndarray]], view_key: str) -> None:
+        import fcntl
+
+        if not items:
+            return
+        with open(self.dir / "append.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            k = 0
+            while self._shard_path(k).exists() and self._shard_path(k).stat().st_size >= self.shard_bytes:
+                k += 1
+            rows = []
+            now = time.time()
+            with open(self._shard_path(k), "ab") as fh:
+                for h, arr in items:
+                    a = np.ascontiguousarray(arr, dtype=np.float16)
+                    rows.append((h, view_key, k, fh.tell(), ",".join(map(str, a.shape)), now))
+                    fh.write(a.tobytes())
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._maps.pop(k, None)  # the shard grew: map it anew on the next read
+            with self._conn:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.executemany("INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def _map(self, k: int) -> np.memmap:
+        m = self._maps.get(k)
+        if m is None:
+            m = self._maps[k] = np.memmap(self._shard_path(k), dtype=np.float16, mode="r")
+        return m
+
+    def get_many(self, hashes: list[str], view_key: str) -> dict[str, np.ndarray]:
+        """Memory-mapped float16 views (not copies) of the stored rows among ``hashes``."""
+        out: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(hashes))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT content_hash, shard, offset, shape FROM tokens WHERE view_key = ? "
+                f"AND content_hash IN ({marks})", [view_key, *chunk]).fetchall()
+            for h, k, offset, shape in rows:
+                dims = tuple(int(v) for v in shape.split(","))
+                m = self._map(k)
+                first = offset // 2
+                count = int(np.prod(dims))
+                if first + count > m.size:  # mapped before this batch was appended
+                    self._maps.pop(k, None)
+                    m = self._map(k)
+                out[h] = m[first:first + count].reshape(dims)
+        return out
+
+    def __len__(self) -> int:
+        return self._conn.execute("SELECT COUNT(*) FROM tokens").fetchone()[0]
+
+    def close(self) -> None:
+        self._maps.clear()
+        self._conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def token_store_for(cache_path: str | os.PathLike) -> TokenStore:
+    """The token store beside an embedding cache file: ``<file>.tokens/``."""
+    p = Path(cache_path).expanduser()
+    return TokenStore(p.with_name(p.name + ".tokens"))

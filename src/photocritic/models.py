@@ -179,7 +179,9 @@ class Critic:
             return out.pooled.float().cpu().numpy()
         if self.view == "image.prelogits":
             return out.extras["prelogits"].float().cpu().numpy()
-        raise ValueError(f"view {self.view} is not stored in the embedding cache")
+        if self.view == "image.tokens":  # (N, T, C); goes to a TokenStore
+            return out.tokens.float().cpu().numpy()
+        raise ValueError(f"unknown image view {self.view}")
 
     def _head(self):
         if self.head is None and self.prompts is not None:

@@ -296,8 +296,11 @@ def _score_into(rows, stats, bar, critic, inputs, batch_size, cache, workers, mo
     hits = [i for i in hashes if hashes[i] in found]
     for i in hits:
         rows[i].content_hash = hashes[i]
-    for start in range(0, len(hits), 4096):
-        chunk = hits[start:start + 4096]
+    step = 4096
+    if hits:  # large views (tokens): bound the rows stacked at once to about 64 MiB
+        step = max(1, min(step, (64 << 20) // max(1, found[hashes[hits[0]]].nbytes * 2)))
+    for start in range(0, len(hits), step):
+        chunk = hits[start:start + step]
         finish([rows[i] for i in chunk], np.stack([found[hashes[i]] for i in chunk]), cached=True)
 
     # Misses: decode each distinct content once.
