@@ -62,6 +62,17 @@ def hash_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def select_by_hash(conn, sql: str, key: str, hashes: list[str], guard=None, chunk: int = 500):
+    """Yields the rows of ``sql AND content_hash IN (...)`` for the distinct
+    ``hashes``, 500 at a time (SQLite's parameter limit)."""
+    unique = list(dict.fromkeys(hashes))
+    for start in range(0, len(unique), chunk):
+        part = unique[start:start + chunk]
+        query = f"{sql} AND content_hash IN ({','.join('?' * len(part))})"
+        run = lambda: conn.execute(query, [key, *part]).fetchall()  # noqa: E731
+        yield guard(run) if guard else run()
+
+
 class CacheError(PhotocriticError, RuntimeError):
     """The cache file cannot be opened, is damaged, or is not a photocritic cache.
 
@@ -195,14 +206,8 @@ class EmbeddingCache:
     def get_many(self, hashes: list[str], encoder_key: str) -> dict[str, np.ndarray]:
         """The cached vectors among ``hashes`` (missing ones are absent)."""
         out: dict[str, np.ndarray] = {}
-        unique = list(dict.fromkeys(hashes))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self._guard(lambda: self._conn.execute(
-                f"SELECT content_hash, dim, vector FROM embeddings "
-                f"WHERE encoder_key = ? AND content_hash IN ({marks})",
-                [encoder_key, *chunk]).fetchall())
+        for rows in select_by_hash(self._conn, "SELECT content_hash, dim, vector FROM embeddings "
+                                   "WHERE encoder_key = ?", encoder_key, hashes, self._guard):
             for h, dim, blob in rows:
                 if not isinstance(blob, bytes):
                     raise self._damaged(RuntimeError(f"a vector of type {type(blob).__name__}"))
@@ -321,13 +326,8 @@ class TokenStore:
     def get_many(self, hashes: list[str], view_key: str) -> dict[str, np.ndarray]:
         """Memory-mapped float16 views (not copies) of the stored rows among ``hashes``."""
         out: dict[str, np.ndarray] = {}
-        unique = list(dict.fromkeys(hashes))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self._conn.execute(
-                f"SELECT content_hash, shard, offset, shape FROM tokens WHERE view_key = ? "
-                f"AND content_hash IN ({marks})", [view_key, *chunk]).fetchall()
+        for rows in select_by_hash(self._conn, "SELECT content_hash, shard, offset, shape FROM tokens "
+                                   "WHERE view_key = ?", view_key, hashes):
             for h, k, offset, shape in rows:
                 dims = tuple(int(v) for v in shape.split(","))
                 m = self._map(k)
