@@ -81,9 +81,13 @@ def theta_of(im: Image.Image) -> float:
 
 
 def angle_critic(ps: PromptSet, table: dict, scale: float = 1.0) -> Critic:
-    embed = lambda texts: np.array([table[t] for t in texts], dtype=np.float32)  # noqa: E731
-    head = ZeroShotHead(ps, embed, lambda: scale)
-    return AngleCritic({"type": "test"}, head, default_score_map(ps), name="angle", prompts=ps)
+    """Its text side is ``table`` (prompt -> vector) and ``scale``: what text
+    extraction would produce for a real model."""
+    critic = AngleCritic({"type": "test"}, None, default_score_map(ps), name="angle", prompts=ps)
+    critic.text_embeddings = lambda texts, batch_size=256, cache=None: np.array(
+        [table[t] for t in texts], dtype=np.float32)
+    critic.logit_scale = lambda: scale
+    return critic
 
 
 # -- 1. eval accuracy uses each method's own binary rule --------------------------------

@@ -31,7 +31,7 @@ from .encoders.base import ModelNotAvailableError
 from .errors import ModelFormatError
 from .features import EmbeddingCache, content_hash
 from .methods.base import Method
-from .methods.zeroshot import PromptSet, ZeroShotHead
+from .methods.zeroshot import PromptSet, ZeroShot
 from .registry import method_class
 from .scoremap import ScoreMap
 
@@ -105,6 +105,7 @@ class Critic:
         self.device = device
         self.precision = precision
         self._text_memo: dict[str, np.ndarray] = {}
+        self._feature_memo: dict[tuple, dict] = {}
         self._lock = threading.RLock()
 
     # -- configuration -------------------------------------------------
@@ -185,8 +186,25 @@ class Critic:
 
     def _head(self):
         if self.head is None and self.prompts is not None:
-            self.head = ZeroShotHead(self.prompts, self.text_embeddings, self.logit_scale)
+            self.head = ZeroShot(self.prompts)
         return self.head
+
+    def features(self, embeddings: np.ndarray) -> dict:
+        """The method's inputs: this model's image view, plus (for methods
+        that read text) the text features, extracted once per model."""
+        head = self._head()
+        out = {self.view: embeddings}
+        texts = head.texts() if isinstance(head, Method) else []
+        if texts:
+            key = (tuple(texts), getattr(head, "needs_logit_scale", False))
+            memo = self._feature_memo.get(key)
+            if memo is None:
+                memo = {"text.pooled": self.text_embeddings(texts)}
+                if key[1]:
+                    memo["logit_scale"] = self.logit_scale()
+                self._feature_memo[key] = memo
+            out.update(memo)
+        return out
 
     def text_embeddings(self, texts: list[str], batch_size: int = 256,
                         cache: EmbeddingCache | None = None) -> np.ndarray:
@@ -243,10 +261,7 @@ class Critic:
                 self._logit_scale_vec(cache)
 
     def raw_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
-        head = self._head()
-        if isinstance(head, Method):
-            return head.predict({self.view: embeddings}).score
-        return head.predict(embeddings)
+        return self._head().predict(self.features(embeddings)).score
 
     def scores_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
         return self.score_map(self.raw_from_embeddings(embeddings))
@@ -271,21 +286,18 @@ class Critic:
         head = self._head()
         if head is None:
             return {"score": np.full(len(embeddings), np.nan)}
+        feats = self.features(embeddings)
+        if isinstance(head, ZeroShot):
+            out = {"score": self.score_map(head.predict(feats).score), "binary": head.predict_binary(feats)}
+            if head.prompts.rule == "context":
+                out["context_class"] = head.nearest_class(feats)
+            return out
         if isinstance(head, Method):
-            pred = head.predict({self.view: embeddings})
+            pred = head.predict(feats)
             scores = self.score_map(pred.score)
             out = {"score": scores, "binary": (scores > 5.0).astype(np.int64)}
             if pred.distribution is not None:
                 out["distribution"] = pred.distribution
-            return out
-        scores = self.score_map(head.predict(embeddings))
-        out = {"score": scores}
-        if isinstance(head, ZeroShotHead):
-            out["binary"] = head.predict_binary(embeddings)
-            if head.prompts.rule == "context":
-                out["context_class"] = head.nearest_class(embeddings)
-        else:
-            out["binary"] = (scores > 5.0).astype(np.int64)
         return out
 
     def score(self, inputs, batch_size: int = 32, cache: EmbeddingCache | str | None = None,
@@ -351,15 +363,15 @@ class Critic:
 
             shutil.copyfile(self.encoder_spec["weights"], directory / "backbone.safetensors")
             backbone["weights"] = "backbone.safetensors"
-        if isinstance(self.head, Method):
+        if self.prompts is not None:
+            method = {"type": "zeroshot", "params": {"prompts": self.prompts.to_dict()}}
+        elif isinstance(self.head, Method):
             state = self.head.state_dict()
             if half:
                 state = {k: v.half() if v.is_floating_point() and v.dtype == torch.float32 else v
                          for k, v in state.items()}
             save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"))
             method = {"type": self.head.name, "params": self.head.get_params(), "meta": self.head.meta()}
-        elif self.prompts is not None:
-            method = {"type": "zeroshot", "params": {"prompts": self.prompts.to_dict()}}
         else:
             raise RuntimeError(f"model {self.name!r} has nothing to save")
         config = {"format": FORMAT, "version": VERSION, "name": self.name,

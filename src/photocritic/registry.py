@@ -20,6 +20,7 @@ METHOD_MODULES = {
     "mlp": "photocritic.methods.mlp",
     "vila-r": "photocritic.methods.vila_r",
     "finetune": "photocritic.methods.finetune",
+    "zeroshot": "photocritic.methods.zeroshot",
 }
 #: names older model directories used
 ALIASES = {"vila_r": "vila-r"}

@@ -32,6 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..registry import register_method
+from .base import Method, Prediction
+
 PROMPT_DIR = Path(__file__).resolve().parents[1] / "prompts"
 RULES = ("antonym", "weighted_sum", "context", "ensemble")
 
@@ -191,60 +194,74 @@ def shipped_prompt_sets() -> list[str]:
     return sorted(p.stem for p in PROMPT_DIR.glob("*.json") if p.stem != "adjectives")
 
 
-# -- the head ------------------------------------------------------------------
+# -- the method -----------------------------------------------------------------
 
 
-class ZeroShotHead:
-    """Scores embeddings with a prompt set's rule.
+@register_method("zeroshot")
+class ZeroShot(Method):
+    """Scores image embeddings with a prompt set's rule; nothing to train.
 
-    ``text_embed(list[str]) -> (K, D)`` and ``logit_scale() -> float`` come
-    from the model (through the text-embedding cache); prompt embeddings are
-    computed once, on first use.
+    Its inputs are features that extraction produces: ``image.pooled``,
+    ``text.pooled`` (the embeddings of :meth:`texts`, in that order) and,
+    for the antonym and ensemble rules, ``logit_scale`` (the model's
+    ``logit_scale.exp()``). The method never calls an encoder.
     """
 
-    kind = "zeroshot"
+    requires = ("image.pooled", "text.pooled")
 
-    def __init__(self, prompts: PromptSet, text_embed, logit_scale):
+    def __init__(self, prompts: "PromptSet"):
         self.prompts = prompts
-        self._text_embed = text_embed
-        self._logit_scale = logit_scale
-        self._ready = False
 
-    def _prepare(self):
-        if self._ready:
-            return
+    def texts(self) -> list[str]:
+        return self.prompts.expand()[0]
+
+    @property
+    def needs_logit_scale(self) -> bool:
+        return self.prompts.rule in ("antonym", "ensemble")
+
+    def fit(self, features, targets, val=None, on_epoch=None) -> "ZeroShot":
+        return self  # prompts are chosen, not trained (see prompt_search)
+
+    def _prepared(self, features) -> dict:
+        text = features["text.pooled"]
+        key = (id(text), features.get("logit_scale"))
+        memo = getattr(self, "_memo", None)
+        if memo is not None and memo[0] == key:
+            return memo[1]
         texts, weights = self.prompts.expand()
-        emb = torch.as_tensor(np.asarray(self._text_embed(texts)), dtype=torch.float32)
-        self.weights = torch.tensor(weights)
-        self.texts = emb
+        emb = torch.as_tensor(np.asarray(text), dtype=torch.float32)
+        if emb.shape[0] != len(texts):
+            raise ValueError(f"zero-shot: {emb.shape[0]} text embeddings for {len(texts)} prompts")
+        prep = {"texts": emb, "weights": torch.tensor(weights)}
         if self.prompts.rule == "antonym":
             k = len(self.prompts.pairs)
-            self.pos, self.neg = emb[:k], emb[k:]
-            self.scale = float(self._logit_scale())
+            prep.update(pos=emb[:k], neg=emb[k:])
         elif self.prompts.rule == "ensemble":
             vecs, keys = ensemble_vectors(emb, weights)
-            self.pos, self.neg = vecs[keys.index(1.0)], vecs[keys.index(-1.0)]
-            self.scale = float(self._logit_scale())
-        self._ready = True
+            prep.update(pos=vecs[keys.index(1.0)], neg=vecs[keys.index(-1.0)])
+        if self.needs_logit_scale:
+            prep["scale"] = float(features["logit_scale"])
+        self._memo = (key, prep)
+        return prep
 
     @torch.inference_mode()
-    def predict(self, embeddings) -> np.ndarray:
+    def predict(self, features) -> Prediction:
         """The rule's continuous output: a probability for ``antonym``, the
         weighted sum for ``weighted_sum`` and ``context``, the cosine
         difference to the two label vectors for ``ensemble``."""
-        self._prepare()
-        x = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+        p = self._prepared(features)
+        x = torch.as_tensor(np.asarray(features["image.pooled"]), dtype=torch.float32)
         rule = self.prompts.rule
         if rule == "antonym":
-            out = antonym_score(x, self.pos, self.neg, self.scale)
+            out = antonym_score(x, p["pos"], p["neg"], p["scale"])
         elif rule == "ensemble":
-            out = weighted_sum(x, torch.stack([self.pos, self.neg]), [1.0, -1.0])
+            out = weighted_sum(x, torch.stack([p["pos"], p["neg"]]), [1.0, -1.0])
         else:
-            out = weighted_sum(x, self.texts, self.weights)
-        return out.numpy()
+            out = weighted_sum(x, p["texts"], p["weights"])
+        return Prediction(out.numpy())
 
     @torch.inference_mode()
-    def predict_binary(self, embeddings) -> np.ndarray:
+    def predict_binary(self, features) -> np.ndarray:
         """1 = positive label, by each rule's own binary classification:
 
         * antonym: P(positive) > 0.5 (softmax of the logit-scaled cosines,
@@ -254,22 +271,52 @@ class ZeroShotHead:
         * context: the label of the most similar of all the context prompts
           (Hentschel et al.: the best of the 2,000 prompts).
         """
-        self._prepare()
-        x = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+        p = self._prepared(features)
+        x = torch.as_tensor(np.asarray(features["image.pooled"]), dtype=torch.float32)
         rule = self.prompts.rule
         if rule == "antonym":
-            return (antonym_score(x, self.pos, self.neg, self.scale) > 0.5).long().numpy()
+            return (antonym_score(x, p["pos"], p["neg"], p["scale"]) > 0.5).long().numpy()
         if rule == "ensemble":
-            return (weighted_sum(x, torch.stack([self.pos, self.neg]), [1.0, -1.0]) > 0).long().numpy()
+            return (weighted_sum(x, torch.stack([p["pos"], p["neg"]]), [1.0, -1.0]) > 0).long().numpy()
         if rule == "context":
-            return (nearest_label(x, self.texts, self.weights) > 0).long().numpy()
-        return (weighted_sum(x, self.texts, self.weights) > 0).long().numpy()
+            return (nearest_label(x, p["texts"], p["weights"]) > 0).long().numpy()
+        return (weighted_sum(x, p["texts"], p["weights"]) > 0).long().numpy()
 
     @torch.inference_mode()
-    def nearest_class(self, embeddings) -> list[str | None]:
+    def nearest_class(self, features) -> list[str | None]:
         """Context rule: the class of the most similar prompt, per image (as
         the CLIP-aesthetics paper's Figure 2 shows it)."""
-        self._prepare()
+        p = self._prepared(features)
         classes = self.prompts.prompt_classes()
-        sims = _unit(np.asarray(embeddings)) @ _unit(self.texts).T
+        sims = _unit(np.asarray(features["image.pooled"])) @ _unit(p["texts"]).T
         return [classes[k] for k in sims.argmax(-1).tolist()]
+
+
+class ZeroShotHead:
+    """:class:`ZeroShot` over plain embeddings, for use outside a model:
+    ``text_embed(list[str]) -> (K, D)`` and ``logit_scale() -> float`` are
+    asked once, here, and passed to the method as features."""
+
+    kind = "zeroshot"
+
+    def __init__(self, prompts: PromptSet, text_embed, logit_scale):
+        self.prompts = prompts
+        self.method = ZeroShot(prompts)
+        self._text_embed, self._logit_scale = text_embed, logit_scale
+        self._text = None
+
+    def _features(self, embeddings) -> dict:
+        if self._text is None:
+            self._text = {"text.pooled": np.asarray(self._text_embed(self.method.texts()))}
+            if self.method.needs_logit_scale:
+                self._text["logit_scale"] = float(self._logit_scale())
+        return {"image.pooled": embeddings, **self._text}
+
+    def predict(self, embeddings) -> np.ndarray:
+        return self.method.predict(self._features(embeddings)).score
+
+    def predict_binary(self, embeddings) -> np.ndarray:
+        return self.method.predict_binary(self._features(embeddings))
+
+    def nearest_class(self, embeddings) -> list[str | None]:
+        return self.method.nearest_class(self._features(embeddings))
