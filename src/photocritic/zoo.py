@@ -78,11 +78,15 @@ def backbone_spec(name: str) -> dict:
 
 
 def backbone_views(spec: dict) -> set[str]:
-    """The views a backbone provides (text views only with a text tower)."""
-    views = {"image.pooled", "image.prelogits", "image.tokens"}
-    if spec["type"] == "hf":
-        views |= {"text.pooled", "text.tokens"}
-    return views
+    """The views a backbone provides, from its encoder class's declared
+    capabilities (no weights are loaded)."""
+    from .encoders.base import views_of
+
+    if spec["type"] == "efficientnet-lite0":
+        from .encoders.efficientnet import EfficientNetLite0Encoder as cls
+    else:
+        from .encoders.hf import HFVisionLanguageEncoder as cls
+    return views_of(cls.capabilities)
 
 
 def default_score_map(prompts: PromptSet) -> ScoreMap:

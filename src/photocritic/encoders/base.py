@@ -56,6 +56,23 @@ class Preprocess:
         return x.mul_(scale).sub_(offset)  # (x / 255 - mean) / std in two passes
 
 
+#: What an encoder can do besides encoding images, declared per class:
+#: ``contrastive`` (image and text in one space, with a logit scale),
+#: ``text_tower`` (encodes text: the ``text.pooled`` view), ``token_text``
+#: (per-token text features: ``text.tokens``), ``captioner`` (generates text).
+CAPABILITIES = ("contrastive", "text_tower", "token_text", "captioner")
+
+
+def views_of(capabilities) -> set[str]:
+    """The feature views an encoder with these capabilities provides."""
+    views = {"image.pooled", "image.prelogits", "image.tokens"}
+    if "text_tower" in capabilities:
+        views.add("text.pooled")
+    if "token_text" in capabilities:
+        views.add("text.tokens")
+    return views
+
+
 @dataclass
 class EncoderOutput:
     """``pooled``: (N, D) image embeddings; ``tokens``: (N, T, C) or None."""

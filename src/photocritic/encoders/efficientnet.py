@@ -139,6 +139,7 @@ class EfficientNetLite0Encoder:
     """
 
     id = "efficientnet-lite0-imagenet-mlsp2"
+    capabilities = frozenset()  # an image tower only: no text, no logit scale
     dim = 2 * (32 + 784) + 1280
     preprocess = Preprocess(resize=256, crop=224, resample="bicubic",
                             mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

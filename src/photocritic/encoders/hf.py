@@ -145,12 +145,15 @@ def _tensor(out) -> torch.Tensor:
 
 
 class HFVisionLanguageEncoder:
-    """CLIP / SigLIP image and text towers.
+    """CLIP / SigLIP image and text towers (capabilities: contrastive,
+    text_tower, token_text).
 
     ``encode`` returns the projected image embedding (the one compared with
     text) as ``pooled`` and the vision tower's last hidden states as
     ``tokens``.
     """
+
+    capabilities = frozenset({"contrastive", "text_tower", "token_text"})
 
     def __init__(self, name_or_dir: str, device: str = "cpu", tuned: str | None = None):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -198,10 +201,6 @@ class HFVisionLanguageEncoder:
         pooled = self.model.visual_projection(pre) if hasattr(self.model, "visual_projection") else pre
         return EncoderOutput(pooled=pooled.float(), tokens=out.last_hidden_state,
                              extras={"prelogits": pre.float()})
-
-    @property
-    def has_text(self) -> bool:
-        return True
 
     def tower(self) -> nn.Module:
         """The trainable vision tower: pixels -> the vision output before the

@@ -26,6 +26,7 @@ def packaged_minilm_dir() -> Path:
 
 
 class MiniLMTextEncoder:
+    capabilities = frozenset({"text_tower", "token_text"})
     id = "minilm-l6-v2"
     dim = 384
 
