@@ -24,6 +24,7 @@ bench: $(STAMP) sources
 	$(PY) benchmarks/robustness.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/learnability.py
+	$(PY) benchmarks/lite_pairs.py
 
 # Source photos of the synthetic world (Debian wallpaper packages; needs root).
 SOURCE_PACKAGES := lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 plasma-workspace-wallpapers

@@ -8,11 +8,9 @@ README) and scikit-image's `astronaut` and `rocket`.
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from photocritic.data.degrade import degraded_versions, working_copy
-from photocritic.data.images import prepare_pil
+from photocritic.data.degrade import degradation_scores
 
 from conftest import SHARED
 
@@ -30,14 +28,8 @@ def _held_out():
 
 
 def _pair_results(lite, level):
-    results = []
-    for k, (name, im) in enumerate(_held_out()):
-        base = working_copy(im)
-        versions = list(degraded_versions(base, levels=(level,), seed=1000 + k))
-        batch = np.stack([prepare_pil(x, lite.preprocess) for x in [base] + [v[2] for v in versions]])
-        s = lite.scores_from_embeddings(lite.embed(torch.from_numpy(batch)))
-        results += [(name, v[0], bool(s[0] > sv)) for v, sv in zip(versions, s[1:])]
-    return results
+    return [(name, kind, s[0] > s[level]) for name, kind, s in degradation_scores(lite, _held_out())
+            if level in s]
 
 
 def test_original_beats_strong_degradations_on_held_out_photos(lite):

@@ -93,3 +93,24 @@ def degraded_versions(im: Image.Image, levels=(1, 2), seed: int = 0):
             out = fn(im, level=level, seed=seed * 100 + k)
             if np.abs(np.asarray(out, dtype=np.float32) - base).mean() >= MIN_CHANGE:
                 yield name, level, out
+
+
+def degradation_scores(model, photos, seed0: int = 1000):
+    """Score each photo and its degraded versions (both levels) with
+    ``model``: yields (photo name, degradation, {0: original score, 1: mild,
+    2: strong}) for every degradation that really changes the photo at both
+    levels. ``photos``: (name, PIL image) pairs; photo k uses seed seed0 + k."""
+    import torch
+
+    from .images import prepare_pil
+
+    for k, (name, im) in enumerate(photos):
+        base = working_copy(im)
+        versions = list(degraded_versions(base, levels=(1, 2), seed=seed0 + k))
+        batch = np.stack([prepare_pil(x, model.preprocess) for x in [base] + [v[2] for v in versions]])
+        s = model.scores_from_embeddings(model.embed(torch.from_numpy(batch)))
+        by_kind: dict[str, dict[int, float]] = {}
+        for (kind, level, _), sv in zip(versions, s[1:]):
+            by_kind.setdefault(kind, {0: float(s[0])})[level] = float(sv)
+        for kind, scores in by_kind.items():
+            yield name, kind, scores

@@ -200,14 +200,16 @@ def open_store(cfg: dict):
     return EmbeddingCache(None if cfg["no_cache"] else Path(cfg["cache"] or default_cache_path()).expanduser())
 
 
-def extract(cfg: dict, spec: dict, ds, view: str, cache, log) -> tuple:
+def extract(cfg: dict, spec: dict, ds, view: str, cache, log, critic=None) -> tuple:
     """``view`` features of ``ds``'s images through the scoring pipeline and
-    feature store; images missing or unreadable are left out and counted."""
+    feature store; images missing or unreadable are left out and counted.
+    Pass the ``critic`` a previous call returned to reuse its loaded encoder."""
     from ..models import Critic
     from ..scoremap import ScoreMap
 
-    critic = Critic(spec, None, ScoreMap()).configure(device=cfg["device"], precision=cfg["precision"])
-    critic = critic.with_view(view)
+    if critic is None:
+        critic = Critic(spec, None, ScoreMap()).configure(device=cfg["device"], precision=cfg["precision"])
+        critic = critic.with_view(view)
     paths = ds.image_paths()
     present = [i for i, p in enumerate(paths) if os.path.exists(p)]
     t0 = time.perf_counter()
@@ -258,7 +260,7 @@ def train(options: dict, config_file: str | None = None, log=None) -> TrainResul
     try:
         view = method.image_view
         xf, yt, info_t, critic = extract(cfg, spec, train_set, view, cache, log)
-        vf, yv, info_v, _ = extract(cfg, spec, val_set, view, cache, log)
+        vf, yv, info_v, _ = extract(cfg, spec, val_set, view, cache, log, critic)
         for text_view in [v for v in method.requires if v.startswith("text.")] + \
                 (["text.pooled"] if method.texts() else []):
             t = critic.text_embeddings(method.texts(), cache=cache)
