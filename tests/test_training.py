@@ -424,3 +424,27 @@ def test_synth_needs_enough_sources(tmp_path, capsys):
     assert main(["data", "synth", "--n", "5", "--output", str(tmp_path / "w"), "--sources", str(tmp_path),
                  "--min-sources", "30", "-q"]) == 2
     assert "apt-get install" in capsys.readouterr().err
+    assert main(["data", "synth", "--n", "5", "--output", str(tmp_path / "w"), "--exclude", "nope",
+                 "--min-sources", "1", "-q"]) == 2
+    assert "no source photo named nope" in capsys.readouterr().err
+    assert main(["data", "synth", "--n", "12", "--output", str(tmp_path / "x"), "--exclude",
+                 "skimage-astronaut,skimage-rocket", "--min-sources", "1", "-q"]) == 0
+    world = json.loads((tmp_path / "x" / "world.json").read_text())
+    assert not {"skimage-astronaut", "skimage-rocket"} & {s["name"] for s in world["sources"]}
+
+
+def test_group_by_ranks_within_groups(world, store, tmp_path, capsys):
+    import csv
+
+    from photocritic.training.run import label_column
+
+    rows = list(csv.DictReader(open(world / "labels.csv")))
+    ids = [r["path"].split("/")[-1][:-4] for r in rows[::-7]]
+    codes = label_column(str(world), "source", ids)
+    sources = [r["source"] for r in rows[::-7]]
+    assert all((codes[i] == codes[j]) == (sources[i] == sources[j]) for i in range(len(ids)) for j in range(i))
+    assert _train(["vila-r", "--backbone", "efficientnet-lite0", "--dataset", str(world), "--split", "train",
+                   "--val-split", "val", "--group-by", "source", "--output", str(tmp_path / "g")], store) == 0
+    assert _train(["nima", "--backbone", "efficientnet-lite0", "--dataset", str(world), "--group-by", "source",
+                   "--output", str(tmp_path / "n")], store) == 2
+    assert "group_by applies to ranking methods" in capsys.readouterr().err

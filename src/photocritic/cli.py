@@ -474,7 +474,7 @@ def _cmd_train(args) -> int:
     options = {k: getattr(args, k) for k in ("method", "backbone", "dataset", "split", "val_split", "images",
                                              "label_scale", "output", "epochs", "batch_size", "lr",
                                              "seed", "device", "precision", "resume", "overwrite",
-                                             "cache", "no_cache", "workers", "quiet")}
+                                             "cache", "no_cache", "workers", "quiet", "group_by")}
     options["params"] = params
     train(options, args.config)
     return EXIT_OK
@@ -494,6 +494,12 @@ def _cmd_data_synth(args) -> int:
     from .pipeline import _progress
 
     sources = find_sources(args.sources)
+    if args.exclude:
+        drop = {x.strip() for x in args.exclude.split(",") if x.strip()}
+        unknown = drop - {s.name for s in sources}
+        if unknown:
+            raise UsageError(f"--exclude: no source photo named {', '.join(sorted(unknown))}")
+        sources = [s for s in sources if s.name not in drop]
     bar = _progress(args.n, not args.quiet, desc="synthesising")
     try:
         res = synthesize(args.output, args.n, seed=args.seed, sources=sources,
@@ -680,6 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--sources", help="a folder of source photos (default: Debian's wallpaper photos "
                                       "and scikit-image's)")
     sy.add_argument("--min-sources", type=_int_at_least(1), default=30, help="fewest source photos accepted")
+    sy.add_argument("--exclude", metavar="NAMES", help="comma-separated source photos to leave out (names "
+                                                         "as world.json lists them, e.g. skimage-astronaut)")
     sy.add_argument("--quiet", "-q", action="store_true", help="no progress")
     sy.set_defaults(func=_cmd_data_synth)
     su = dsub.add_parser("summary", help="print a JSON summary of a data set", formatter_class=_Formatter)
@@ -762,6 +770,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--ridge", help="linear: ridge penalty alpha, or 'auto' (chosen on validation)")
     tr.add_argument("--no-anchor", action="store_true", help="vila-r: learn the anchor w_p")
     tr.add_argument("--no-residual", action="store_true", help="vila-r: v~ = normalize(v H), no + v")
+    tr.add_argument("--group-by", metavar="COLUMN", help="vila-r: rank pairs only within groups named by "
+                                                         "this column of a labels .csv (e.g. source)")
     tr.add_argument("--param", action="append", metavar="NAME=VALUE",
                     help="any other method parameter (repeatable)")
     g = tr.add_mutually_exclusive_group()

@@ -29,7 +29,7 @@ DEFAULTS = {"split": None, "val_split": None, "images": None, "label_scale": Non
             "batch_size": None, "lr": None, "seed": 0, "device": "cpu", "precision": "auto",
             "resume": False, "overwrite": False, "cache": None, "no_cache": False, "params": {},
             "workers": None, "decode": "auto", "quiet": False, "extract_batch_size": 32,
-            "val_fraction": 0.1}
+            "val_fraction": 0.1, "group_by": None}
 REQUIRED = ("method", "backbone", "dataset", "output")
 
 
@@ -67,10 +67,9 @@ def resolve_config(options: dict, config_file: str | None = None) -> dict:
         if unknown:
             raise UsageError(f"--config {config_file}: unknown options {', '.join(sorted(unknown))}")
         base = path.parent
-        for key in ("dataset", "images", "output"):  # relative paths are relative to the file
-            if isinstance(loaded.get(key), str) and not Path(loaded[key]).is_absolute() \
-                    and (base / loaded[key]).exists():
-                loaded[key] = str(base / loaded[key])
+        for key in ("dataset", "images", "output", "cache"):  # relative to the config file
+            if isinstance(loaded.get(key), str) and not Path(loaded[key]).expanduser().is_absolute():
+                loaded[key] = os.path.normpath(base / loaded[key])
         cfg.update({k: v for k, v in loaded.items() if k != "params"})
         cfg["params"].update(loaded.get("params") or {})
     for k, v in options.items():
@@ -222,6 +221,7 @@ def extract(cfg: dict, spec: dict, ds, view: str, cache, log, critic=None) -> tu
             "from_cache": stats.cached, "computed": stats.computed,
             "seconds": round(time.perf_counter() - t0, 3)}
     idx = np.array(ok, dtype=int)
+    info["ids"] = [ds.ids[i] for i in ok]
     targets = Targets(ds.mean[idx], None if ds.distribution is None else ds.distribution[idx])
     return {view: emb}, targets, info, critic
 
@@ -273,9 +273,18 @@ def train(options: dict, config_file: str | None = None, log=None) -> TrainResul
         f"from the feature store), {info_t['missing'] + info_v['missing']} missing, "
         f"{info_t['failed'] + info_v['failed']} unreadable (left out)")
     epoch_log = _EpochLog(method, vf, yv, getattr(method, "epochs", 1), cfg["quiet"])
+    fit_kw = {}
+    ids_t = info_t.pop("ids")
+    info_v.pop("ids")
+    if cfg["group_by"]:
+        import inspect
+
+        if "groups" not in inspect.signature(method.fit).parameters:
+            raise UsageError(f"group_by applies to ranking methods (vila-r), not {method.name}")
+        fit_kw["groups"] = label_column(cfg["dataset"], cfg["group_by"], ids_t)
     t0 = time.perf_counter()
     try:
-        method.fit(xf, yt, val=(vf, yv), on_epoch=epoch_log)
+        method.fit(xf, yt, val=(vf, yv), on_epoch=epoch_log, **fit_kw)
     finally:
         epoch_log.close()
     fit_seconds = time.perf_counter() - t0
@@ -319,6 +328,32 @@ def _extract_shard(cfg, spec, view, sets, rank: int, world: int, log) -> None:
     finally:
         cache.close()
     acc.wait_for_everyone()
+
+
+def label_column(dataset: str, column: str, ids: list[str]) -> np.ndarray:
+    """One column of a generic labels file, in the order of ``ids`` (for
+    ``group_by``: pairs are then ranked only inside a group, e.g. the
+    synthetic world's ``source`` photo)."""
+    import csv
+
+    from ..data.comments import image_id
+
+    path = Path(dataset)
+    path = path / "labels.csv" if path.is_dir() else path
+    if path.suffix.lower() != ".csv":
+        raise UsageError(f"group_by reads a column of a labels .csv; {path} is not one")
+    from ..data.ava import open_text
+
+    with open_text(path) as fh:
+        reader = csv.DictReader(fh)
+        if column not in (reader.fieldnames or []):
+            raise UsageError(f"group_by: {path} has no column {column!r}")
+        key = next((k for k in ("path", "image", "file", "filename", "image_id", "id")
+                    if k in reader.fieldnames), None)
+        value = {image_id(row[key]): row[column] for row in reader}
+    names = sorted(set(value.values()))
+    code = {n: i for i, n in enumerate(names)}
+    return np.array([code[value[k]] for k in ids])
 
 
 def check_counts(method: Method, info_t: dict, info_v: dict, name: str) -> None:
