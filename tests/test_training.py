@@ -284,6 +284,10 @@ def test_train_bad_input_is_exit_2(world, store, tmp_path, capsys):
     (tmp_path / "o3" / "keep.txt").write_text("x")
     assert _train(["linear", *base, "--output", str(tmp_path / "o3")], store) == 2
     assert "--overwrite" in capsys.readouterr().err and (tmp_path / "o3" / "keep.txt").exists()
+    # --overwrite is carried out only once the data is usable: a failed run deletes nothing
+    assert _train(["linear", "--backbone", "efficientnet-lite0", "--dataset", str(tiny), "--overwrite",
+                   "--output", str(tmp_path / "o3")], store) == 2
+    assert (tmp_path / "o3" / "keep.txt").exists()
 
 
 def test_train_config_file_and_command_line_override(world, store, tmp_path):

@@ -107,12 +107,18 @@ def val_ids(train_ids: list[str], fraction: float, seed: int) -> list[str]:
     return [ids[i] for i in sorted(pick)]
 
 
-def prepare_output(output: Path, overwrite: bool, resume: bool) -> None:
+def prepare_output(output: Path, overwrite: bool, resume: bool, clear: bool = True) -> None:
+    """Check that ``output`` may be written (not a file; empty unless
+    --overwrite or --resume); with ``clear``, empty it for --overwrite and
+    create it. Callers check first and clear only once training can start,
+    so a run that fails on its data never deletes the previous model."""
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output}: a file; give a folder")
     if output.is_dir() and any(output.iterdir()) and not (overwrite or resume):
         raise OutputExistsError(f"--output {output} exists and is not empty; pass --overwrite to "
                                 f"replace it (or --resume to continue a fine-tune)")
+    if not clear:
+        return
     if output.is_dir() and overwrite and not resume:
         for child in output.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
@@ -244,8 +250,13 @@ def train(options: dict, config_file: str | None = None, log=None) -> TrainResul
     if lacking:
         raise ViewError(f"method {method.name} needs the view {', '.join(lacking)}, which backbone "
                         f"{cfg['backbone']} does not provide (it has {', '.join(sorted(views))})")
+    if cfg["group_by"]:
+        import inspect
+
+        if "groups" not in inspect.signature(method.fit).parameters:
+            raise UsageError(f"group_by applies to ranking methods (vila-r), not {method.name}")
     output = Path(cfg["output"]).expanduser()
-    prepare_output(output, cfg["overwrite"], cfg["resume"])
+    prepare_output(output, cfg["overwrite"], cfg["resume"], clear=False)
     train_set, val_set, val_how = load_splits(cfg, log)
     if method.trains_backbone:
         from .trainer import finetune_run
@@ -261,10 +272,8 @@ def train(options: dict, config_file: str | None = None, log=None) -> TrainResul
         view = method.image_view
         xf, yt, info_t, critic = extract(cfg, spec, train_set, view, cache, log)
         vf, yv, info_v, _ = extract(cfg, spec, val_set, view, cache, log, critic)
-        for text_view in [v for v in method.requires if v.startswith("text.")] + \
-                (["text.pooled"] if method.texts() else []):
-            t = critic.text_embeddings(method.texts(), cache=cache)
-            xf[text_view] = vf[text_view] = t
+        if method.texts():  # a VILA-R text anchor: text features, extracted like images
+            xf["text.pooled"] = vf["text.pooled"] = critic.text_embeddings(method.texts(), cache=cache)
     finally:
         cache.close()
     check_counts(method, info_t, info_v, train_set.name)
@@ -277,10 +286,6 @@ def train(options: dict, config_file: str | None = None, log=None) -> TrainResul
     ids_t = info_t.pop("ids")
     info_v.pop("ids")
     if cfg["group_by"]:
-        import inspect
-
-        if "groups" not in inspect.signature(method.fit).parameters:
-            raise UsageError(f"group_by applies to ranking methods (vila-r), not {method.name}")
         fit_kw["groups"] = label_column(cfg["dataset"], cfg["group_by"], ids_t)
     t0 = time.perf_counter()
     try:
@@ -294,6 +299,7 @@ def train(options: dict, config_file: str | None = None, log=None) -> TrainResul
     model = Critic(spec, method, score_map, name=output.name,
                    description=f"{method.name} on {cfg['backbone']}, trained on {train_set.name} "
                                f"({info_t['used']} images)")
+    prepare_output(output, cfg["overwrite"], cfg["resume"], clear=True)  # only now: a failed run loses nothing
     model.save(output)
     final = validation_metrics(method, vf, yv)
     metrics = {"method": method.name, "backbone": cfg["backbone"], "epochs": epoch_log.rows,

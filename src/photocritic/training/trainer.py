@@ -121,7 +121,7 @@ def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: lis
     from ..device import resolve_precision
     from ..models import Critic, build_encoder
     from ..scoremap import ScoreMap
-    from .run import TrainResult, validation_metrics, write_reports
+    from .run import TrainResult, prepare_output, write_reports
 
     precision = resolve_precision(cfg["precision"], cfg["device"])
     acc = Accelerator(cpu=cfg["device"] == "cpu", mixed_precision="bf16" if precision == "bf16" else "no")
@@ -138,6 +138,9 @@ def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: lis
     if len(tr_paths) < method.min_train or len(va_paths) < 2:
         raise DataError(f"too few labelled images for finetune: {len(tr_paths)} on disk for training "
                         f"(needs {method.min_train}), {len(va_paths)} for validation (needs 2)")
+    if acc.is_main_process:  # the data checks passed: only now is --overwrite carried out
+        prepare_output(output, cfg["overwrite"], cfg["resume"], clear=True)
+    acc.wait_for_everyone()
     head = method.build({"dim": tower.dim})
     method._meta = {"dim": tower.dim}
     net = FinetuneNet(tower, head)
