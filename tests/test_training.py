@@ -452,3 +452,20 @@ def test_group_by_ranks_within_groups(world, store, tmp_path, capsys):
     assert _train(["nima", "--backbone", "efficientnet-lite0", "--dataset", str(world), "--group-by", "source",
                    "--output", str(tmp_path / "n")], store) == 2
     assert "group_by applies to ranking methods" in capsys.readouterr().err
+
+
+def test_text_anchor_is_not_needed_to_score(tmp_path):
+    """VILA-R's anchor text is read to fit; the trained head stores it, so
+    scoring (here: precomputed embeddings) never loads the backbone."""
+    from photocritic.methods.vila_r import VilaR
+    from photocritic.models import Critic
+    from photocritic.scoremap import ScoreMap
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8))
+    head = VilaR(epochs=2, anchor="text").fit({"image.pooled": x, "text.pooled": rng.normal(size=(1, 8))},
+                                              Targets(x[:, 0]))
+    model = Critic({"type": "hf", "name": str(tmp_path / "no-such-model")}, head, ScoreMap())
+    out = model.outputs_from_embeddings(x)
+    np.testing.assert_allclose(out["score"], ScoreMap()(head.predict({"image.pooled": x}).score))
+    assert model._encoder is None

@@ -191,10 +191,12 @@ class Critic:
 
     def features(self, embeddings: np.ndarray) -> dict:
         """The method's inputs: this model's image view, plus (for methods
-        that read text) the text features, extracted once per model."""
+        that read text to predict) the text features, extracted once per model."""
         head = self._head()
         out = {self.view: embeddings}
-        texts = head.texts() if isinstance(head, Method) else []
+        # only methods that read text when predicting (a VILA-R anchor is
+        # needed to fit, then stored with the head)
+        texts = head.texts() if "text.pooled" in head.requires else []
         if texts:
             key = (tuple(texts), getattr(head, "needs_logit_scale", False))
             memo = self._feature_memo.get(key)
