@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 
 import photocritic
 from photocritic.cli import main
-from photocritic.data.synthetic import Source, find_sources, synthesize
+from photocritic.data.synthetic import find_sources, synthesize
 from photocritic.methods.base import Targets
 
 from conftest import SHARED
@@ -469,3 +469,26 @@ def test_text_anchor_is_not_needed_to_score(tmp_path):
     out = model.outputs_from_embeddings(x)
     np.testing.assert_allclose(out["score"], ScoreMap()(head.predict({"image.pooled": x}).score))
     assert model._encoder is None
+
+
+def test_augmentation_hook_is_seeded_and_off_by_default(world):
+    from photocritic.encoders.efficientnet import EfficientNetLite0Encoder
+    from photocritic.methods.finetune import Finetune
+    from photocritic.training.trainer import ImageRatings
+
+    assert Finetune().augment is None  # as in the paper: resize + centre crop only
+    paths = sorted(str(p) for p in (world / "images").glob("*.jpg"))[:6]
+    q = np.ones((6, 10))
+    pre = EfficientNetLite0Encoder.preprocess
+    plain = ImageRatings(paths, q, pre)
+    aug = ImageRatings(paths, q, pre, augment="hflip", seed=4)
+    again = ImageRatings(paths, q, pre, augment="hflip", seed=4)
+    flipped = 0
+    for i in range(6):
+        a, b, c = plain[i][0].numpy(), aug[i][0].numpy(), again[i][0].numpy()
+        np.testing.assert_array_equal(b, c)  # the same (seed, epoch, image): the same image
+        assert np.array_equal(b, a) or np.array_equal(b, a[:, ::-1])
+        flipped += not np.array_equal(b, a)
+    assert 0 < flipped < 6
+    with pytest.raises(Exception, match="unknown augmentation"):
+        ImageRatings(paths, q, pre, augment="bogus")

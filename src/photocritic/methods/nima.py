@@ -42,7 +42,6 @@ def mean_score(p: torch.Tensor) -> torch.Tensor:
 
 @register_method("nima")
 class Nima(TorchHead):
-    requires = ("image.pooled",)
     has_distribution = True
     monitor = ("emd", True)
 

@@ -22,10 +22,8 @@ processes (``torchrun --nproc_per_node N -m photocritic train ...``;
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -36,20 +34,38 @@ from torch import nn
 from ..data.images import ImageError, decode_for, read_bytes
 from ..errors import DataError
 from ..losses import emd
-from ..methods.base import Targets
 
 CHECKPOINT = "checkpoint"
 
 
+def hflip(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Mirror left-right with probability 1/2."""
+    return pixels[:, ::-1] if rng.random() < 0.5 else pixels
+
+
+#: Augmentation hooks by name: ``fn(uint8 HWC pixels, rng) -> pixels``, applied
+#: to training images only (the paper used none: resize + centre crop).
+AUGMENTATIONS = {"hflip": hflip}
+
+
 class ImageRatings(torch.utils.data.Dataset):
     """(uint8 HWC pixels, 10-bin target, index) per image; an unreadable
-    image gives None (dropped by :func:`collate` and counted)."""
+    image gives None (dropped by :func:`collate` and counted). ``augment``
+    names an entry of :data:`AUGMENTATIONS`; its randomness is seeded by
+    (seed, epoch, image), so a resumed run sees the same augmented images."""
 
-    def __init__(self, paths: list[str], distribution: np.ndarray, preprocess, augment=None):
+    def __init__(self, paths: list[str], distribution: np.ndarray, preprocess, augment: str | None = None,
+                 seed: int = 0):
+        from ..errors import UsageError
+
+        if augment is not None and augment not in AUGMENTATIONS:
+            raise UsageError(f"unknown augmentation {augment!r} (known: {', '.join(AUGMENTATIONS)})")
         self.paths = paths
         self.q = torch.as_tensor(distribution / distribution.sum(1, keepdims=True), dtype=torch.float32)
         self.preprocess = preprocess
         self.augment = augment
+        self.seed = seed
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -60,7 +76,8 @@ class ImageRatings(torch.utils.data.Dataset):
         except ImageError:
             return None
         if self.augment is not None:
-            pixels = self.augment(pixels)
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            pixels = AUGMENTATIONS[self.augment](pixels, rng)
         return torch.from_numpy(np.array(pixels)), self.q[i], i  # a writable copy
 
 
@@ -123,6 +140,10 @@ def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: lis
     from ..scoremap import ScoreMap
     from .run import TrainResult, prepare_output, write_reports
 
+    if method.augment is not None and method.augment not in AUGMENTATIONS:
+        from ..errors import UsageError
+
+        raise UsageError(f"unknown augmentation {method.augment!r} (known: {', '.join(AUGMENTATIONS)})")
     precision = resolve_precision(cfg["precision"], cfg["device"])
     acc = Accelerator(cpu=cfg["device"] == "cpu", mixed_precision="bf16" if precision == "bf16" else "no")
     main = acc.is_main_process
@@ -162,7 +183,7 @@ def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: lis
     net, opt = acc.prepare(net, opt)
     pre = encoder.preprocess
     q_train = train_set.distribution[tr_idx]
-    data = ImageRatings(tr_paths, q_train, pre)
+    data = ImageRatings(tr_paths, q_train, pre, augment=method.augment, seed=method.seed)
     vdata = ImageRatings(va_paths, val_set.distribution[va_idx], pre)
     workers = method.workers if method.workers is not None else min(4, max(0, (os.cpu_count() or 2) // 2))
     world, rank = acc.num_processes, acc.process_index
@@ -175,6 +196,7 @@ def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: lis
             break
         shard = _Shard(epoch_order(len(data), method.seed, epoch), method.batch_size, rank, world,
                        method.accumulate)
+        data.epoch = epoch  # set before the loader's workers copy the dataset
         loader = torch.utils.data.DataLoader(data, batch_sampler=shard, num_workers=workers,
                                              collate_fn=collate, persistent_workers=False)
         net.train()
@@ -223,7 +245,6 @@ def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: lis
     seconds = time.perf_counter() - t0
     acc.wait_for_everyone()
     if not main:
-        acc.end_training() if hasattr(acc, "end_training") else None
         return None
     final_net = acc.unwrap_model(net)
     if (ck / "best.pt").exists():
