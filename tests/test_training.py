@@ -492,3 +492,31 @@ def test_augmentation_hook_is_seeded_and_off_by_default(world):
     assert 0 < flipped < 6
     with pytest.raises(Exception, match="unknown augmentation"):
         ImageRatings(paths, q, pre, augment="bogus")
+
+
+def test_linear_probe_on_a_memory_mapped_file_in_flat_memory(tmp_path):
+    """Features for training come memory-mapped from a .npy file; the probe
+    reads them in chunks, never as a whole float64 copy."""
+    import tracemalloc
+
+    from photocritic.methods.linear import LinearProbe
+
+    rng = np.random.default_rng(0)
+    n, d = 200_000, 64
+    x = np.lib.format.open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float32, shape=(n, d))
+    for s in range(0, n, 50_000):
+        x[s:s + 50_000] = rng.normal(size=(50_000, d)) * 3 + 1
+    x.flush()
+    y = np.asarray(x[:, :3].sum(1), np.float64) + rng.normal(size=n)
+    mapped = np.load(tmp_path / "f.npy", mmap_mode="r")
+    tracemalloc.start()
+    probe = LinearProbe().fit({"image.prelogits": mapped}, Targets(y))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 40 << 20, peak  # a float64 copy of the features alone would be 102 MB
+    from sklearn.linear_model import LinearRegression
+
+    ref = LinearRegression().fit(np.asarray(mapped[:20_000], np.float64), y[:20_000])
+    small = LinearProbe().fit({"image.prelogits": mapped[:20_000]}, Targets(y[:20_000]))
+    np.testing.assert_allclose(small.coef_ / small.std_, ref.coef_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(probe.coef_[:3] / probe.std_[:3], [1, 1, 1], atol=0.01)

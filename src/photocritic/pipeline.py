@@ -292,16 +292,27 @@ def _score_into(rows, stats, bar, critic, inputs, batch_size, cache, workers, mo
                 hashes[i] = h
     reading.close()
     key = critic.encoder_key()
-    found = cache.get_many(list(hashes.values()), key) if cache is not None else {}
-    hits = [i for i in hashes if hashes[i] in found]
-    for i in hits:
-        rows[i].content_hash = hashes[i]
+    # Cache hits, a chunk at a time: memory stays flat however many images are cached.
+    found: set[str] = set()
+    order = list(hashes)
     step = 4096
-    if hits:  # large views (tokens): bound the rows stacked at once to about 64 MiB
-        step = max(1, min(step, (64 << 20) // max(1, found[hashes[hits[0]]].nbytes * 2)))
-    for start in range(0, len(hits), step):
-        chunk = hits[start:start + step]
-        finish([rows[i] for i in chunk], np.stack([found[hashes[i]] for i in chunk]), cached=True)
+    start = 0
+    while cache is not None and start < len(order):
+        chunk = order[start:start + step]
+        start += step
+        got = cache.get_many([hashes[i] for i in chunk], key)
+        hit = [i for i in chunk if hashes[i] in got]
+        if not hit:
+            continue
+        found.update(hashes[i] for i in hit)
+        for i in hit:
+            rows[i].content_hash = hashes[i]
+        # large views (tokens): bound the rows stacked at once to about 64 MiB
+        sub = max(1, min(step, (64 << 20) // max(1, next(iter(got.values())).nbytes * 2)))
+        for s0 in range(0, len(hit), sub):
+            part = hit[s0:s0 + sub]
+            finish([rows[i] for i in part], np.stack([got[hashes[i]] for i in part]), cached=True)
+        del got
 
     # Misses: decode each distinct content once.
     by_hash: dict[str, list[int]] = {}

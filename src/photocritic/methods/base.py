@@ -97,7 +97,28 @@ class Method:
 
 
 def as_tensor(x) -> torch.Tensor:
+    """float32 tensor; a float32 array (a memory-mapped feature file too) is
+    shared, not copied."""
     return torch.as_tensor(np.asarray(x), dtype=torch.float32)
+
+
+CHUNK = 16384
+
+
+def column_stats(x, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations (population; constant columns
+    get 1) in float64, read ``chunk`` rows at a time, so a memory-mapped
+    feature file is never copied whole."""
+    n = len(x)
+    total = np.zeros(x.shape[1:], np.float64)
+    for s in range(0, n, chunk):
+        total += np.asarray(x[s:s + chunk], np.float64).sum(0)
+    mean = total / n
+    sq = np.zeros_like(mean)
+    for s in range(0, n, chunk):
+        sq += ((np.asarray(x[s:s + chunk], np.float64) - mean) ** 2).sum(0)
+    std = np.sqrt(sq / n)
+    return mean, np.where(std > 0, std, 1.0)
 
 
 class TorchHead(Method):

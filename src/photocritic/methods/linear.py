@@ -14,36 +14,48 @@ import numpy as np
 import torch
 
 from ..registry import register_method
-from .base import Method, Prediction, Targets
+from .base import CHUNK, Method, Prediction, Targets, column_stats
 
 DEFAULT_ALPHAS = tuple(10.0 ** k for k in range(-2, 7))  # 0.01 ... 1e6
 
 
-def standardize_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column means and standard deviations (constant columns get 1)."""
-    mean = x.mean(0)
-    std = x.std(0)
-    return mean, np.where(std > 0, std, 1.0)
+class Standardized:
+    """(x - mean) / std of a feature matrix, read ``CHUNK`` rows at a time
+    (a memory-mapped feature file is never copied whole)."""
+
+    def __init__(self, x, mean: np.ndarray, std: np.ndarray):
+        self.x, self.mean, self.std = x, mean, std
+        self.shape = (len(x), x.shape[1])
+
+    def chunks(self):
+        for s in range(0, len(self.x), CHUNK):
+            yield s, (np.asarray(self.x[s:s + CHUNK], np.float64) - self.mean) / self.std
+
+    def dense(self) -> np.ndarray:
+        return np.concatenate([z for _, z in self.chunks()]) if len(self.x) else np.zeros((0, self.shape[1]))
 
 
-def least_squares(z: np.ndarray, y: np.ndarray, alpha: float = 0.0) -> tuple[np.ndarray, float]:
-    """argmin_w,b |z w + b - y|^2 + alpha |w|^2 on standardised ``z``.
+def least_squares(z: Standardized, y: np.ndarray, alpha: float = 0.0) -> tuple[np.ndarray, float]:
+    """argmin_w,b |z w + b - y|^2 + alpha |w|^2 on standardised ``z``
+    (whose columns have mean 0, so the intercept is mean(y)).
 
-    alpha = 0 is ordinary least squares: with many more images than
-    features, through the d x d normal equations (a 250,000 x 768 fit takes
-    seconds; standardised features keep them well conditioned), else by SVD
-    (which also gives the minimum-norm solution when z is rank-deficient)."""
-    zc = z - z.mean(0)
+    With many more images than features (or alpha > 0): the d x d normal
+    equations, accumulated chunk by chunk (a 250,000 x 768 fit takes
+    seconds, in flat memory; standardised features keep them well
+    conditioned). Otherwise plain OLS by SVD, which also gives the
+    minimum-norm solution when z is rank-deficient."""
+    n, d = z.shape
     yc = y - y.mean()
-    if alpha == 0 and len(z) > 4 * z.shape[1]:
-        w = np.linalg.lstsq(zc.T @ zc, zc.T @ yc, rcond=None)[0]
-    elif alpha == 0:
-        w = np.linalg.lstsq(zc, yc, rcond=None)[0]
-    else:
-        gram = zc.T @ zc
-        gram[np.diag_indices_from(gram)] += alpha
-        w = np.linalg.solve(gram, zc.T @ yc)
-    return w, float(y.mean() - z.mean(0) @ w)
+    if alpha == 0 and n <= 4 * d:
+        zd = z.dense()
+        return np.linalg.lstsq(zd, yc, rcond=None)[0], float(y.mean())
+    gram = np.zeros((d, d))
+    rhs = np.zeros(d)
+    for s, zc in z.chunks():
+        gram += zc.T @ zc
+        rhs += zc.T @ yc[s:s + len(zc)]
+    gram[np.diag_indices_from(gram)] += alpha
+    return np.linalg.lstsq(gram, rhs, rcond=None)[0], float(y.mean())
 
 
 @register_method("linear")
@@ -60,34 +72,36 @@ class LinearProbe(Method):
         return (self.view,)
 
     def fit(self, features, targets: Targets, val=None, on_epoch=None) -> "LinearProbe":
-        x = np.asarray(features[self.view], dtype=np.float64)
+        x = features[self.view]
         y = np.asarray(targets.mean, dtype=np.float64)
-        self.mean_, self.std_ = standardize_stats(x)
-        z = (x - self.mean_) / self.std_
+        self.mean_, self.std_ = column_stats(x)
+        z = Standardized(x, self.mean_, self.std_)
         self.alpha_ = 0.0
         if self.ridge == "auto":
             if val is None:
                 raise ValueError("ridge='auto' chooses alpha on a validation split; none was given")
             from ..metrics import srcc
 
-            zv = (np.asarray(val[0][self.view], dtype=np.float64) - self.mean_) / self.std_
             scores = {}
             for a in self.alphas:
-                w, b = least_squares(z, y, float(a))
-                scores[float(a)] = srcc(zv @ w + b, val[1].mean)
+                self.coef_, self.intercept_ = least_squares(z, y, float(a))
+                scores[float(a)] = srcc(self.predict(val[0]).score, val[1].mean)
             self.alpha_ = max(scores, key=scores.get)
             self.alpha_scores_ = scores
         elif self.ridge is not None:
             self.alpha_ = float(self.ridge)
         self.coef_, self.intercept_ = least_squares(z, y, self.alpha_)
         if on_epoch:
-            train_mse = float(np.mean((z @ self.coef_ + self.intercept_ - y) ** 2))
+            train_mse = float(np.mean((self.predict(features).score - y) ** 2))
             on_epoch(1, train_mse)
         return self
 
     def predict(self, features) -> Prediction:
-        x = np.asarray(features[self.view], dtype=np.float64)
-        return Prediction(((x - self.mean_) / self.std_) @ self.coef_ + self.intercept_)
+        z = Standardized(features[self.view], self.mean_, self.std_)
+        out = np.empty(z.shape[0])
+        for s, zc in z.chunks():
+            out[s:s + len(zc)] = zc @ self.coef_ + self.intercept_
+        return Prediction(out)
 
     def feature_importance(self) -> np.ndarray:
         """The probe's weight per feature in units of that feature's standard

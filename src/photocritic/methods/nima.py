@@ -18,7 +18,7 @@ from torch import nn
 
 from ..losses import emd
 from ..registry import register_method
-from .base import Prediction, Targets, TorchHead, as_tensor
+from .base import Prediction, Targets, TorchHead, as_tensor, column_stats
 
 BINS = torch.arange(1, 11, dtype=torch.float32)
 
@@ -66,8 +66,9 @@ class Nima(TorchHead):
         torch.manual_seed(self.seed)
         self._meta = {"dim": int(x.shape[1])}
         self.module = self.build(self._meta)
-        self.module.shift.copy_(x.mean(0))
-        self.module.scale.copy_(x.std(0).clamp_min(1e-6))
+        mean, std = column_stats(features[self.view])
+        self.module.shift.copy_(torch.as_tensor(mean))
+        self.module.scale.copy_(torch.as_tensor(std).clamp_min(1e-6))
         from ..training.loop import fit_head
 
         self.history_ = fit_head(self.module, lambda idx: emd(self.module(x[idx]), q[idx]), len(x),

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..losses import pairwise_ranking_loss
 from ..registry import register_method
-from .base import Method, Prediction, Targets, as_tensor
+from .base import CHUNK, Method, Prediction, Targets, as_tensor, column_stats
 
 ANCHORS = ("text", "learned", "mean")
 
@@ -123,8 +123,8 @@ class VilaR(Method):
             raise ValueError(f"anchor must be one of {ANCHORS}, not {self.anchor!r}")
         shift = scale = None
         if self.standardize:
-            shift, scale = x.mean(0), x.std(0).clamp(min=1e-6)
-        z = x if shift is None else (x - shift) / scale
+            mean, std = column_stats(features["image.pooled"])
+            shift, scale = torch.as_tensor(mean).float(), torch.as_tensor(std).float().clamp(min=1e-6)
         if self.anchor == "text":
             if "text.pooled" not in features:
                 raise ViewError("VILA-R's text anchor needs the backbone's text tower "
@@ -134,7 +134,11 @@ class VilaR(Method):
                 raise ViewError(f"the text anchor has {w.shape[0]} dimensions and the image "
                                 f"embeddings {x.shape[1]}")
         else:  # learned: start from the mean direction, as "mean" keeps it
-            w = F.normalize(z.float(), dim=-1).mean(0)
+            w = torch.zeros(x.shape[1])
+            for s in range(0, len(x), CHUNK):
+                z = x[s:s + CHUNK] if shift is None else (x[s:s + CHUNK] - shift) / scale
+                w += F.normalize(z.float(), dim=-1).sum(0)
+            w /= len(x)
         self._meta = {"dim": int(x.shape[1])}
         self.module = RankAdapter(x.shape[1], w, self.rank, shift, scale,
                                   learn_anchor=self.anchor == "learned", residual=self.residual)

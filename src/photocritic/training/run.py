@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,10 +206,32 @@ def open_store(cfg: dict):
     return EmbeddingCache(None if cfg["no_cache"] else Path(cfg["cache"] or default_cache_path()).expanduser())
 
 
-def extract(cfg: dict, spec: dict, ds, view: str, cache, log, critic=None) -> tuple:
+def gather(cache, key: str, hashes: list[str], path: Path | None, chunk: int = 4096) -> np.ndarray:
+    """The stored features of ``hashes``, in order, as one (N, ...) float32
+    array: a memory-mapped ``.npy`` at ``path`` (filled chunk by chunk, so
+    memory stays flat in N), or in RAM when ``path`` is None."""
+    if not hashes:
+        return np.zeros((0, 0), np.float32)
+    first = cache.get_many(hashes[:1], key)[hashes[0]]
+    shape = (len(hashes), *first.shape)
+    out = (np.zeros(shape, np.float32) if path is None
+           else np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape))
+    for s in range(0, len(hashes), chunk):
+        part = hashes[s:s + chunk]
+        got = cache.get_many(part, key)
+        out[s:s + len(part)] = np.stack([got[h] for h in part])
+    if path is not None:
+        out.flush()
+    return out
+
+
+def extract(cfg: dict, spec: dict, ds, view: str, cache, log, critic=None, to: Path | None = None,
+            keep: bool = True) -> tuple:
     """``view`` features of ``ds``'s images through the scoring pipeline and
     feature store; images missing or unreadable are left out and counted.
-    Pass the ``critic`` a previous call returned to reuse its loaded encoder."""
+    Pass the ``critic`` a previous call returned to reuse its loaded encoder;
+    ``to``: a ``.npy`` file to memory-map the features from (else in RAM);
+    ``keep=False``: only fill the store (features come back as None)."""
     from ..models import Critic
     from ..scoremap import ScoreMap
 
@@ -218,8 +241,10 @@ def extract(cfg: dict, spec: dict, ds, view: str, cache, log, critic=None) -> tu
     paths = ds.image_paths()
     present = [i for i, p in enumerate(paths) if os.path.exists(p)]
     t0 = time.perf_counter()
-    rows, emb = critic.embed_paths([paths[i] for i in present], cache, batch_size=cfg["extract_batch_size"],
-                                   progress=not cfg["quiet"], decode=cfg["decode"], workers=cfg["workers"])
+    rows = critic.score([paths[i] for i in present], batch_size=cfg["extract_batch_size"], cache=cache,
+                        progress=not cfg["quiet"], decode=cfg["decode"], workers=cfg["workers"])
+    emb = gather(cache, critic.encoder_key(), [r.content_hash for r in rows if r.status == "ok"], to) \
+        if keep else None
     ok = [present[k] for k, r in enumerate(rows) if r.status == "ok"]
     stats = rows.stats
     info = {"listed": len(ds), "missing": len(paths) - len(present),
@@ -268,14 +293,28 @@ def train(options: dict, config_file: str | None = None, log=None) -> TrainResul
         if rank != 0:
             return None
     cache = open_store(cfg)
+    work = tempfile.TemporaryDirectory(prefix="photocritic-train-")  # memory-mapped features
     try:
         view = method.image_view
-        xf, yt, info_t, critic = extract(cfg, spec, train_set, view, cache, log)
-        vf, yv, info_v, _ = extract(cfg, spec, val_set, view, cache, log, critic)
+        xf, yt, info_t, critic = extract(cfg, spec, train_set, view, cache, log, to=Path(work.name) / "train.npy")
+        vf, yv, info_v, _ = extract(cfg, spec, val_set, view, cache, log, critic, to=Path(work.name) / "val.npy")
         if method.texts():  # a VILA-R text anchor: text features, extracted like images
             xf["text.pooled"] = vf["text.pooled"] = critic.text_embeddings(method.texts(), cache=cache)
+    except BaseException:
+        work.cleanup()
+        raise
     finally:
         cache.close()
+    try:
+        return _fit_and_save(cfg, spec, method, train_set, output, notes, log, val_how,
+                             (xf, yt, info_t), (vf, yv, info_v))
+    finally:
+        del xf, vf  # the memory maps, before their folder goes
+        work.cleanup()
+
+
+def _fit_and_save(cfg, spec, method, train_set, output, notes, log, val_how, tr, va) -> TrainResult:
+    (xf, yt, info_t), (vf, yv, info_v) = tr, va
     check_counts(method, info_t, info_v, train_set.name)
     method.check_targets(yt)
     log(f"features: {info_t['used'] + info_v['used']} images ({info_t['from_cache'] + info_v['from_cache']} "
@@ -330,7 +369,7 @@ def _extract_shard(cfg, spec, view, sets, rank: int, world: int, log) -> None:
     try:
         for ds in sets:
             rows = list(range(rank, len(ds), world))
-            extract(cfg, spec, ds.subset([ds.ids[i] for i in rows], ds.name), view, cache, log)
+            extract(cfg, spec, ds.subset([ds.ids[i] for i in rows], ds.name), view, cache, log, keep=False)
     finally:
         cache.close()
     acc.wait_for_everyone()
