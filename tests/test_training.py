@@ -361,10 +361,20 @@ def test_finetune_resume_is_bit_for_bit(tiny_clip_dir, clip_world, store, tmp_pa
     mb = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert [r["train_loss"] for r in ma["epochs"]] == pytest.approx([r["train_loss"] for r in mb["epochs"]],
                                                                     abs=1e-9)
-    # the fine-tuned tower is what scores: load -> score equals the trainer's validation EMD path
+    # the fine-tuned tower is what scores, under its own cache key
     model = photocritic.load(str(tmp_path / "straight"), precision="fp32")
     assert model.encoder_spec["weights"].endswith("backbone.safetensors")
     assert "+tuned:" in model.encoder_key()
+    # calibrate keeps the tuned tower and the head; only the 1-10 map changes
+    assert main(["calibrate", "--model", str(tmp_path / "straight"), "--dataset", str(clip_world), "--output",
+                 str(tmp_path / "cal"), "--precision", "fp32", "--no-cache", "-q"]) == 0
+    cal = photocritic.load(str(tmp_path / "cal"), precision="fp32")
+    assert (tmp_path / "cal" / "backbone.safetensors").read_bytes() == \
+        (tmp_path / "straight" / "backbone.safetensors").read_bytes()
+    assert cal.encoder_key() == model.encoder_key() and cal.score_map != model.score_map
+    paths = sorted(str(p) for p in (clip_world / "images").glob("*.jpg"))[:5]
+    a_rows, b_rows = model.score(paths), cal.score(paths)
+    assert np.argsort([r.score for r in a_rows]).tolist() == np.argsort([r.score for r in b_rows]).tolist()
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
