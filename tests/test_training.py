@@ -530,3 +530,18 @@ def test_linear_probe_on_a_memory_mapped_file_in_flat_memory(tmp_path):
     small = LinearProbe().fit({"image.prelogits": mapped[:20_000]}, Targets(y[:20_000]))
     np.testing.assert_allclose(small.coef_ / small.std_, ref.coef_, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(probe.coef_[:3] / probe.std_[:3], [1, 1, 1], atol=0.01)
+
+
+def test_shards_cover_each_global_batch_once():
+    from photocritic.training.trainer import _Shard, epoch_order
+
+    order = epoch_order(67, seed=3, epoch=2)
+    for world, acc in ((1, 1), (2, 1), (2, 3), (3, 2)):
+        plans = [_Shard(order, 16, r, world, acc).plan for r in range(world)]
+        seen = []
+        for step in zip(*plans):
+            assert len({n for n, _ in step}) == 1  # every process agrees on the global batch size
+            assert all(micro and all(micro) for _, micro in step)  # no process is left without images
+            seen += [i for _, micro in step for m in micro for i in m]
+        kept = 67 if 67 % 16 >= world else 67 - 67 % 16
+        assert sorted(seen) == sorted(order[:kept].tolist())

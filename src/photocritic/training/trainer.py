@@ -111,12 +111,16 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class _Shard(torch.utils.data.Sampler):
-    """This process's part of each global batch, micro-batched: yields lists of indices."""
+    """This process's part of each global batch, micro-batched: yields lists
+    of indices. With N processes, an epoch's last batch of fewer than N
+    images is left out of that epoch (the order changes every epoch)."""
 
     def __init__(self, order: torch.Tensor, global_batch: int, rank: int, world: int, accumulate: int):
         self.plan = []
         for s in range(0, len(order), global_batch):
             batch = order[s:s + global_batch]
+            if len(batch) < world:  # a last batch too small to give every process an image:
+                break               # skipped (a process without one would stall the others)
             mine = batch.tensor_split(world)[rank]
             self.plan.append((len(batch), [m.tolist() for m in mine.tensor_split(accumulate) if len(m)]))
 
