@@ -169,7 +169,7 @@ def _score_embeddings(args) -> int:
     """Apply a model's head to precomputed embeddings (no image is read)."""
     from .data.embeddings import read_embeddings
     from .errors import DataError
-    from .pipeline import RunStats, ScoreRow
+    from .pipeline import RunStats, ScoreRow, fill_rows
 
     if args.paths:
         raise UsageError("give either image paths or --embeddings, not both")
@@ -186,12 +186,9 @@ def _score_embeddings(args) -> int:
             raise DataError(f"--embeddings {args.embeddings}: {emb.shape[1]}-d embeddings, but model "
                             f"{args.model} expects {want}-d {critic.view} features "
                             f"({critic.encoder_spec.get('name', critic.encoder_spec['type'])})")
-        out = critic.outputs_from_embeddings(emb)
-        for k, key in enumerate(ids):
-            row = ScoreRow(path=key, score=float(out["score"][k]), status="ok", binary=int(out["binary"][k]))
-            if "distribution" in out:
-                row.distribution = [float(v) for v in out["distribution"][k]]
-            rows.append(row)
+        chunk = [ScoreRow(path=key) for key in ids]
+        fill_rows(chunk, critic.outputs_from_embeddings(emb))
+        rows += chunk
     stats.total = stats.scored = stats.computed = len(rows)
     _finish(args, rows, stats, critic.extra_columns)
     return EXIT_OK

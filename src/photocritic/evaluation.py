@@ -16,7 +16,8 @@ from . import metrics as M
 from .data.datasets import LabelledSet
 
 
-def _safe(fn, *args, **kw) -> float:
+def safe_metric(fn, *args, **kw) -> float:
+    """``fn(...)``, or NaN where it is undefined (a ValueError: too few images, constant labels)."""
     try:
         return float(fn(*args, **kw))
     except ValueError:
@@ -35,8 +36,8 @@ def compute_metrics(pred: np.ndarray, true: np.ndarray, on_1_to_10: bool,
     """
     n = int(len(pred))
     notes = []
-    out = {"n": n, "srcc": _safe(M.srcc, pred, true), "plcc": _safe(M.plcc, pred, true),
-           "krcc": _safe(M.krcc, pred, true)}
+    out = {"n": n, "srcc": safe_metric(M.srcc, pred, true), "plcc": safe_metric(M.plcc, pred, true),
+           "krcc": safe_metric(M.krcc, pred, true)}
     if n >= 2:
         out["plcc_logistic"], why = M.plcc_logistic_fit(pred, true)
     else:
@@ -95,8 +96,8 @@ def _plots(pred: np.ndarray, true: np.ndarray, out: Path, label: str) -> list[st
     ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel(f"true {label}")
     ax.set_ylabel("predicted score")
-    ax.set_title(f"Predicted vs. true (SRCC {_safe(M.srcc, pred, true):.3f}, "
-                 f"PLCC {_safe(M.plcc, pred, true):.3f})")
+    ax.set_title(f"Predicted vs. true (SRCC {safe_metric(M.srcc, pred, true):.3f}, "
+                 f"PLCC {safe_metric(M.plcc, pred, true):.3f})")
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(out / "scatter.png", dpi=110)

@@ -152,9 +152,13 @@ class Critic:
         """Cache key of this model's image view: encoder id + preprocessing
         digest + precision (+ the view's name for views other than
         ``image.pooled``, whose key stays as version 1 wrote it)."""
+        return self._key() if self.view == "image.pooled" else self._key(self.view)
+
+    def _key(self, part: str | None = None) -> str:
+        """encoder id | preprocessing digest | precision [| part]: the store key of one view."""
         enc_id, pre = self._ident()
         base = f"{enc_id}|{pre.key()}|{self.precision}"
-        return base if self.view == "image.pooled" else f"{base}|{self.view}"
+        return base if part is None else f"{base}|{part}"
 
     @property
     def view(self) -> str:
@@ -238,11 +242,10 @@ class Critic:
 
     def text_key(self) -> str:
         """Feature-store key of the text view (independent of the image view)."""
-        enc_id, pre = self._ident()
-        return f"{enc_id}|{pre.key()}|{self.precision}|text"
+        return self._key("text")
 
     def _logit_scale_vec(self, cache: EmbeddingCache | None = None) -> np.ndarray:
-        key = self.text_key()[:-len("|text")] + "|logit_scale"
+        key = self._key("logit_scale")
         h = content_hash(b"logit_scale")
         stored = cache.get_many([h], key).get(h) if cache is not None else None
         vec = self._text_memo.get("\0logit_scale")
@@ -294,12 +297,11 @@ class Critic:
             if head.prompts.rule == "context":
                 out["context_class"] = head.nearest_class(feats)
             return out
-        if isinstance(head, Method):
-            pred = head.predict(feats)
-            scores = self.score_map(pred.score)
-            out = {"score": scores, "binary": (scores > 5.0).astype(np.int64)}
-            if pred.distribution is not None:
-                out["distribution"] = pred.distribution
+        pred = head.predict(feats)
+        scores = self.score_map(pred.score)
+        out = {"score": scores, "binary": (scores > 5.0).astype(np.int64)}
+        if pred.distribution is not None:
+            out["distribution"] = pred.distribution
         return out
 
     def score(self, inputs, batch_size: int = 32, cache: EmbeddingCache | str | None = None,

@@ -226,6 +226,22 @@ def _name(x) -> str:
         return f"<{type(x).__name__}>"
 
 
+def fill_rows(targets: list[ScoreRow], out: dict, cached: bool = False) -> None:
+    """Set each row's score, status ``ok`` and the method's other outputs
+    (binary call, context class, distribution) from ``outputs_from_embeddings``."""
+    classes = out.get("context_class")
+    dist = out.get("distribution")
+    binary = out.get("binary")
+    for k, row in enumerate(targets):
+        row.score, row.status, row.cached = float(out["score"][k]), "ok", cached
+        if binary is not None:
+            row.binary = int(binary[k])
+        if classes is not None:
+            row.context_class = classes[k]
+        if dist is not None:
+            row.distribution = [float(v) for v in dist[k]]
+
+
 def _score_into(rows, stats, bar, critic, inputs, batch_size, cache, workers, mode, max_bytes, progress):
     def fail(row: ScoreRow, kind: str, message: str):
         row.status, row.error = kind, message
@@ -233,18 +249,7 @@ def _score_into(rows, stats, bar, critic, inputs, batch_size, cache, workers, mo
         stats.failures[kind] = stats.failures.get(kind, 0) + 1
 
     def finish(targets: list[ScoreRow], embeddings: np.ndarray, cached: bool):
-        out = critic.outputs_from_embeddings(embeddings)
-        classes = out.get("context_class")
-        dist = out.get("distribution")
-        binary = out.get("binary")
-        for k, row in enumerate(targets):
-            row.score, row.status, row.cached = float(out["score"][k]), "ok", cached
-            if binary is not None:
-                row.binary = int(binary[k])
-            if classes is not None:
-                row.context_class = classes[k]
-            if dist is not None:
-                row.distribution = [float(v) for v in dist[k]]
+        fill_rows(targets, critic.outputs_from_embeddings(embeddings), cached)
         stats.scored += len(targets)
         if cached:
             stats.cached += len(targets)

@@ -56,6 +56,11 @@ BACKBONES: dict[str, dict] = {
 }
 
 
+def _looks_like_hub_id(name: str) -> bool:
+    """``owner/model``: one slash, not a relative or absolute path."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
 def backbone_spec(name: str) -> dict:
     """A backbone preset, a CLIP/SigLIP directory or a hub id -> an encoder spec."""
     from .errors import UsageError
@@ -71,7 +76,7 @@ def backbone_spec(name: str) -> dict:
     if path.exists():
         raise UsageError(f"--backbone {name}: a file; give a preset ({', '.join(BACKBONES)}), "
                          f"a model directory or a hub id")
-    if "/" in name and name.count("/") == 1 and not name.startswith((".", "/", "~")):
+    if _looks_like_hub_id(name):
         return {"type": "hf", "name": name}
     raise UsageError(f"unknown backbone {name!r}: use one of {', '.join(BACKBONES)}, a CLIP/SigLIP "
                      f"directory, or a hub id like openai/clip-vit-base-patch32")
@@ -155,7 +160,7 @@ def load(name_or_dir: str | Path = "lite", device: str = "cpu", precision: str =
     elif path.exists():
         raise ValueError(f"{name}: not a photocritic model directory (no config.json with "
                          f"format 'photocritic-model') and not a CLIP/SigLIP directory")
-    elif "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
+    elif _looks_like_hub_id(name):
         critic = zero_shot(name, prompts or DEFAULT_ZERO_SHOT_PROMPTS)
     else:
         raise ValueError(f"unknown model {name!r}: use a preset ({', '.join(PRESETS)}), "

@@ -9,7 +9,6 @@ that train the image tower (``finetune``) go to :mod:`photocritic.training.train
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -179,24 +178,25 @@ class _EpochLog:
 
 
 def validation_metrics(method: Method, features: dict, targets: Targets) -> dict:
-    from .. import metrics as M
-
     pred = method.predict(features)
-    out = {"srcc": _nan_safe(M.srcc, pred.score, targets.mean),
-           "plcc": _nan_safe(M.plcc, pred.score, targets.mean),
-           "mse": float(np.mean((pred.score - targets.mean) ** 2))}
-    if method.name != "vila-r":  # a rank score in [-1, 1] has no 1-10 threshold before its map
-        out["accuracy"] = M.accuracy(pred.score, targets.mean)
-    if pred.distribution is not None and targets.distribution is not None:
-        out["emd"] = M.emd(pred.distribution, targets.distribution, r=2)
+    # a rank score in [-1, 1] (vila-r) has no 1-10 threshold before its map: no accuracy
+    return prediction_metrics(pred.score, targets, pred.distribution, accuracy=method.name != "vila-r")
+
+
+def prediction_metrics(score: np.ndarray, targets: Targets, distribution: np.ndarray | None = None,
+                       accuracy: bool = True) -> dict:
+    """Per-epoch validation figures: SRCC, PLCC (NaN where undefined), MSE,
+    accuracy and, for distributions, EMD (r = 2)."""
+    from .. import metrics as M
+    from ..evaluation import safe_metric
+
+    out = {"srcc": safe_metric(M.srcc, score, targets.mean), "plcc": safe_metric(M.plcc, score, targets.mean),
+           "mse": float(np.mean((score - targets.mean) ** 2))}
+    if accuracy:
+        out["accuracy"] = M.accuracy(score, targets.mean)
+    if distribution is not None and targets.distribution is not None:
+        out["emd"] = M.emd(distribution, targets.distribution, r=2)
     return out
-
-
-def _nan_safe(fn, *a) -> float:
-    try:
-        return float(fn(*a))
-    except ValueError:
-        return math.nan
 
 
 def open_store(cfg: dict):
@@ -225,6 +225,14 @@ def gather(cache, key: str, hashes: list[str], path: Path | None, chunk: int = 4
     return out
 
 
+def present_images(ds) -> tuple[list[str], np.ndarray]:
+    """The image files of ``ds`` that exist on disk, and their row indices
+    (a missing image is left out; callers count it)."""
+    paths = ds.image_paths()
+    keep = [i for i, p in enumerate(paths) if os.path.exists(p)]
+    return [paths[i] for i in keep], np.array(keep, dtype=int)
+
+
 def extract(cfg: dict, spec: dict, ds, view: str, cache, log, critic=None, to: Path | None = None,
             keep: bool = True) -> tuple:
     """``view`` features of ``ds``'s images through the scoring pipeline and
@@ -238,16 +246,15 @@ def extract(cfg: dict, spec: dict, ds, view: str, cache, log, critic=None, to: P
     if critic is None:
         critic = Critic(spec, None, ScoreMap()).configure(device=cfg["device"], precision=cfg["precision"])
         critic = critic.with_view(view)
-    paths = ds.image_paths()
-    present = [i for i, p in enumerate(paths) if os.path.exists(p)]
+    files, present = present_images(ds)
     t0 = time.perf_counter()
-    rows = critic.score([paths[i] for i in present], batch_size=cfg["extract_batch_size"], cache=cache,
+    rows = critic.score(files, batch_size=cfg["extract_batch_size"], cache=cache,
                         progress=not cfg["quiet"], decode=cfg["decode"], workers=cfg["workers"])
     emb = gather(cache, critic.encoder_key(), [r.content_hash for r in rows if r.status == "ok"], to) \
         if keep else None
     ok = [present[k] for k, r in enumerate(rows) if r.status == "ok"]
     stats = rows.stats
-    info = {"listed": len(ds), "missing": len(paths) - len(present),
+    info = {"listed": len(ds), "missing": len(ds) - len(present),
             "failed": sum(1 for r in rows if r.status != "ok"), "used": len(ok),
             "from_cache": stats.cached, "computed": stats.computed,
             "seconds": round(time.perf_counter() - t0, 3)}

@@ -34,6 +34,7 @@ from torch import nn
 from ..data.images import ImageError, decode_for, read_bytes
 from ..errors import DataError
 from ..losses import emd
+from ..methods.base import Targets
 
 CHECKPOINT = "checkpoint"
 
@@ -142,7 +143,7 @@ def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: lis
     from ..device import resolve_precision
     from ..models import Critic, build_encoder
     from ..scoremap import ScoreMap
-    from .run import TrainResult, prepare_output, write_reports
+    from .run import TrainResult, prepare_output, present_images, write_reports
 
     if method.augment is not None and method.augment not in AUGMENTATIONS:
         from ..errors import UsageError
@@ -158,8 +159,8 @@ def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: lis
     tower.float()
     if train_set.distribution is None:
         raise DataError("finetune learns score distributions (EMD); the labels have only mean scores")
-    tr_paths, tr_idx = _present(train_set)
-    va_paths, va_idx = _present(val_set)
+    tr_paths, tr_idx = present_images(train_set)
+    va_paths, va_idx = present_images(val_set)
     if len(tr_paths) < method.min_train or len(va_paths) < 2:
         raise DataError(f"too few labelled images for finetune: {len(tr_paths)} on disk for training "
                         f"(needs {method.min_train}), {len(va_paths)} for validation (needs 2)")
@@ -278,12 +279,6 @@ class _null:
         return False
 
 
-def _present(ds) -> tuple[list[str], np.ndarray]:
-    paths = ds.image_paths()
-    keep = [i for i, p in enumerate(paths) if os.path.exists(p)]
-    return [paths[i] for i in keep], np.array(keep, dtype=int)
-
-
 def _global_mean(acc, total: float, seen: int) -> float:
     t = torch.tensor([total, float(seen)], dtype=torch.float64, device=acc.device)
     t = acc.reduce(t, reduction="sum") if acc.num_processes > 1 else t
@@ -315,18 +310,14 @@ def _predict(acc, net, vdata, pre, rank: int, world: int, batch: int) -> dict:
 
 
 def _metrics(pred: dict, val_set, va_idx) -> dict:
-    from .. import metrics as M
-    from ..methods.nima import BINS
+    from ..methods.nima import mean_score
+    from .run import prediction_metrics
 
     order = sorted(pred)
     p = np.stack([pred[k] for k in order])
     rows = va_idx[order]
-    q = val_set.distribution[rows]
-    score = p @ BINS.numpy()
-    y = val_set.mean[rows]
-    srcc = M.srcc(score, y) if len(y) >= 2 and np.ptp(y) > 0 else math.nan
-    plcc = M.plcc(score, y) if len(y) >= 2 and np.ptp(y) > 0 else math.nan
-    return {"srcc": srcc, "plcc": plcc, "accuracy": M.accuracy(score, y), "emd": M.emd(p, q, r=2)}
+    targets = Targets(val_set.mean[rows], val_set.distribution[rows])
+    return prediction_metrics(mean_score(torch.from_numpy(p)).numpy(), targets, p)
 
 
 def _save_best(acc, net, ck: Path) -> None:
