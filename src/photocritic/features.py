@@ -62,6 +62,25 @@ def hash_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def gather(cache, key: str, hashes: list[str], path: str | os.PathLike | None, chunk: int = 4096) -> np.ndarray:
+    """The stored features of ``hashes``, in order, as one (N, ...) float32
+    array: a memory-mapped ``.npy`` at ``path`` (filled chunk by chunk, so
+    memory stays flat in N), or in RAM when ``path`` is None."""
+    if not hashes:
+        return np.zeros((0, 0), np.float32)
+    first = cache.get_many(hashes[:1], key)[hashes[0]]
+    shape = (len(hashes), *first.shape)
+    out = (np.zeros(shape, np.float32) if path is None
+           else np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape))
+    for s in range(0, len(hashes), chunk):
+        part = hashes[s:s + chunk]
+        got = cache.get_many(part, key)
+        out[s:s + len(part)] = np.stack([got[h] for h in part])
+    if path is not None:
+        out.flush()
+    return out
+
+
 def select_by_hash(conn, sql: str, key: str, hashes: list[str], guard=None, chunk: int = 500):
     """Yields the rows of ``sql AND content_hash IN (...)`` for the distinct
     ``hashes``, 500 at a time (SQLite's parameter limit)."""

@@ -342,9 +342,9 @@ class Critic:
         counts are ``rows.stats``."""
         rows = self.score(paths, batch_size=batch_size, cache=cache, progress=progress, decode=decode,
                           workers=workers, max_bytes=max_bytes)
-        hashes = [r.content_hash for r in rows if r.status == "ok"]
-        found = cache.get_many(hashes, self.encoder_key())
-        return rows, np.stack([found[h] for h in hashes]) if hashes else np.zeros((0, 0), np.float32)
+        from .features import gather
+
+        return rows, gather(cache, self.encoder_key(), [r.content_hash for r in rows if r.status == "ok"], None)
 
     # -- persistence -----------------------------------------------------
     def save(self, directory: str | Path, half: bool = False, backbone_state: dict | None = None) -> Path:

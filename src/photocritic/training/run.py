@@ -206,25 +206,6 @@ def open_store(cfg: dict):
     return EmbeddingCache(None if cfg["no_cache"] else Path(cfg["cache"] or default_cache_path()).expanduser())
 
 
-def gather(cache, key: str, hashes: list[str], path: Path | None, chunk: int = 4096) -> np.ndarray:
-    """The stored features of ``hashes``, in order, as one (N, ...) float32
-    array: a memory-mapped ``.npy`` at ``path`` (filled chunk by chunk, so
-    memory stays flat in N), or in RAM when ``path`` is None."""
-    if not hashes:
-        return np.zeros((0, 0), np.float32)
-    first = cache.get_many(hashes[:1], key)[hashes[0]]
-    shape = (len(hashes), *first.shape)
-    out = (np.zeros(shape, np.float32) if path is None
-           else np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape))
-    for s in range(0, len(hashes), chunk):
-        part = hashes[s:s + chunk]
-        got = cache.get_many(part, key)
-        out[s:s + len(part)] = np.stack([got[h] for h in part])
-    if path is not None:
-        out.flush()
-    return out
-
-
 def present_images(ds) -> tuple[list[str], np.ndarray]:
     """The image files of ``ds`` that exist on disk, and their row indices
     (a missing image is left out; callers count it)."""
@@ -240,6 +221,7 @@ def extract(cfg: dict, spec: dict, ds, view: str, cache, log, critic=None, to: P
     Pass the ``critic`` a previous call returned to reuse its loaded encoder;
     ``to``: a ``.npy`` file to memory-map the features from (else in RAM);
     ``keep=False``: only fill the store (features come back as None)."""
+    from ..features import gather
     from ..models import Critic
     from ..scoremap import ScoreMap
 
