@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.photocritic-installed
 
-.PHONY: run test bench sources clean
+.PHONY: run test bench lite sources clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,14 @@ bench: $(STAMP) sources
 	$(PY) benchmarks/robustness.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/learnability.py
+	$(PY) benchmarks/lite_pairs.py
+
+# Rebuild the default `lite` model from the synthetic world (configs/lite.yaml).
+LITE_WORLD := build/lite-world
+lite: $(STAMP) sources
+	$(VENV)/bin/photocritic data synth --n 3000 --seed 0 --exclude skimage-astronaut,skimage-rocket \
+	  --output $(LITE_WORLD) -q
+	$(VENV)/bin/photocritic train --config configs/lite.yaml --overwrite -q
 	$(PY) benchmarks/lite_pairs.py
 
 # Source photos of the synthetic world (Debian wallpaper packages; needs root).

@@ -8,17 +8,19 @@ from scipy.stats import spearmanr
 
 from photocritic.cli import main
 
-from conftest import photo
 
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    """24 images of graded sharpness with labels that fall with the blur,
-    plus one row whose image is missing and one whose file is broken."""
+    """24 images of graded sharpness (four real photos of scikit-image's,
+    each at six blur radii) with labels that fall with the blur, plus one
+    row whose image is missing and one whose file is broken."""
+    import skimage.data
+
     d = tmp_path_factory.mktemp("graded")
     rows = []
-    for base in range(4):
-        im = photo(100 + base, (320, 240))
+    for base, name in enumerate(["astronaut", "rocket", "camera", "coffee"]):
+        im = Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((320, 240))
         for level, radius in enumerate([0, 1, 2, 3, 5, 8]):
             name = f"b{base}_r{radius}.jpg"
             im.filter(ImageFilter.GaussianBlur(radius)).save(d / name, quality=92)

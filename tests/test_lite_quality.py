@@ -1,7 +1,7 @@
 """The shipped `lite` head ranks real photos above degraded copies of
 themselves, on photos it was never trained on.
 
-Held-out photos (see scripts/train_lite.py, which never reads them): the ten
+Held-out photos (configs/lite.yaml's world leaves them out): the ten
 photos in ../shared/data/images (five AVA photos, five from the idealo
 README) and scikit-image's `astronaut` and `rocket`.
 """

@@ -301,13 +301,39 @@ def test_train_config_file_and_command_line_override(world, store, tmp_path):
     assert json.loads((tmp_path / "m" / "metrics.json").read_text())["ridge_alpha"] == 100
 
 
-def test_version_1_lite_still_loads():
+def test_version_1_lite_still_loads(tmp_path):
+    """A directory in the version-1 layout the first `lite` shipped in
+    (config.json with ``encoder`` and ``method: vila_r``, head.json,
+    head.safetensors with fp16 factors) loads, and scores as the adapter's
+    formula computed here by hand."""
+    from safetensors.torch import save_file
+
     from photocritic.methods.vila_r import VilaR
 
-    d = Path(photocritic.__file__).parent / "weights" / "lite"
-    assert json.loads((d / "config.json").read_text())["version"] == 1
-    lite = photocritic.load("lite")
-    assert isinstance(lite.head, VilaR) and lite.head.anchor == "mean" and lite.head.rank == 32
+    rng = np.random.default_rng(0)
+    dim, rank = 16, 4
+    state = {"anchor": torch.nn.functional.normalize(torch.randn(dim), dim=0),
+             "shift": torch.randn(dim), "scale": torch.rand(dim) + 0.5,
+             "down.weight": torch.randn(rank, dim).half(), "up.weight": torch.randn(dim, rank).half(),
+             "up.bias": torch.randn(dim).half()}
+    d = tmp_path / "lite-v1"
+    d.mkdir()
+    save_file(state, str(d / "head.safetensors"))
+    (d / "head.json").write_text(json.dumps({"kind": "vila_r", "rank": rank, "margin": 0.1, "dim": dim}))
+    (d / "config.json").write_text(json.dumps({
+        "format": "photocritic-model", "version": 1, "name": "lite", "description": "v1",
+        "encoder": {"type": "efficientnet-lite0"}, "method": "vila_r",
+        "score_map": {"kind": "logistic", "center": 0.2, "scale": 0.6}}))
+    lite = photocritic.load(str(d))
+    assert isinstance(lite.head, VilaR) and lite.head.anchor == "mean" and lite.head.rank == rank
+    x = rng.normal(size=(5, dim))
+    s = {k: v.double().numpy() for k, v in state.items()}
+    v = (x - s["shift"]) / s["scale"]
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    t = v + (v @ s["down.weight"].T) @ s["up.weight"].T + s["up.bias"]
+    r = (t / np.linalg.norm(t, axis=1, keepdims=True)) @ s["anchor"]
+    np.testing.assert_allclose(lite.head.predict({"image.pooled": x}).score, r, atol=1e-5)
+    np.testing.assert_allclose(lite.score_map(r), 1 + 9 / (1 + np.exp(-(r - 0.2) / 0.6)), atol=1e-9)
 
 
 def test_save_load_v2_keeps_predictions(tmp_path):
@@ -434,6 +460,29 @@ def test_synthetic_world_is_deterministic_and_split_by_source(tmp_path, world):
     assert all(1 <= len(c) <= 5 for c in comments.values()) and len(comments) == 300
 
 
+def test_synthetic_attributes_follow_the_documented_formulas(world):
+    """The five visual attribute scores, recomputed from the recorded edit
+    strengths with the module docstring's formulas (written out here)."""
+    import csv
+
+    rows = list(csv.DictReader(open(world / "labels.csv")))
+    e = {k: np.array([float(r[k]) for r in rows]) for k in
+         ("tilt", "offset", "cut", "dof", "defocus", "exposure", "contrast", "saturation", "cast", "noise",
+          "resolution", "jpeg")}
+    q = {"composition": np.exp(-(e["tilt"] / 8) ** 2) * (1 - 0.5 * e["cut"]) * (1 - 0.3 * e["offset"]),
+         "depth_of_field": 0.4 + 0.6 * e["dof"],
+         "lighting": np.exp(-(e["exposure"] / 1.2) ** 2) * np.exp(-(np.log(e["contrast"]) / 0.4) ** 2),
+         "colour": np.exp(-((e["saturation"] - 1.15) / 0.55) ** 2) * np.exp(-(e["cast"] / 0.12) ** 2),
+         "technical_quality": np.exp(-(e["defocus"] / 0.45) ** 2) * np.exp(-(e["noise"] / 0.5) ** 2)
+         * np.exp(-(e["resolution"] / 0.5) ** 2) * np.exp(-(e["jpeg"] / 0.6) ** 2)}
+    for name, quality in q.items():
+        # the CSV holds 6 decimals of each strength
+        np.testing.assert_allclose([float(r[name]) for r in rows], 1 + 9 * quality, atol=1e-4, err_msg=name)
+    for k in ("resolution", "jpeg", "exposure"):  # each edit is used, about half the time
+        assert 0.3 < np.mean(e[k] != 0) < 0.7, k
+    assert e["exposure"].min() < -2.0 and e["exposure"].max() > 2.0
+
+
 def test_synth_needs_enough_sources(tmp_path, capsys):
     assert main(["data", "synth", "--n", "5", "--output", str(tmp_path / "w"), "--sources", str(tmp_path),
                  "--min-sources", "30", "-q"]) == 2
@@ -462,6 +511,58 @@ def test_group_by_ranks_within_groups(world, store, tmp_path, capsys):
     assert _train(["nima", "--backbone", "efficientnet-lite0", "--dataset", str(world), "--group-by", "source",
                    "--output", str(tmp_path / "n")], store) == 2
     assert "group_by applies to ranking methods" in capsys.readouterr().err
+    # the epoch kept is the best at ranking inside val's groups, and metrics.json says so
+    m = json.loads((tmp_path / "g" / "metrics.json").read_text())
+    best = max(m["epochs"], key=lambda r: r["group_srcc"])
+    assert m["history"]["best_epoch"] == best["epoch"]
+    assert m["final_val"]["group_srcc"] == pytest.approx(best["group_srcc"], abs=1e-6)
+
+
+def test_group_srcc_and_union_split(world):
+    from photocritic.data.datasets import load_dataset
+    from photocritic.training.run import group_srcc
+
+    rng = np.random.default_rng(0)
+    score, target = rng.normal(size=40), rng.normal(size=40)
+    groups = np.repeat([0, 1, 2, 3], [15, 15, 8, 2])  # a group of 2 has no SRCC of its own
+    expected = np.mean([spearmanr(score[groups == g], target[groups == g])[0] for g in (0, 1, 2)])
+    assert group_srcc(score, target, groups) == pytest.approx(expected, abs=1e-12)
+    assert np.isnan(group_srcc(score[:4], target[:4], np.arange(4)))
+    ds = load_dataset(str(world))
+    union, info = ds.split("train+test")
+    parts = [set(ds.split(s)[0].ids) for s in ("train", "test")]
+    assert set(union.ids) == parts[0] | parts[1] and info["with_labels"] == len(parts[0]) + len(parts[1])
+
+
+def test_rank_score_map_keeps_the_label_spread():
+    """VILA-R's map sends the raw 10th/90th percentiles to the labels'; with
+    groups, on deviations inside the groups (each group's mean removed)."""
+    from photocritic.methods.base import Prediction
+    from photocritic.scoremap import ScoreMap
+    from photocritic.training.run import fit_score_map
+
+    rng = np.random.default_rng(1)
+    raw, y = rng.normal(size=500), rng.uniform(2, 9, size=500)
+    m = ScoreMap.match(raw, y)
+    np.testing.assert_allclose(m(np.percentile(raw, [10, 90])), np.percentile(y, [10, 90]), atol=1e-9)
+    with pytest.raises(ValueError, match="barely vary"):
+        ScoreMap.match(np.ones(10), y[:10])
+
+    class Fixed:
+        name = "vila-r"
+
+        def predict(self, features):
+            return Prediction(features["image.pooled"])
+
+    groups = np.repeat([0, 1], 250)
+    offset = np.where(groups == 1, 3.0, 0.0)  # a group offset in both: gone once centred
+    got = fit_score_map(Fixed(), {"image.pooled": raw + offset}, Targets(y + offset), groups)
+    rc, yc = raw.copy(), y.copy()
+    for g in (0, 1):
+        rc[groups == g] -= raw[groups == g].mean() - raw.mean()
+        yc[groups == g] -= y[groups == g].mean() - y.mean()
+    ref = ScoreMap.match(rc + (raw + offset).mean() - raw.mean(), yc + (y + offset).mean() - y.mean())
+    assert got.center == pytest.approx(ref.center) and got.scale == pytest.approx(ref.scale)
 
 
 def test_text_anchor_is_not_needed_to_score(tmp_path):

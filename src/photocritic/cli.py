@@ -471,7 +471,8 @@ def _cmd_train(args) -> int:
     options = {k: getattr(args, k) for k in ("method", "backbone", "dataset", "split", "val_split", "images",
                                              "label_scale", "output", "epochs", "batch_size", "lr",
                                              "seed", "device", "precision", "resume", "overwrite",
-                                             "cache", "no_cache", "workers", "quiet", "group_by")}
+                                             "cache", "no_cache", "workers", "quiet", "group_by", "name",
+                                             "description", "half")}
     options["params"] = params
     train(options, args.config)
     return EXIT_OK
@@ -769,6 +770,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-residual", action="store_true", help="vila-r: v~ = normalize(v H), no + v")
     tr.add_argument("--group-by", metavar="COLUMN", help="vila-r: rank pairs only within groups named by "
                                                          "this column of a labels .csv (e.g. source)")
+    tr.add_argument("--name", help="the model's name in its config.json (default: the --output folder's)")
+    tr.add_argument("--description", help="the model's description in its config.json")
+    tr.add_argument("--half", action="store_true", default=None,
+                    help="store the head's weights in fp16 (half the size)")
     tr.add_argument("--param", action="append", metavar="NAME=VALUE",
                     help="any other method parameter (repeatable)")
     g = tr.add_mutually_exclusive_group()

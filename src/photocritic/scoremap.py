@@ -55,6 +55,20 @@ class ScoreMap:
         return cls(center=float(c), scale=float(abs(s)))
 
     @classmethod
+    def match(cls, raw, labels, percentiles=(10.0, 90.0)) -> "ScoreMap":
+        """The logistic map that sends the raw scores' 10th and 90th
+        percentiles to the labels' (1-10): the mapped scores keep the labels'
+        spread. For rank scores (VILA-R), which have no scale of their own; a
+        least-squares fit (:meth:`calibrate`) shrinks a weak ranker's scores
+        towards the mean."""
+        r = np.asarray(raw, dtype=np.float64)
+        y = np.clip(np.asarray(labels, dtype=np.float64), 1.0 + 1e-3, 10.0 - 1e-3)
+        (r_lo, r_hi), (y_lo, y_hi) = np.percentile(r, percentiles), np.percentile(y, percentiles)
+        if not (r_hi > r_lo and y_hi > y_lo):
+            raise ValueError("cannot match the score scale: the model's outputs or the labels barely vary")
+        return cls.from_anchors(float(r_lo), float(r_hi), float(y_lo), float(y_hi))
+
+    @classmethod
     def from_anchors(cls, low_raw: float, high_raw: float, low_score: float = 3.0,
                      high_score: float = 8.0) -> "ScoreMap":
         """The map that sends ``low_raw`` to ``low_score`` and ``high_raw`` to ``high_score``."""

@@ -17,8 +17,8 @@ _PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"
 PRESETS: dict[str, dict] = {
     "lite": {
         "dir": _PACKAGE_WEIGHTS / "lite",
-        "summary": "EfficientNet-Lite0 + VILA-R rank head trained on self-supervised "
-                   "degradation pairs; offline, fast; a technical-quality prior, not AVA-trained",
+        "summary": "EfficientNet-Lite0 + VILA-R rank head trained on the synthetic aesthetic "
+                   "world (configs/lite.yaml); offline, fast; a technical-quality prior, not AVA-trained",
     },
     "laion-v2": {
         "dir": _PACKAGE_WEIGHTS / "laion-v2",

@@ -99,7 +99,14 @@ class LabelledSet:
         """The rows of split ``name``: a split this set defines, a list file,
         or ``train``/``val``/``test`` of a seeded 80/10/10 random split.
         Returns the subset and a description (how it was made, how many ids
-        of the list have no labels)."""
+        of the list have no labels). ``a+b`` is the union of splits a and b."""
+        if "+" in name and not Path(name).is_file():
+            parts = [self.split(part, seed) for part in name.split("+")]
+            ids = list(dict.fromkeys(k for sub, _ in parts for k in sub.ids))
+            sub = self.subset(ids, f"{self.name}:{name}")
+            return sub, {"split": name, "how": " + ".join(info["how"] for _, info in parts),
+                         "listed": sum(info["listed"] for _, info in parts), "with_labels": len(sub),
+                         "without_labels": sum(info["without_labels"] for _, info in parts)}
         if name in self.splits:
             ids = self.splits[name]
             how = f"list {name}"

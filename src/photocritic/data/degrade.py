@@ -1,4 +1,5 @@
-"""Synthetic degradations of real photos, for self-supervised ranking pairs.
+"""Synthetic degradations of real photos: held-out ranking pairs for `lite`
+(benchmarks/lite_pairs.py, tests/test_lite_quality.py).
 
 A real photo should rank above each degraded version of itself (the
 self-supervised aesthetic pretraining idea of Pfister et al., 2021, cited by

@@ -14,7 +14,10 @@ Edits (strength ranges; 0 / 1 is the untouched photo):
 * ``dof`` (0..1): background blur outside a central ellipse (a shallow
   depth of field; it *raises* the score);
 * ``defocus`` (0..1): whole-image Gaussian blur, radius up to 5 px;
-* ``exposure`` (-1.6..1.6 stops, in linear light) and ``contrast``
+* ``resolution`` (0..1): the image is shrunk to 1 - 0.75 r of its size and
+  blown back up (lost detail, as an upscaled crop);
+* ``jpeg`` (0..1): JPEG compression at quality round(90 - 87 j), 90..3;
+* ``exposure`` (-3..3 stops, in linear light) and ``contrast``
   (factor 0.5..1.7 about the mean);
 * ``saturation`` (factor 0..1.9) and ``cast`` (0..0.25 of full scale, towards
   a random hue);
@@ -25,9 +28,10 @@ after the seven attributes of Huang et al. (TPAMI 2024):
 
 * composition       = exp(-(tilt/8)^2) * (1 - 0.5 cut) * (1 - 0.3 offset)
 * depth_of_field    = 0.4 + 0.6 dof
-* lighting          = exp(-(exposure/0.9)^2) * exp(-(ln contrast / 0.4)^2)
+* lighting          = exp(-(exposure/1.2)^2) * exp(-(ln contrast / 0.4)^2)
 * colour            = exp(-((saturation - 1.15)/0.55)^2) * exp(-(cast/0.12)^2)
 * technical_quality = exp(-(defocus/0.45)^2) * exp(-(noise/0.5)^2)
+                      * exp(-(resolution/0.5)^2) * exp(-(jpeg/0.6)^2)
 * content           = the source photo's hidden appeal a (uniform 0.1..0.9, seeded)
 * emotion           = 0.6 a + 0.4 m, m a hidden per-image mood (uniform 0..1)
 
@@ -63,13 +67,13 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 N_BINS = 10
 
-VERSION = 1
+VERSION = 2  # 2: the resolution and jpeg edits; exposure -3..3 stops
 ATTRIBUTES = ("composition", "depth_of_field", "lighting", "colour", "technical_quality",
               "content", "emotion")
 WEIGHTS = {"composition": 0.15, "depth_of_field": 0.10, "lighting": 0.20, "colour": 0.15,
            "technical_quality": 0.20, "content": 0.12, "emotion": 0.08}
 EDITS = ("tilt", "offset", "cut", "dof", "defocus", "exposure", "contrast", "saturation", "cast",
-         "noise")
+         "noise", "resolution", "jpeg")
 OUT_W, OUT_H = 320, 240
 WORK_SIDE = 400  # short side of the working copy of each source
 SPLIT_SHARES = (("train", 0.7), ("val", 0.1), ("test", 0.2))
@@ -170,9 +174,10 @@ def attribute_qualities(edits: dict, appeal: float, mood: float) -> dict:
     return {
         "composition": float(np.exp(-(e["tilt"] / 8.0) ** 2) * (1 - 0.5 * e["cut"]) * (1 - 0.3 * e["offset"])),
         "depth_of_field": 0.4 + 0.6 * e["dof"],
-        "lighting": float(np.exp(-(e["exposure"] / 0.9) ** 2) * np.exp(-(np.log(e["contrast"]) / 0.4) ** 2)),
+        "lighting": float(np.exp(-(e["exposure"] / 1.2) ** 2) * np.exp(-(np.log(e["contrast"]) / 0.4) ** 2)),
         "colour": float(np.exp(-((e["saturation"] - 1.15) / 0.55) ** 2) * np.exp(-(e["cast"] / 0.12) ** 2)),
-        "technical_quality": float(np.exp(-(e["defocus"] / 0.45) ** 2) * np.exp(-(e["noise"] / 0.5) ** 2)),
+        "technical_quality": float(np.exp(-(e["defocus"] / 0.45) ** 2) * np.exp(-(e["noise"] / 0.5) ** 2)
+                                   * np.exp(-(e["resolution"] / 0.5) ** 2) * np.exp(-(e["jpeg"] / 0.6) ** 2)),
         "content": appeal,
         "emotion": 0.6 * appeal + 0.4 * mood,
     }
@@ -196,9 +201,10 @@ def sample_edits(rng: np.random.Generator) -> dict:
         return float(rng.uniform(lo, hi)) if rng.random() < 0.5 else neutral
 
     return {"tilt": pick(-12, 12, 0.0), "offset": pick(0, 1, 0.0), "cut": pick(0, 1, 0.0),
-            "dof": pick(0, 1, 0.0), "defocus": pick(0, 1, 0.0), "exposure": pick(-1.6, 1.6, 0.0),
+            "dof": pick(0, 1, 0.0), "defocus": pick(0, 1, 0.0), "exposure": pick(-3.0, 3.0, 0.0),
             "contrast": float(np.exp(rng.uniform(np.log(0.5), np.log(1.7)))) if rng.random() < 0.5 else 1.0,
-            "saturation": pick(0, 1.9, 1.15), "cast": pick(0, 0.25, 0.0), "noise": pick(0, 1, 0.0)}
+            "saturation": pick(0, 1.9, 1.15), "cast": pick(0, 0.25, 0.0), "noise": pick(0, 1, 0.0),
+            "resolution": pick(0, 1, 0.0), "jpeg": pick(0, 1, 0.0)}
 
 
 # -- rendering ----------------------------------------------------------------
@@ -221,6 +227,10 @@ def render(work: np.ndarray, edits: dict, rng: np.random.Generator) -> Image.Ima
     cy = H / 2 + np.sin(angle) * shift * (H * (1 - 2 * margin) - ch) / 2
     box = (int(cx - cw / 2), int(cy - ch / 2), int(cx - cw / 2) + cw, int(cy - ch / 2) + ch)
     im = im.crop(box).resize((OUT_W, OUT_H), Image.Resampling.LANCZOS)
+    if e["resolution"]:
+        f = 1 - 0.75 * e["resolution"]
+        small = im.resize((max(8, round(OUT_W * f)), max(6, round(OUT_H * f))), Image.Resampling.BILINEAR)
+        im = small.resize((OUT_W, OUT_H), Image.Resampling.BICUBIC)
     if e["dof"]:
         blurred = im.filter(ImageFilter.GaussianBlur(1.0 + 5.0 * e["dof"]))
         yy, xx = np.mgrid[0:OUT_H, 0:OUT_W]
@@ -245,7 +255,12 @@ def render(work: np.ndarray, edits: dict, rng: np.random.Generator) -> Image.Ima
         a = a + 255.0 * e["cast"] * direction
     if e["noise"]:
         a = a + rng.normal(0, 40.0 * e["noise"], a.shape)
-    return Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8))
+    im = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8))
+    if e["jpeg"]:
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=int(round(90 - 87 * e["jpeg"])))
+        im = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return im
 
 
 # -- comments -----------------------------------------------------------------
@@ -259,7 +274,8 @@ LEXICON = {
     "colour": (["gorgeous colours", "the colours pop", "lovely natural tones"],
                ["the colours look washed out", "a strange colour cast", "oversaturated colours"]),
     "technical_quality": (["tack sharp", "very clean and crisp", "excellent detail"],
-                          ["blurry", "too much noise", "out of focus", "grainy and soft"]),
+                          ["blurry", "too much noise", "out of focus", "grainy and soft",
+                           "ugly compression artefacts", "looks pixelated"]),
     "content": (["what a wonderful subject", "fascinating subject", "great choice of subject"],
                 ["boring subject", "the subject does not interest me", "nothing to look at here"]),
     "emotion": (["this makes me feel peaceful", "very moving", "such a joyful mood"],

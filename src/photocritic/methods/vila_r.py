@@ -97,7 +97,8 @@ class VilaR(Method):
     def __init__(self, rank: int | None = None, margin: float = 0.1, lr: float = 1e-3,
                  weight_decay: float = 0.0, epochs: int = 30, batch_size: int = 128,
                  seed: int = 0, anchor: str = "text", residual: bool = True,
-                 standardize: bool = False, anchor_text: str = "good image", patience: int | None = None):
+                 standardize: bool = False, anchor_text: str = "good image", patience: int | None = None,
+                 group_chunk: int = 16):
         self.rank = rank
         self.margin = margin
         self.lr = lr
@@ -110,6 +111,7 @@ class VilaR(Method):
         self.standardize = standardize
         self.anchor_text = anchor_text
         self.patience = patience
+        self.group_chunk = group_chunk
 
     module: RankAdapter | None = None
 
@@ -146,7 +148,9 @@ class VilaR(Method):
     def fit(self, features, targets: Targets | np.ndarray, val=None, on_epoch=None,
             groups=None) -> "VilaR":
         """Train H on all ordered pairs within each batch. With ``groups``,
-        batches are made of whole groups and only pairs inside a group count."""
+        only pairs inside a group count: each epoch cuts every group into
+        random chunks of ``group_chunk`` images, and a batch holds
+        ``batch_size // group_chunk`` chunks."""
         x = as_tensor(features["image.pooled"])
         y = as_tensor(targets.mean if isinstance(targets, Targets) else targets)
         g = None if groups is None else torch.as_tensor(np.asarray(groups))
@@ -154,17 +158,23 @@ class VilaR(Method):
         if self.module is None:
             self._init_module(x, features)
         if g is None:
-            units = [torch.tensor([i]) for i in range(len(x))]
+            groups_idx = None
         else:
             _, inverse = torch.unique(g, return_inverse=True)
-            units = [torch.nonzero(inverse == k).flatten() for k in range(int(inverse.max()) + 1)]
-        per_unit = max(1, round(sum(len(u) for u in units) / len(units)))
-        units_per_batch = max(1, self.batch_size // per_unit)
+            groups_idx = [torch.nonzero(inverse == k).flatten() for k in range(int(inverse.max()) + 1)]
+        chunk = max(2, min(self.group_chunk, self.batch_size))
 
         def batches(gen):
-            order = torch.randperm(len(units), generator=gen)
-            return [torch.cat([units[k] for k in order[s:s + units_per_batch]])
-                    for s in range(0, len(order), units_per_batch)]
+            if groups_idx is None:
+                order = torch.randperm(len(x), generator=gen)
+                return [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+            # each group cut afresh into random chunks; a batch is batch_size // chunk chunks
+            # of different (or the same) groups, so one step sees many groups, not one
+            chunks = [grp[perm[s:s + chunk]] for grp in groups_idx
+                      for perm in [torch.randperm(len(grp), generator=gen)] for s in range(0, len(grp), chunk)]
+            order = torch.randperm(len(chunks), generator=gen)
+            per = max(1, self.batch_size // chunk)
+            return [torch.cat([chunks[k] for k in order[s:s + per]]) for s in range(0, len(order), per)]
 
         def loss(idx):
             return pairwise_ranking_loss(self.module(x[idx]), y[idx], self.margin,

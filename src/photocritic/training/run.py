@@ -29,7 +29,7 @@ DEFAULTS = {"split": None, "val_split": None, "images": None, "label_scale": Non
             "batch_size": None, "lr": None, "seed": 0, "device": "cpu", "precision": "auto",
             "resume": False, "overwrite": False, "cache": None, "no_cache": False, "params": {},
             "workers": None, "decode": "auto", "quiet": False, "extract_batch_size": 32,
-            "val_fraction": 0.1, "group_by": None}
+            "val_fraction": 0.1, "group_by": None, "name": None, "description": None, "half": False}
 REQUIRED = ("method", "backbone", "dataset", "output")
 
 
@@ -154,8 +154,8 @@ class _EpochLog:
     """Per-epoch train loss and validation metrics; a progress bar on stderr."""
 
     def __init__(self, method: Method, val_features: dict, val_targets: Targets, epochs: int | None,
-                 quiet: bool):
-        self.method, self.vf, self.vt = method, val_features, val_targets
+                 quiet: bool, groups: np.ndarray | None = None):
+        self.method, self.vf, self.vt, self.groups = method, val_features, val_targets, groups
         self.rows: list[dict] = []
         self.bar = None
         if not quiet:
@@ -165,7 +165,8 @@ class _EpochLog:
                             disable=None)
 
     def __call__(self, epoch: int, train_loss: float) -> dict:
-        row = {"epoch": epoch, "train_loss": train_loss, **validation_metrics(self.method, self.vf, self.vt)}
+        row = {"epoch": epoch, "train_loss": train_loss,
+               **validation_metrics(self.method, self.vf, self.vt, self.groups)}
         self.rows.append(row)
         if self.bar is not None:
             self.bar.update(1)
@@ -177,10 +178,28 @@ class _EpochLog:
             self.bar.close()
 
 
-def validation_metrics(method: Method, features: dict, targets: Targets) -> dict:
+def validation_metrics(method: Method, features: dict, targets: Targets,
+                       groups: np.ndarray | None = None) -> dict:
+    """``prediction_metrics`` of the method on the validation features; with
+    ``groups`` (``group_by``) also ``group_srcc``, the mean SRCC inside each
+    group of 3 or more images: the ranking a grouped method is trained for."""
     pred = method.predict(features)
     # a rank score in [-1, 1] (vila-r) has no 1-10 threshold before its map: no accuracy
-    return prediction_metrics(pred.score, targets, pred.distribution, accuracy=method.name != "vila-r")
+    out = prediction_metrics(pred.score, targets, pred.distribution, accuracy=method.name != "vila-r")
+    if groups is not None:
+        out["group_srcc"] = group_srcc(pred.score, targets.mean, groups)
+    return out
+
+
+def group_srcc(score: np.ndarray, target: np.ndarray, groups: np.ndarray) -> float:
+    """Mean of the SRCCs inside each group of >= 3 images (NaN if none is defined)."""
+    from .. import metrics as M
+    from ..evaluation import safe_metric
+
+    values = [safe_metric(M.srcc, score[groups == g], target[groups == g]) for g in np.unique(groups)
+              if int((groups == g).sum()) >= 3]
+    values = [v for v in values if np.isfinite(v)]
+    return float(np.mean(values)) if values else float("nan")
 
 
 def prediction_metrics(score: np.ndarray, targets: Targets, distribution: np.ndarray | None = None,
@@ -309,27 +328,29 @@ def _fit_and_save(cfg, spec, method, train_set, output, notes, log, val_how, tr,
     log(f"features: {info_t['used'] + info_v['used']} images ({info_t['from_cache'] + info_v['from_cache']} "
         f"from the feature store), {info_t['missing'] + info_v['missing']} missing, "
         f"{info_t['failed'] + info_v['failed']} unreadable (left out)")
-    epoch_log = _EpochLog(method, vf, yv, getattr(method, "epochs", 1), cfg["quiet"])
     fit_kw = {}
-    ids_t = info_t.pop("ids")
-    info_v.pop("ids")
+    ids_t, ids_v = info_t.pop("ids"), info_v.pop("ids")
+    groups_v = None
     if cfg["group_by"]:
         fit_kw["groups"] = label_column(cfg["dataset"], cfg["group_by"], ids_t)
+        groups_v = label_column(cfg["dataset"], cfg["group_by"], ids_v)
+        method.monitor = ("group_srcc", False)  # the best epoch ranks best inside groups
+    epoch_log = _EpochLog(method, vf, yv, getattr(method, "epochs", 1), cfg["quiet"], groups_v)
     t0 = time.perf_counter()
     try:
         method.fit(xf, yt, val=(vf, yv), on_epoch=epoch_log, **fit_kw)
     finally:
         epoch_log.close()
     fit_seconds = time.perf_counter() - t0
-    score_map = fit_score_map(method, xf, yt)
+    score_map = fit_score_map(method, xf, yt, fit_kw.get("groups"))
     from ..models import Critic
 
-    model = Critic(spec, method, score_map, name=output.name,
-                   description=f"{method.name} on {cfg['backbone']}, trained on {train_set.name} "
-                               f"({info_t['used']} images)")
+    model = Critic(spec, method, score_map, name=cfg["name"] or output.name,
+                   description=cfg["description"] or f"{method.name} on {cfg['backbone']}, trained on "
+                                                     f"{train_set.name} ({info_t['used']} images)")
     prepare_output(output, cfg["overwrite"], cfg["resume"], clear=True)  # only now: a failed run loses nothing
-    model.save(output)
-    final = validation_metrics(method, vf, yv)
+    model.save(output, half=bool(cfg["half"]))
+    final = validation_metrics(method, vf, yv, groups_v)
     metrics = {"method": method.name, "backbone": cfg["backbone"], "epochs": epoch_log.rows,
                "final_val": final, "history": getattr(method, "history_", None),
                "train_images": info_t, "val_images": info_v, "validation": val_how,
@@ -398,14 +419,25 @@ def check_counts(method: Method, info_t: dict, info_v: dict, name: str) -> None:
                         f"are missing on disk and {info_t['failed'] + info_v['failed']} unreadable")
 
 
-def fit_score_map(method: Method, features: dict, targets: Targets):
-    """Methods whose output is already a 1-10 score get the identity map;
-    a rank score (VILA-R) gets the logistic map fitted to the training labels."""
+def fit_score_map(method: Method, features: dict, targets: Targets, groups: np.ndarray | None = None):
+    """Methods whose output is already a 1-10 score get the identity map. A
+    rank score (VILA-R) gets the logistic map that gives the training images
+    the training labels' spread (:meth:`ScoreMap.match`); with ``groups``
+    (``group_by``) on the deviations inside groups, each group's mean taken
+    from raw scores and labels alike, since only those were ranked."""
     from ..scoremap import ScoreMap
 
-    if method.name == "vila-r":
-        return ScoreMap.calibrate(method.predict(features).score, targets.mean)
-    return ScoreMap(center=0.0, scale=1.0, kind="linear")
+    if method.name != "vila-r":
+        return ScoreMap(center=0.0, scale=1.0, kind="linear")
+    raw, y = np.asarray(method.predict(features).score, dtype=np.float64), np.asarray(targets.mean, np.float64)
+    if groups is not None:
+        raw_c, y_c = raw.copy(), y.copy()
+        for g in np.unique(groups):
+            i = groups == g
+            raw_c[i] += raw.mean() - raw[i].mean()
+            y_c[i] += y.mean() - y[i].mean()
+        raw, y = raw_c, y_c
+    return ScoreMap.match(raw, y)
 
 
 def write_reports(output: Path, cfg: dict, metrics: dict) -> None:

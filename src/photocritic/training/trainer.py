@@ -257,9 +257,10 @@ def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: lis
     final_net.float().eval()
     method.module = final_net.head
     model = Critic({k: v for k, v in spec.items() if k != "weights"}, method,
-                   ScoreMap(center=0.0, scale=1.0, kind="linear"), name=output.name,
-                   description=f"finetune of {cfg['backbone']} on {train_set.name} ({len(tr_paths)} images)")
-    model.save(output, backbone_state=final_net.tower.backbone_state())
+                   ScoreMap(center=0.0, scale=1.0, kind="linear"), name=cfg["name"] or output.name,
+                   description=cfg["description"] or f"finetune of {cfg['backbone']} on {train_set.name} "
+                                                     f"({len(tr_paths)} images)")
+    model.save(output, half=bool(cfg["half"]), backbone_state=final_net.tower.backbone_state())
     metrics = {"method": method.name, "backbone": cfg["backbone"], "epochs": rows,
                "final_val": {k: v for k, v in (rows[best_epoch - 1] if best_epoch else {}).items()},
                "best_epoch": best_epoch, "processes": world, "precision": precision,
