@@ -11,6 +11,39 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PHOTOCRITIC_SHARED", REPO.parent / "shared"))
 
 
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """300 images of the synthetic world from scikit-image's 5 photos (tests
+    need no Debian package), with labels, attributes and comments."""
+    from photocritic.data.synthetic import find_sources, synthesize
+
+    out = tmp_path_factory.mktemp("world")
+    synthesize(out, 300, seed=3, sources=list(find_sources(debian=False)), min_sources=8)
+    return out
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory):
+    """One feature store for the session's trainings on ``world``."""
+    return tmp_path_factory.mktemp("store") / "features.sqlite"
+
+
+@pytest.fixture(scope="session")
+def tiny_text(tmp_path_factory):
+    """A tiny random BERT with MiniLM's tokenizer: a comment encoder that is fast to run."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from photocritic.encoders.text import packaged_minilm_dir
+
+    d = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(str(packaged_minilm_dir()), local_files_only=True)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never touch the user's real cache; never try the network for models."""

@@ -26,19 +26,6 @@ def skimage_sources():
     return [s for s in find_sources(debian=False)]
 
 
-@pytest.fixture(scope="session")
-def world(tmp_path_factory):
-    """300 images from scikit-image's 5 photos (tests need no Debian package)."""
-    out = tmp_path_factory.mktemp("world")
-    synthesize(out, 300, seed=3, sources=skimage_sources(), min_sources=8)
-    return out
-
-
-@pytest.fixture(scope="session")
-def store(tmp_path_factory):
-    return tmp_path_factory.mktemp("store") / "features.sqlite"
-
-
 def _train(args, store):
     return main(["train", *args, "--cache", str(store), "-q", "--precision", "fp32"])
 

@@ -138,6 +138,12 @@ def _cmd_score(args) -> int:
 
     if args.embeddings:
         return _score_embeddings(args)
+    comments = _read_comments_option(args.comments)
+    critic = None
+    if comments is not None:  # a comments-only model scores ids: it opens no image
+        critic = _load(args)
+        if critic.reads_tokens and critic.encoder_spec is None:
+            return _score_comments_only(args, critic, comments)
     if not args.paths:
         raise UsageError("give image files or folders to score (or --embeddings FILE)")
     for p in args.paths:
@@ -149,11 +155,15 @@ def _cmd_score(args) -> int:
     if not paths:
         raise UsageError("no image files found under " + ", ".join(args.paths)
                          + ("" if args.recursive else " (use --recursive to look in sub-folders)"))
-    critic = _load(args)
+    critic = critic or _load(args)
+    if comments is None and critic.reads_tokens and critic.encoder_spec is None:
+        raise UsageError(f"model {critic.name} reads only comments: pass --comments PATH")
+    extra = {"comments": comments} if comments is not None else {}
     cache = _open_cache(args)
     try:
         rows = critic.score(paths, batch_size=args.batch_size, cache=cache, workers=args.workers,
-                            progress=not args.quiet, decode=args.decode, max_bytes=args.max_file_size)
+                            progress=not args.quiet, decode=args.decode, max_bytes=args.max_file_size,
+                            **extra)
     except (KeyboardInterrupt, CacheError) as exc:
         _save_partial(args, exc, critic.extra_columns, cache is not None)
         raise
@@ -162,6 +172,98 @@ def _cmd_score(args) -> int:
             cache.close()
     stats = rows.stats
     _finish(args, rows, stats, critic.extra_columns)
+    return EXIT_OK
+
+
+def _read_comments_option(path):
+    """``--comments PATH`` read (UTF-8 checked), or None."""
+    if path is None:
+        return None
+    from .data.ava import LabelFormatError
+    from .data.comments import read_comments
+    from .errors import DataError
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UsageError(f"--comments {p}: no such file or folder")
+    try:
+        return read_comments(p)
+    except LabelFormatError as exc:
+        raise DataError(str(exc)) from None
+
+
+def _score_comments_only(args, critic, comments) -> int:
+    """A comments-only model: inputs are ids (or files named <id>.EXT, never
+    opened); no inputs: every id of the comments file."""
+    from .data.comments import image_id
+
+    ids = [image_id(p) for p in args.paths] if args.paths else sorted(comments)
+    if args.output:
+        check_output(args.output)
+    cache = _open_cache(args)
+    try:
+        rows = critic.score(list(args.paths) or ids, ids=ids, comments=comments, cache=cache,
+                            batch_size=args.batch_size, progress=not args.quiet)
+    finally:
+        if cache is not None:
+            cache.close()
+    _finish(args, rows, rows.stats, critic.extra_columns)
+    return EXIT_OK
+
+
+def _cmd_critique(args) -> int:
+    """Retrieved comments: the K nearest images of the model's comment bank."""
+    from .data.images import list_images
+    from .features import EmbeddingCache
+    from .data.comments import image_id
+
+    for p in args.paths:
+        if not os.path.lexists(p):
+            raise UsageError(f"{p}: no such file or folder")
+    paths = list_images(args.paths, recursive=args.recursive)
+    if not paths:
+        raise UsageError("no image files found under " + ", ".join(args.paths))
+    if args.output and Path(args.output).suffix.lower() not in (".jsonl", ".ndjson"):
+        raise UsageError(f"--output {args.output}: critique writes .jsonl")
+    critic = _load(args)
+    if critic.encoder_spec is None:
+        raise UsageError(f"model {critic.name} has no image backbone: retrieval needs image embeddings")
+    bank = critic.comment_bank
+    pooled = critic.with_view("image.pooled")
+    cache = _open_cache(args) or EmbeddingCache(None)
+    try:
+        rows, vecs = pooled.embed_paths(paths, cache, batch_size=args.batch_size, progress=not args.quiet,
+                                        decode=args.decode, workers=args.workers, max_bytes=args.max_file_size)
+    finally:
+        cache.close()
+    ok = [r for r in rows if r.status == "ok"]
+    found = bank.retrieve(vecs, args.retrieve, query_ids=[image_id(r.path) for r in ok]) if ok else []
+    records = []
+    for r, got in zip(ok, found):
+        rec = {"path": r.path, "retrieved": [{"id": src, "similarity": round(sim, 4),
+                                              "comments": bank.comments[src]}
+                                             for src, sim in zip(got.sources, got.similarities)]}
+        records.append(rec)
+        print(r.path)
+        for k, item in enumerate(rec["retrieved"], 1):
+            print(f"  {k}. {item['id']}  (similarity {item['similarity']:.3f})")
+            for c in item["comments"]:
+                text = " ".join(c.split())
+                if args.max_chars and len(text) > args.max_chars:
+                    text = text[:args.max_chars - 1] + "…"
+                print(f"     - {text}")
+        print()
+    for r in rows:
+        if r.status != "ok":
+            print(f"not read: {r.status:<11} {r.error}")
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    print(f"photocritic: {len(rows)} images, comments retrieved for {len(ok)} from a bank of {len(bank)} "
+          f"({bank.index.backend} search), {len(rows) - len(ok)} not read", file=sys.stderr)
     return EXIT_OK
 
 
@@ -430,11 +532,15 @@ def _cmd_eval(args) -> int:
         raise UsageError(f"dataset {args.dataset}"
                          + (f" split {args.split}" if args.split else "") + " has no labelled images")
     critic = _load(args)
+    comments = _read_comments_option(args.comments)
+    if comments is None and critic.reads_tokens and critic.reads_comments \
+            and not getattr(critic.head, "retrieve_comments", 0):
+        raise UsageError(f"model {critic.name} reads user comments: pass --comments PATH")
     cache = _open_cache(args)
     try:
         res = evaluate(critic, ds, args.output, info, cache=cache, batch_size=args.batch_size,
                        progress=not args.quiet, n_boot=args.bootstrap, decode=args.decode,
-                       seed=args.seed, workers=args.workers)
+                       seed=args.seed, workers=args.workers, comments=comments)
     finally:
         if cache is not None:
             cache.close()
@@ -472,7 +578,8 @@ def _cmd_train(args) -> int:
                                              "label_scale", "output", "epochs", "batch_size", "lr",
                                              "seed", "device", "precision", "resume", "overwrite",
                                              "cache", "no_cache", "workers", "quiet", "group_by", "name",
-                                             "description", "half")}
+                                             "description", "half", "comments", "inputs", "text_encoder",
+                                             "retrieve_comments")}
     options["params"] = params
     train(options, args.config)
     return EXIT_OK
@@ -660,6 +767,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--table", action="store_true",
                     help="print the ranked table on stdout, also when writing --output")
     sc.add_argument("--recursive", "-r", action="store_true", help="look into sub-folders")
+    sc.add_argument("--comments", metavar="PATH",
+                    help="user comments, for models that read them (mmlq): an image's id is its file "
+                         "name without extension; a comments-only model takes ids (none: every id "
+                         "in PATH) and opens no image")
     _add_run_options(sc)
     sc.set_defaults(func=_cmd_score)
 
@@ -669,10 +780,25 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and plots to --output.")
     _add_dataset_options(ev)
     ev.add_argument("--output", "-o", required=True, help="folder for the report")
+    ev.add_argument("--comments", metavar="PATH", help="user comments, for models that read them (mmlq)")
     ev.add_argument("--bootstrap", type=_int_at_least(0), default=1000,
                     help="bootstrap resamples for the 95%% CIs (0: none)")
     _add_run_options(ev)
     ev.set_defaults(func=_cmd_eval)
+
+    cr = sub_parser("critique", help="show the user comments of the most similar images",
+                    description="For each image, the comments of its K nearest images in the comment "
+                                "bank of a model trained with --retrieve-comments, with their ids and "
+                                "cosine similarities.")
+    cr.add_argument("paths", nargs="+", help="image files and/or folders")
+    cr.add_argument("--retrieve", type=_int_at_least(1), metavar="K", required=True,
+                    help="how many similar images' comments to show")
+    cr.add_argument("--output", "-o", help="also write them to FILE.jsonl")
+    cr.add_argument("--recursive", "-r", action="store_true", help="look into sub-folders")
+    cr.add_argument("--max-chars", type=_int_at_least(0), default=300,
+                    help="cut each printed comment to this many characters (0: whole)")
+    _add_run_options(cr, model_default=None, prompts=False)
+    cr.set_defaults(func=_cmd_critique)
 
     dt = sub_parser("data", help="inspect data sets")
     dsub = dt.add_subparsers(dest="data_command", required=True)
@@ -770,6 +896,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-residual", action="store_true", help="vila-r: v~ = normalize(v H), no + v")
     tr.add_argument("--group-by", metavar="COLUMN", help="vila-r: rank pairs only within groups named by "
                                                          "this column of a labels .csv (e.g. source)")
+    tr.add_argument("--comments", help="mmlq: user comments (DPC-style .json, Karpathy-style .json, "
+                                       ".jsonl, or a folder of <id>.txt)")
+    tr.add_argument("--inputs", choices=["image+comments", "image", "comments"],
+                    help="mmlq: what the queries read (default image+comments; comments needs no "
+                         "--backbone and opens no image)")
+    tr.add_argument("--text-encoder", help="mmlq: minilm (default), mpnet (the mpnet extra), a directory "
+                                           "or a hub id")
+    tr.add_argument("--retrieve-comments", type=int, metavar="K",
+                    help="mmlq: an image without comments gets those of its K nearest training images "
+                         "(image embeddings of --backbone); the bank is kept in the model for scoring")
     tr.add_argument("--name", help="the model's name in its config.json (default: the --output folder's)")
     tr.add_argument("--description", help="the model's description in its config.json")
     tr.add_argument("--half", action="store_true", default=None,

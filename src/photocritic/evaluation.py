@@ -148,29 +148,38 @@ def _fmt(v) -> str:
 
 def evaluate(critic, ds: LabelledSet, output: str | Path, split_info: dict | None = None,
              cache=None, batch_size: int = 32, progress: bool = False, n_boot: int = 1000,
-             decode: str = "auto", seed: int = 0, workers: int | None = None) -> dict:
+             decode: str = "auto", seed: int = 0, workers: int | None = None, comments=None) -> dict:
     """Score ``ds`` with ``critic`` and write the evaluation to ``output``.
 
     Accuracy uses the method's own binary rule (:attr:`Critic.binary_rule`),
     named in the report. Metrics that cannot be computed are ``null`` in
-    metrics.json, with the reason under ``notes``."""
+    metrics.json, with the reason under ``notes``. ``comments``: for models
+    that read comments (MMLQ), ``{id: [text, ...]}`` or a comments file; a
+    comments-only model opens no image (the dataset needs none)."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    if ds.root is None:
+    tokens = getattr(critic, "reads_tokens", False)
+    no_images = tokens and critic.encoder_spec is None
+    if ds.root is None and not no_images:
         raise ValueError(f"dataset {ds.name} has no image folder: pass --images DIR")
-    paths = ds.image_paths()
-    exists = [os.path.exists(p) for p in paths]
+    paths = list(ds.ids) if no_images else ds.image_paths()
+    exists = [True] * len(paths) if no_images else [os.path.exists(p) for p in paths]
     present = [i for i, e in enumerate(exists) if e]
     missing = [p for p, e in zip(paths, exists) if not e]
     t0 = time.perf_counter()
+    extra_kw = {"comments": comments, "ids": [ds.ids[i] for i in present]} if tokens else {}
+    if comments is not None and not tokens:
+        raise ValueError(f"model {critic.name} reads no comments; drop --comments")
     rows = critic.score([paths[i] for i in present], batch_size=batch_size, cache=cache,
-                        progress=progress, decode=decode, workers=workers)
+                        progress=progress, decode=decode, workers=workers, **extra_kw)
     seconds = time.perf_counter() - t0
     ok = [(i, r) for i, r in zip(present, rows) if r.status == "ok"]
-    failed = [r for r in rows if r.status != "ok"]
+    without_comments = [r for r in rows if r.status == "no_comments"]
+    failed = [r for r in rows if r.status not in ("ok", "no_comments")]
     if not ok:
         raise ValueError(f"none of the {len(ds)} images of {ds.name} could be scored "
-                         f"({len(missing)} missing on disk, {len(failed)} failed to load)")
+                         f"({len(missing)} missing on disk, {len(failed)} failed to load, "
+                         f"{len(without_comments)} without comments)")
     idx = np.array([i for i, _ in ok])
     pred = np.array([r.score for _, r in ok])
     true = ds.mean[idx]
@@ -188,6 +197,12 @@ def evaluate(critic, ds: LabelledSet, output: str | Path, split_info: dict | Non
                split=split_info, images_listed=len(ds), images_missing=len(missing),
                images_failed=len(failed), images_from_cache=stats.cached, seconds=round(seconds, 2),
                missing_examples=missing[:10], failed_examples=[r.error for r in failed[:10]])
+    if tokens and critic.reads_comments:
+        res["images_without_comments"] = len(without_comments)
+        report = getattr(rows, "report", {})
+        for key in ("retrieved", "comment_sets"):
+            if key in report:
+                res[key] = report[key]
     if ds.dropped:
         res["labels_dropped"] = ds.dropped
     res = json_safe(res)
@@ -206,7 +221,9 @@ def evaluate(critic, ds: LabelledSet, output: str | Path, split_info: dict | Non
         lines += [f"Split: **{split_info['split']}** ({split_info['how']}; {split_info['listed']} "
                   f"listed, {split_info['with_labels']} with labels).", ""]
     lines += [f"{len(ok)} images scored in {seconds:.1f} s ({stats.cached} embeddings from the cache); "
-              f"{len(missing)} missing on disk, {len(failed)} failed to load (both excluded).", "",
+              f"{len(missing)} missing on disk, {len(failed)} failed to load"
+              + (f", {len(without_comments)} without comments" if without_comments else "")
+              + " (all excluded).", "",
               "| metric | value | 95% CI (bootstrap) |", "|---|---|---|"]
     for key in ("n", "srcc", "plcc", "plcc_logistic", "krcc", "accuracy", "mse", "mae", "emd", "emd_r2"):
         if key in res:
@@ -229,11 +246,12 @@ def evaluate(critic, ds: LabelledSet, output: str | Path, split_info: dict | Non
                 "calibration.png": "Calibration: mean true label in equal-count bins of the prediction."}
     for f in plots:
         lines += [f"![{captions[f]}]({f})", "", captions[f], ""]
-    if missing or failed:
+    if missing or failed or without_comments:
+        failed = failed + without_comments
         lines += ["## Images not evaluated", ""]
         for p in missing[:50]:
             lines.append(f"- missing: `{p}`")
-        for r in failed[:50]:
+        for r in (failed + without_comments)[:50]:
             lines.append(f"- {r.status}: {r.error}")
         more = len(missing) + len(failed) - min(len(missing), 50) - min(len(failed), 50)
         if more > 0:

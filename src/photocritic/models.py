@@ -107,6 +107,9 @@ class Critic:
         self._text_memo: dict[str, np.ndarray] = {}
         self._feature_memo: dict[tuple, dict] = {}
         self._lock = threading.RLock()
+        self.directory: Path | None = None  # where it was loaded from
+        self._text_encoder = None
+        self._bank = None
 
     # -- configuration -------------------------------------------------
     def configure(self, device: str | None = None, precision: str | None = None) -> "Critic":
@@ -135,6 +138,41 @@ class Critic:
                 self._encoder = build_encoder(self.encoder_spec, self.device)
                 self._apply_device()
         return self._encoder
+
+    @property
+    def reads_tokens(self) -> bool:
+        """True for methods on token views (MMLQ): scored through
+        :func:`photocritic.tokeninputs.score_token_model`."""
+        return isinstance(self.head, Method) and any(v.endswith(".tokens") for v in self.head.requires)
+
+    @property
+    def reads_comments(self) -> bool:
+        return isinstance(self.head, Method) and "text.tokens" in self.head.requires
+
+    @property
+    def text_encoder(self):
+        """The method's own comment encoder (MMLQ's ``text_encoder``), loaded once."""
+        from .encoders.text import text_encoder
+
+        with self._lock:
+            if self._text_encoder is None:
+                self._text_encoder = text_encoder(self.head.text_encoder, device=self.device)
+        return self._text_encoder
+
+    @property
+    def comment_bank(self):
+        """The comment bank a model trained with ``--retrieve-comments`` keeps
+        (``comment_bank/`` in its directory)."""
+        from .errors import UsageError
+        from .retrieval import BANK_DIR, CommentBank
+
+        with self._lock:
+            if self._bank is None:
+                if self.directory is None or not (self.directory / BANK_DIR).is_dir():
+                    raise UsageError(f"model {self.name} has no comment bank to retrieve comments from "
+                                     f"(train it with --retrieve-comments K)")
+                self._bank = CommentBank.load(self.directory)
+        return self._bank
 
     def _ident(self):
         if self._identity is None:
@@ -306,12 +344,22 @@ class Critic:
 
     def score(self, inputs, batch_size: int = 32, cache: EmbeddingCache | str | None = None,
               workers: int | None = None, progress: bool = False, decode: str = "auto",
-              max_bytes: int | None = None):
+              max_bytes: int | None = None, comments: dict | str | Path | None = None,
+              retrieve: int | None = None, ids: list[str] | None = None):
         """Score file paths and/or PIL images; returns one
         :class:`~photocritic.pipeline.ScoreRow` per input, in order
         (``float(row)`` is the 1-10 score, NaN where the input failed; a bad
         file or a bad PIL image gets a failed row, never an exception).
-        ``max_bytes``: files larger are ``too_large`` (default 1 GiB)."""
+        ``max_bytes``: files larger are ``too_large`` (default 1 GiB).
+
+        Models that read comments (MMLQ) take ``comments``: ``{id: [text,
+        ...]}`` or a comments file, an input's id being its file's stem
+        (inputs may be bare ids for a comments-only model, whose images are
+        never opened). An input without comments gets the status
+        ``no_comments``, or, with ``retrieve`` K (default: the model's
+        ``--retrieve-comments``), the comments of its K nearest images in
+        the model's comment bank. ``ids``: the inputs' ids, where they are
+        not the file stems."""
         from .data.images import DEFAULT_MAX_BYTES
         from .pipeline import score_inputs
 
@@ -319,6 +367,15 @@ class Critic:
             inputs = [inputs]
         if isinstance(inputs, (str, Path)) or not hasattr(inputs, "__iter__"):
             inputs = [inputs]
+        if self.reads_tokens:
+            return self._score_tokens(inputs, comments, retrieve, cache, ids, batch_size=batch_size,
+                                      workers=workers, progress=progress, decode=decode,
+                                      max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes)
+        if comments is not None:
+            from .errors import UsageError
+
+            raise UsageError(f"model {self.name} reads no comments ({self.head.name if self.head else 'zero-shot'}"
+                             f"); drop --comments")
         own = isinstance(cache, (str, Path))
         if own:
             cache = EmbeddingCache(cache)
@@ -332,6 +389,47 @@ class Critic:
             if own:
                 cache.close()
         return ScoreRows(rows, stats)
+
+    def _score_tokens(self, inputs, comments, retrieve, cache, ids, **kw):
+        import tempfile
+
+        from .errors import UsageError
+        from .features import token_store_for
+        from .tokeninputs import score_token_model
+
+        if any(isinstance(x, Image.Image) for x in inputs):
+            raise UsageError(f"model {self.name} ({self.head.name}) scores files, not in-memory images")
+        if isinstance(comments, (str, Path)):
+            from .data.comments import read_comments
+
+            comments = read_comments(Path(comments))
+        elif comments is not None:  # keys as a comments file's: "12345.jpg" -> "12345"
+            from .data.comments import image_id
+
+            merged: dict[str, list[str]] = {}
+            for key, texts in comments.items():
+                merged.setdefault(image_id(key), []).extend([texts] if isinstance(texts, str) else texts)
+            comments = merged
+        if self.reads_comments and comments is None and not retrieve and not getattr(
+                self.head, "retrieve_comments", 0):
+            raise UsageError(f"model {self.name} reads user comments: pass --comments PATH "
+                             f"(inputs: {self.head.inputs})")
+        holder = None
+        if isinstance(cache, EmbeddingCache) and cache.path is not None:
+            path = Path(cache.path)
+        elif isinstance(cache, (str, Path)):
+            path = Path(cache)
+        else:
+            holder = tempfile.TemporaryDirectory(prefix="photocritic-tokens-")
+            path = Path(holder.name) / "features.sqlite"
+        store = token_store_for(path)
+        pooled = cache if isinstance(cache, EmbeddingCache) else None
+        try:
+            return score_token_model(self, inputs, comments, store, retrieve, pooled_cache=pooled, ids=ids, **kw)
+        finally:
+            store.close()
+            if holder is not None:
+                holder.cleanup()
 
     def embed_paths(self, paths: list[str], cache: EmbeddingCache, batch_size: int = 32,
                     progress: bool = False, decode: str = "auto", workers: int | None = None,
@@ -356,13 +454,14 @@ class Critic:
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        backbone = dict(self.encoder_spec)
-        backbone.pop("weights", None)
+        backbone = None if self.encoder_spec is None else dict(self.encoder_spec)  # None: reads no image
+        if backbone is not None:
+            backbone.pop("weights", None)
         if backbone_state is not None:
             save_file({k: v.detach().contiguous() for k, v in backbone_state.items()},
                       str(directory / "backbone.safetensors"))
             backbone["weights"] = "backbone.safetensors"
-        elif self.encoder_spec.get("weights"):
+        elif backbone is not None and self.encoder_spec.get("weights"):
             import shutil
 
             shutil.copyfile(self.encoder_spec["weights"], directory / "backbone.safetensors")
@@ -399,8 +498,8 @@ class Critic:
         if version != VERSION:
             raise ModelFormatError(f"{directory}: model format version {version} is newer than this "
                                    f"photocritic reads ({VERSION}); upgrade photocritic")
-        backbone = dict(config["backbone"])
-        if backbone.get("weights"):
+        backbone = None if config["backbone"] is None else dict(config["backbone"])
+        if backbone is not None and backbone.get("weights"):
             backbone["weights"] = str(directory / backbone["weights"])
         m = config["method"]
         prompts = head = None
@@ -411,9 +510,11 @@ class Critic:
 
             head = method_class(m["type"])(**m.get("params", {}))
             head.load_state(load_file(str(directory / "model.safetensors")), m.get("meta", {}))
-        return cls(backbone, head, ScoreMap.from_dict(config["score_map"]),
-                   name=config.get("name", directory.name), description=config.get("description", ""),
-                   prompts=prompts)
+        critic = cls(backbone, head, ScoreMap.from_dict(config["score_map"]),
+                     name=config.get("name", directory.name), description=config.get("description", ""),
+                     prompts=prompts)
+        critic.directory = directory
+        return critic
 
     @classmethod
     def _load_v1(cls, directory: Path, config: dict) -> "Critic":

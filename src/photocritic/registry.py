@@ -21,6 +21,7 @@ METHOD_MODULES = {
     "vila-r": "photocritic.methods.vila_r",
     "finetune": "photocritic.methods.finetune",
     "zeroshot": "photocritic.methods.zeroshot",
+    "mmlq": "photocritic.methods.mmlq",
 }
 #: names older model directories used
 ALIASES = {"vila_r": "vila-r"}

@@ -85,6 +85,20 @@ class VoteTable:
         return sub, missing
 
 
+def jsonl_records(lines, path) -> list[tuple[int, object]]:
+    """(line number, parsed value) of each non-blank line of a JSON-lines
+    text; a line that is not JSON is a :class:`LabelFormatError` naming it."""
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((n, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise LabelFormatError(f"{path}:{n}: not valid JSON ({exc})") from None
+    return out
+
+
 def open_text(path: str | Path) -> io.StringIO:
     """A label file as text, read and decoded once: UTF-8 with or without a
     byte-order mark. Other encodings (UTF-16 from spreadsheet exports,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .ava import LabelFormatError
+from .ava import LabelFormatError, jsonl_records
 
 
 def image_id(name: str) -> str:
@@ -38,17 +38,30 @@ def _sentence(s) -> str:
     raise LabelFormatError(f"unrecognised sentence entry {s!r:.80}")
 
 
+def read_utf8(path: str | Path) -> str:
+    """A text file's contents; a file that is not UTF-8 is an error naming
+    the file, the line and the byte."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise LabelFormatError(f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x} at column {column}); "
+                               f"re-save the file as UTF-8") from None
+
+
 def read_comment_folder(folder: str | Path) -> dict[str, list[str]]:
     out = {}
     for f in sorted(Path(folder).glob("*.txt")):
-        lines = [ln.strip() for ln in f.read_text(encoding="utf-8", errors="replace").splitlines()]
+        lines = [ln.strip() for ln in read_utf8(f).splitlines()]
         out[image_id(f.name)] = [ln for ln in lines if ln]
     return out
 
 
 def read_comment_json(path: str | Path) -> dict[str, list[str]]:
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(read_utf8(path))
     except json.JSONDecodeError as exc:
         raise LabelFormatError(f"{path}: not valid JSON ({exc})") from None
     out: dict[str, list[str]] = {}
@@ -67,21 +80,16 @@ def read_comment_json(path: str | Path) -> dict[str, list[str]]:
 
 def read_comment_jsonl(path: str | Path) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LabelFormatError(f"{path}:{n}: not valid JSON ({exc})") from None
-            key = row.get("image_id", row.get("id", row.get("filename")))
-            if key is None:
-                raise LabelFormatError(f"{path}:{n}: no image_id, id or filename")
-            texts = row.get("comments", [row["comment"]] if "comment" in row else None)
-            if texts is None:
-                raise LabelFormatError(f"{path}:{n}: no comment or comments")
-            out.setdefault(image_id(key), []).extend(_sentence(t) for t in texts)
+    for n, row in jsonl_records(read_utf8(path).splitlines(), path):
+        if not isinstance(row, dict):
+            raise LabelFormatError(f"{path}:{n}: expected a JSON object ({{\"id\": ..., \"comment\": ...}})")
+        key = row.get("image_id", row.get("id", row.get("filename")))
+        if key is None:
+            raise LabelFormatError(f"{path}:{n}: no image_id, id or filename")
+        texts = row.get("comments", [row["comment"]] if "comment" in row else None)
+        if texts is None:
+            raise LabelFormatError(f"{path}:{n}: no comment or comments")
+        out.setdefault(image_id(key), []).extend(_sentence(t) for t in texts)
     return out
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ava import BINS, LabelFormatError, VoteTable, merge, open_text, read_ava_csv, read_ava_json, \
+from .ava import BINS, LabelFormatError, VoteTable, jsonl_records, merge, open_text, read_ava_csv, read_ava_json, \
     read_ava_txt, read_id_list
 from .comments import image_id, read_comments
 
@@ -173,13 +173,7 @@ def read_generic(path: Path) -> tuple[list[tuple[int, dict]], str]:
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         rows = []
         with open_text(path) as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise LabelFormatError(f"{path}:{n}: not valid JSON ({exc})") from None
+            for n, row in jsonl_records(fh, path):
                 if not isinstance(row, dict):
                     raise LabelFormatError(f"{path}:{n}: expected a JSON object "
                                            f"({{\"path\": ..., \"mean\": ...}}), got a {type(row).__name__}")

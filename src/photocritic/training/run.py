@@ -29,8 +29,12 @@ DEFAULTS = {"split": None, "val_split": None, "images": None, "label_scale": Non
             "batch_size": None, "lr": None, "seed": 0, "device": "cpu", "precision": "auto",
             "resume": False, "overwrite": False, "cache": None, "no_cache": False, "params": {},
             "workers": None, "decode": "auto", "quiet": False, "extract_batch_size": 32,
-            "val_fraction": 0.1, "group_by": None, "name": None, "description": None, "half": False}
-REQUIRED = ("method", "backbone", "dataset", "output")
+            "val_fraction": 0.1, "group_by": None, "name": None, "description": None, "half": False,
+            "comments": None, "inputs": None, "text_encoder": None, "backbone": None,
+            "retrieve_comments": None}
+REQUIRED = ("method", "dataset", "output")
+#: options that are parameters of the methods that take them
+AS_PARAMS = ("inputs", "text_encoder", "retrieve_comments")
 
 
 @dataclass
@@ -95,6 +99,12 @@ def build_method(cfg: dict) -> Method:
     for k in COMMON:
         if cfg.get(k) is not None and k in names:
             params.setdefault(k, cfg[k])
+    for k in AS_PARAMS:
+        if cfg.get(k) is not None:
+            if k not in names:
+                raise UsageError(f"--{k.replace('_', '-')} applies to methods that read comments (mmlq), "
+                                 f"not {cfg['method']}")
+            params[k] = cfg[k]
     return cls(**params)
 
 
@@ -125,11 +135,11 @@ def prepare_output(output: Path, overwrite: bool, resume: bool, clear: bool = Tr
     output.mkdir(parents=True, exist_ok=True)
 
 
-def load_splits(cfg: dict, log) -> tuple:
+def load_splits(cfg: dict, log, needs_images: bool = True) -> tuple:
     from ..data.datasets import load_dataset
 
     ds = load_dataset(cfg["dataset"], images=cfg["images"], label_scale=cfg["label_scale"])
-    if ds.root is None:
+    if ds.root is None and needs_images:
         raise UsageError(f"dataset {cfg['dataset']} has no image folder: pass --images DIR")
     if not ds.on_1_to_10:
         raise UsageError(f"dataset {cfg['dataset']} has MOS labels of unknown scale; say which with "
@@ -270,10 +280,15 @@ def train(options: dict, config_file: str | None = None, log=None) -> TrainResul
     cfg = resolve_config(options, config_file)
     from ..zoo import backbone_spec, backbone_views
 
-    spec = backbone_spec(cfg["backbone"])
     method = build_method(cfg)
+    reads_images = any(v.startswith("image.") for v in method.requires) or method.trains_backbone
+    if reads_images and not cfg["backbone"]:
+        raise UsageError(f"train {method.name} needs --backbone (on the command line or in --config)")
+    spec = backbone_spec(cfg["backbone"]) if reads_images else None
     notes: list[str] = []
-    views = backbone_views(spec)
+    views = backbone_views(spec) if spec else set()
+    if "text.tokens" in method.requires and hasattr(method, "text_encoder"):  # the method's own encoder
+        views.add("text.tokens")
     if getattr(method, "anchor", None) == "text" and "text.pooled" not in views:
         method.anchor = "learned"
         notes.append(f"backbone {cfg['backbone']} has no text tower: VILA-R's anchor is learned "
@@ -290,7 +305,11 @@ def train(options: dict, config_file: str | None = None, log=None) -> TrainResul
             raise UsageError(f"group_by applies to ranking methods (vila-r), not {method.name}")
     output = Path(cfg["output"]).expanduser()
     prepare_output(output, cfg["overwrite"], cfg["resume"], clear=False)
-    train_set, val_set, val_how = load_splits(cfg, log)
+    train_set, val_set, val_how = load_splits(cfg, log, needs_images=reads_images)
+    if any(v.endswith(".tokens") for v in method.requires):
+        from .tokens import train_on_tokens
+
+        return train_on_tokens(cfg, spec, method, train_set, val_set, output, notes, log, val_how)
     if method.trains_backbone:
         from .trainer import finetune_run
 
@@ -321,7 +340,10 @@ def train(options: dict, config_file: str | None = None, log=None) -> TrainResul
         work.cleanup()
 
 
-def _fit_and_save(cfg, spec, method, train_set, output, notes, log, val_how, tr, va) -> TrainResult:
+def _fit_and_save(cfg, spec, method, train_set, output, notes, log, val_how, tr, va, bank=None,
+                  main: bool = True) -> TrainResult | None:
+    """Fit ``method`` on the extracted features, then (in the main process
+    only: ``main``) fit the score map and write the model and its reports."""
     (xf, yt, info_t), (vf, yv, info_v) = tr, va
     check_counts(method, info_t, info_v, train_set.name)
     method.check_targets(yt)
@@ -335,21 +357,25 @@ def _fit_and_save(cfg, spec, method, train_set, output, notes, log, val_how, tr,
         fit_kw["groups"] = label_column(cfg["dataset"], cfg["group_by"], ids_t)
         groups_v = label_column(cfg["dataset"], cfg["group_by"], ids_v)
         method.monitor = ("group_srcc", False)  # the best epoch ranks best inside groups
-    epoch_log = _EpochLog(method, vf, yv, getattr(method, "epochs", 1), cfg["quiet"], groups_v)
+    epoch_log = _EpochLog(method, vf, yv, getattr(method, "epochs", 1), cfg["quiet"] or not main, groups_v)
     t0 = time.perf_counter()
     try:
         method.fit(xf, yt, val=(vf, yv), on_epoch=epoch_log, **fit_kw)
     finally:
         epoch_log.close()
     fit_seconds = time.perf_counter() - t0
+    if not main:
+        return None
     score_map = fit_score_map(method, xf, yt, fit_kw.get("groups"))
     from ..models import Critic
 
     model = Critic(spec, method, score_map, name=cfg["name"] or output.name,
-                   description=cfg["description"] or f"{method.name} on {cfg['backbone']}, trained on "
+                   description=cfg["description"] or f"{method.name} on {cfg['backbone'] or 'comments'}, trained on "
                                                      f"{train_set.name} ({info_t['used']} images)")
     prepare_output(output, cfg["overwrite"], cfg["resume"], clear=True)  # only now: a failed run loses nothing
     model.save(output, half=bool(cfg["half"]))
+    if bank is not None:  # scoring fills missing comments from the same bank
+        bank.save(output)
     final = validation_metrics(method, vf, yv, groups_v)
     metrics = {"method": method.name, "backbone": cfg["backbone"], "epochs": epoch_log.rows,
                "final_val": final, "history": getattr(method, "history_", None),

@@ -1,0 +1,177 @@
+"""The inputs of methods that read token views (MMLQ), for training,
+scoring and evaluation alike.
+
+For each input (an id, and the image file it names): the image's tokens
+(``image.tokens``, through the normal scoring pipeline into the token
+store) and its comments' tokens (``text.tokens``, see
+:mod:`photocritic.textviews`). An input that cannot be given what the
+method reads gets a status instead of a score, never a score made on empty
+text or a missing image:
+
+* ``no_comments``: the method reads comments and the image has none (or
+  only blank ones) and no comment bank fills them;
+* the pipeline's statuses (``unreadable``, ``missing``, ...) for image files.
+
+With a :class:`~photocritic.retrieval.CommentBank` and ``retrieve_k``, an
+image without comments gets the comments of its ``retrieve_k`` nearest bank
+images instead (by its ``image.pooled`` embedding).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .data.comments import image_id
+
+
+def clean_comments(comments: list[str] | None) -> list[str]:
+    return [c.strip() for c in comments or [] if c and c.strip()]
+
+
+@dataclass
+class TokenInputs:
+    """``features[view]``: one (T, C) array per usable input, in the order
+    of ``keep`` (positions in the input list); ``problems``: position ->
+    (status, message) for the rest; ``report``: counts."""
+
+    features: dict
+    keep: list[int]
+    problems: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+    retrieved: dict = field(default_factory=dict)  # position -> Retrieved
+
+
+def gather_token_inputs(method, ids: list[str], paths: list[str] | None, *, critic=None, encoder=None,
+                        comments: dict | None = None, store=None, bank=None, retrieve_k: int = 0,
+                        pooled_cache=None, score_kw: dict | None = None) -> TokenInputs:
+    """Everything ``method`` reads for each (id, path), from (and into) ``store``."""
+    from .textviews import comment_tokens
+
+    score_kw = dict(score_kw or {})
+    n = len(ids)
+    problems: dict[int, tuple[str, str]] = {}
+    report: dict = {"listed": n}
+    need_image = "image.tokens" in method.requires
+    need_text = "text.tokens" in method.requires
+    texts: dict[int, list[str]] = {}
+    retrieved = {}
+    if need_text:
+        comments = comments or {}
+        for k, i in enumerate(ids):
+            kept = clean_comments(comments.get(i))
+            if kept:
+                texts[k] = kept
+        lacking = [k for k in range(n) if k not in texts]
+        report.update(with_comments=len(texts), without_comments=len(lacking))
+        if lacking and retrieve_k and bank is not None:
+            from .features import EmbeddingCache, gather
+
+            pooled = critic.with_view("image.pooled")
+            own_cache = pooled_cache is None
+            cache = EmbeddingCache(None) if own_cache else pooled_cache
+            try:
+                rows = pooled.score([paths[k] for k in lacking], cache=cache, **score_kw)
+                ok = [(k, r) for k, r in zip(lacking, rows) if r.status == "ok"]
+                for k, r in zip(lacking, rows):
+                    if r.status != "ok":
+                        problems[k] = (r.status, r.error)
+                vecs = gather(cache, pooled.encoder_key(), [r.content_hash for _, r in ok], None)
+            finally:
+                if own_cache:
+                    cache.close()
+            if ok:
+                found = bank.retrieve(np.asarray(vecs), retrieve_k, query_ids=[ids[k] for k, _ in ok])
+                for (k, _), got in zip(ok, found):
+                    retrieved[k] = got
+                    texts[k] = got.comments
+            report["retrieved"] = len(retrieved)
+        else:
+            for k in lacking:
+                problems[k] = ("no_comments", f"{ids[k]}: no comments (the model reads comments; "
+                                              f"train with --retrieve-comments K to fill them from a bank)")
+    cand = [k for k in range(n) if k not in problems]
+    text = None
+    if need_text:
+        keyed = {f"{k}": texts[k] for k in cand}  # by position: an id's own and retrieved sets differ
+        text, rep = comment_tokens(encoder, keyed, list(keyed), store, getattr(method, "max_tokens", None))
+        report["comment_sets"] = {k: v for k, v in rep.to_dict().items()
+                                  if k in ("truncated", "computed", "from_store")}
+    image = None
+    if need_image:
+        tokens_critic = critic.with_view("image.tokens")
+        rows = tokens_critic.score([paths[k] for k in cand], cache=store, **score_kw)
+        ok = {}
+        fails: dict[str, int] = {}
+        for k, r in zip(cand, rows):
+            if r.status == "ok":
+                ok[k] = r.content_hash
+            else:
+                problems[k] = (r.status, r.error)
+                fails[r.status] = fails.get(r.status, 0) + 1
+        report.update(images_from_cache=rows.stats.cached, images_computed=rows.stats.computed,
+                      image_failures=fails)
+        got = store.get_many(list(dict.fromkeys(ok.values())), tokens_critic.encoder_key())
+        image = {k: got[h] for k, h in ok.items()}
+    keep = [k for k in cand if k not in problems]
+    features = {}
+    if image is not None:
+        features["image.tokens"] = [image[k] for k in keep]
+    if text is not None:
+        features["text.tokens"] = [text[f"{k}"] for k in keep]
+    report["used"] = len(keep)
+    return TokenInputs(features, keep, problems, report, retrieved)
+
+
+def describe(report: dict, name: str = "") -> list[str]:
+    """Log lines for a :class:`TokenInputs` report."""
+    pre = f"{name}: " if name else ""
+    lines = []
+    if report.get("without_comments"):
+        how = (f"{report['retrieved']} filled by retrieval" if "retrieved" in report else "left out")
+        lines.append(f"{pre}{report['without_comments']} of {report['listed']} images have no comments: {how}")
+    sets = report.get("comment_sets", {})
+    if sets.get("truncated"):
+        lines.append(f"{pre}{sets['truncated']} comment sets cut to the token limit")
+    if report.get("image_failures"):
+        lines.append(f"{pre}images not read: " + ", ".join(f"{k}: {v}" for k, v in report["image_failures"].items()))
+    return lines
+
+
+def score_token_model(critic, inputs, comments: dict | None, store, retrieve_k: int | None = None,
+                      pooled_cache=None, ids: list[str] | None = None, **score_kw):
+    """Rows (as :meth:`Critic.score` returns) of a token-view model."""
+    from .models import ScoreRows
+    from .pipeline import RunStats, ScoreRow, fill_rows
+
+    inputs = [str(x) for x in inputs]
+    ids = [image_id(x) for x in inputs] if ids is None else list(ids)
+    if len(ids) != len(inputs):
+        raise ValueError(f"{len(ids)} ids for {len(inputs)} inputs")
+    method = critic.head
+    k = getattr(method, "retrieve_comments", 0) if retrieve_k is None else retrieve_k
+    got = gather_token_inputs(method, ids, inputs, critic=critic if critic.encoder_spec else None,
+                              encoder=critic.text_encoder if "text.tokens" in method.requires else None,
+                              comments=comments, store=store, bank=critic.comment_bank if k else None,
+                              retrieve_k=k, pooled_cache=pooled_cache, score_kw=score_kw)
+    rows = [ScoreRow(path=x) for x in inputs]
+    stats = RunStats(total=len(rows))
+    for pos, (status, error) in got.problems.items():
+        rows[pos].status, rows[pos].error, rows[pos].score = status, error, math.nan
+        stats.failed += 1
+        stats.failures[status] = stats.failures.get(status, 0) + 1
+    if got.keep:
+        pred = method.predict(got.features)
+        scores = critic.score_map(pred.score)
+        out = {"score": scores, "binary": (scores > 5.0).astype(np.int64)}
+        if pred.distribution is not None:
+            out["distribution"] = pred.distribution
+        fill_rows([rows[p] for p in got.keep], out)
+    stats.scored = len(got.keep)
+    stats.cached = got.report.get("images_from_cache", 0)
+    stats.computed = stats.scored - stats.cached
+    out = ScoreRows(rows, stats)
+    out.report = got.report
+    return out

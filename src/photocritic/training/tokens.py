@@ -1,0 +1,155 @@
+"""`photocritic train` for methods on token views (MMLQ): image tokens
+through the scoring pipeline into the token store, comment tokens through a
+frozen text encoder into the same store; both read back memory-mapped, one
+(T_i, C) row per image."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError, UsageError
+from ..methods.base import Method, Targets
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+def load_comments(cfg: dict, log) -> dict[str, list[str]]:
+    from ..data.ava import LabelFormatError
+    from ..data.comments import read_comments
+
+    if not cfg.get("comments"):
+        raise UsageError("MMLQ with comments needs --comments PATH (a .json, .jsonl or a folder of .txt)")
+    path = Path(cfg["comments"]).expanduser()
+    if not path.exists():
+        raise UsageError(f"--comments {path}: no such file or folder")
+    try:
+        comments = read_comments(path)
+    except LabelFormatError as exc:
+        raise DataError(str(exc)) from None
+    log(f"comments: {sum(len(v) for v in comments.values())} for {len(comments)} images from {path}")
+    return comments
+
+
+def token_features(cfg: dict, method: Method, ds, store, log, critic=None, encoder=None,
+                   comments: dict | None = None, bank=None) -> tuple[dict, Targets, dict]:
+    """The token views ``method`` requires for the images of ``ds``, as
+    lists of memory-mapped (T_i, C) arrays in one row order, the targets of
+    those rows, and counts: images left out for missing comments, missing
+    files or unreadable files are counted, never scored on empty input."""
+    from ..tokeninputs import describe, gather_token_inputs
+
+    t0 = time.perf_counter()
+    k = getattr(method, "retrieve_comments", 0)
+    got = gather_token_inputs(method, list(ds.ids), ds.image_paths() if critic is not None else None,
+                              critic=critic, encoder=encoder, comments=comments, store=store, bank=bank,
+                              retrieve_k=k if bank is not None else 0, pooled_cache=cfg.get("_pooled_cache"),
+                              score_kw=dict(batch_size=cfg["extract_batch_size"], progress=not cfg["quiet"],
+                                            decode=cfg["decode"], workers=cfg["workers"]))
+    for line in describe(got.report, ds.name):
+        log(line)
+    fails = got.report.get("image_failures", {})
+    info: dict = {"listed": len(ds), "missing": fails.get("missing", 0),
+                  "failed": sum(v for s, v in fails.items() if s != "missing"),
+                  "from_cache": got.report.get("images_from_cache", 0),
+                  "computed": got.report.get("images_computed", 0),
+                  **{key: got.report[key] for key in ("with_comments", "without_comments", "retrieved",
+                                                      "comment_sets") if key in got.report}}
+    idx = np.array(got.keep, dtype=int)
+    targets = Targets(ds.mean[idx], None if ds.distribution is None else ds.distribution[idx])
+    info.update(used=len(idx), ids=[ds.ids[i] for i in idx], seconds=round(time.perf_counter() - t0, 3))
+    return got.features, targets, info
+
+
+def build_bank(cfg: dict, critic, ds, comments: dict, cache, log):
+    """The comment bank of ``ds``: the ``image.pooled`` embeddings, ids and
+    comments of its images that have comments."""
+    from ..features import gather
+    from ..retrieval import CommentBank
+    from ..tokeninputs import clean_comments
+
+    rows = [k for k, i in enumerate(ds.ids) if clean_comments(comments.get(i))]
+    paths = ds.image_paths()
+    pooled = critic.with_view("image.pooled")
+    scored = pooled.score([paths[k] for k in rows], cache=cache, batch_size=cfg["extract_batch_size"],
+                          progress=not cfg["quiet"], decode=cfg["decode"], workers=cfg["workers"])
+    ok = [(k, r) for k, r in zip(rows, scored) if r.status == "ok"]
+    vecs = gather(cache, pooled.encoder_key(), [r.content_hash for _, r in ok], None)
+    ids = [ds.ids[k] for k, _ in ok]
+    bank = CommentBank(ids, np.asarray(vecs), {i: clean_comments(comments[i]) for i in ids})
+    log(f"comment bank: {len(bank)} training images with comments ({bank.index.backend} search)"
+        + (f"; {bank.index.note}" if bank.index.note else ""))
+    return bank
+
+
+def train_on_tokens(cfg: dict, spec: dict | None, method: Method, train_set, val_set, output: Path, notes,
+                    log, val_how: str):
+    from ..encoders.text import text_encoder
+    from ..features import EmbeddingCache, default_cache_path, token_store_for
+    from .run import _fit_and_save
+
+    comments = encoder = critic = bank = None
+    k = getattr(method, "retrieve_comments", 0)
+    acc = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: data-parallel training
+        from accelerate import Accelerator
+
+        if cfg["no_cache"]:
+            raise UsageError("several processes share extracted features through the feature store; "
+                             "drop --no-cache (or pass --cache FILE)")
+        acc = Accelerator(cpu=cfg["device"] == "cpu")
+        method.data_parallel = True
+        if not acc.is_main_process:
+            log = _silent
+            cfg = {**cfg, "quiet": True}
+    if k and "text.tokens" not in method.requires:
+        raise UsageError("--retrieve-comments fills in comments; the model reads none (--inputs image)")
+    if k and spec is None:
+        raise UsageError("--retrieve-comments finds the comments of similar images: it needs --backbone "
+                         "(image embeddings), also with --inputs comments")
+    if "text.tokens" in method.requires:
+        comments = load_comments(cfg, log)
+        encoder = text_encoder(method.text_encoder, device=cfg["device"])
+        known = set(train_set.ids) | set(val_set.ids)
+        unknown = sum(1 for c in comments if c not in known)
+        if unknown:
+            notes.append(f"{unknown} images in --comments are not in the training or validation split "
+                         f"(other splits, or unknown ids): not used")
+            log(notes[-1])
+    if spec is not None:
+        from ..models import Critic
+        from ..scoremap import ScoreMap
+
+        critic = Critic(spec, None, ScoreMap()).configure(device=cfg["device"], precision=cfg["precision"])
+    if cfg["no_cache"]:
+        import tempfile
+
+        holder = tempfile.TemporaryDirectory(prefix="photocritic-tokens-")
+        store_path = Path(holder.name) / "features.sqlite"
+    else:
+        holder = None
+        store_path = Path(cfg["cache"] or default_cache_path()).expanduser()
+    store = token_store_for(store_path)
+    pooled_cache = EmbeddingCache(store_path) if k else None
+    try:
+        # under torchrun the main process extracts first; the others then read the store
+        with acc.main_process_first() if acc is not None else contextlib.nullcontext():
+            if k:
+                bank = build_bank(cfg, critic, train_set, comments, pooled_cache, log)
+            cfg = {**cfg, "_pooled_cache": pooled_cache}
+            tr = token_features(cfg, method, train_set, store, log, critic, encoder, comments, bank)
+            va = token_features(cfg, method, val_set, store, log, critic, encoder, comments, bank)
+        return _fit_and_save(cfg, spec, method, train_set, output, notes, log, val_how, tr, va, bank=bank,
+                             main=acc is None or acc.is_main_process)
+    finally:
+        store.close()
+        if pooled_cache is not None:
+            pooled_cache.close()
+        if holder is not None:
+            holder.cleanup()

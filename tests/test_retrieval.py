@@ -1,0 +1,120 @@
+"""Comment retrieval: exact and faiss k-NN, the comment bank, MMLQ trained
+and scored with retrieved comments, `photocritic critique --retrieve`."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import photocritic
+from photocritic.cli import main
+from photocritic.retrieval import CommentBank, VectorIndex, exact_topk
+
+
+def _brute(bank, queries, k):
+    b = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    sims = q.astype(np.float64) @ b.T.astype(np.float64)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, order, axis=1), order
+
+
+def test_exact_search_equals_brute_force_cosine_knn():
+    rng = np.random.default_rng(0)
+    bank, queries = rng.normal(size=(5000, 48)), rng.normal(size=(300, 48))
+    sims, idx = VectorIndex(bank, backend="exact").search(queries, 10)
+    ref_sims, ref_idx = _brute(bank, queries, 10)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
+    # blocks of queries and k = N give the same answer
+    s2, i2 = exact_topk(VectorIndex(bank).vectors, VectorIndex(queries).vectors, 10, block=7)
+    np.testing.assert_array_equal(i2, idx)
+    _, all_idx = VectorIndex(bank[:20]).search(queries[:5], 50)
+    np.testing.assert_array_equal(all_idx, _brute(bank[:20], queries[:5], 20)[1])
+    # ties go to the lower position
+    _, tie = exact_topk(np.ones((4, 3), np.float32) / np.sqrt(3), np.ones((1, 3), np.float32) / np.sqrt(3), 2)
+    assert tie.tolist() == [[0, 1]]
+
+
+def test_faiss_agrees_with_exact_search_on_top_k():
+    pytest.importorskip("faiss", reason="faiss-cpu is not installed (the retrieval extra)")
+    rng = np.random.default_rng(1)
+    bank, queries = rng.normal(size=(5000, 32)), rng.normal(size=(200, 32))
+    fi = VectorIndex(bank, backend="faiss", ef_search=256)
+    assert fi.backend == "faiss"
+    sims, idx = fi.search(queries, 10)
+    ref_sims, ref_idx = _brute(bank, queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx, ref_idx)])
+    assert recall >= 0.99, recall
+    assert np.mean(idx[:, 0] == ref_idx[:, 0]) >= 0.99
+    found = idx == ref_idx
+    np.testing.assert_allclose(sims[found], ref_sims[found], atol=1e-4)
+
+
+def test_bank_retrieves_neighbours_comments_never_its_own(tmp_path):
+    vecs = np.array([[1, 0], [0.9, 0.1], [0, 1], [-1, 0]], np.float32)
+    bank = CommentBank(["a", "b", "c", "d"], vecs, {"a": ["A1", "A2"], "b": ["B"], "c": ["C"], "d": ["D"]})
+    got = bank.retrieve(np.array([[1, 0.05], [1, 0.0]], np.float32), 2, query_ids=["x", "a"])
+    assert got[0].sources == ["a", "b"] and got[0].comments == ["A1", "A2", "B"]
+    assert got[1].sources == ["b", "c"]  # "a" itself is left out
+    assert got[0].similarities[0] == pytest.approx(1 / np.sqrt(1 + 0.05 ** 2), abs=1e-6)
+    bank.save(tmp_path)
+    again = CommentBank.load(tmp_path)
+    assert again.ids == bank.ids and again.comments == bank.comments
+    assert again.retrieve(np.array([[0, 1]], np.float32), 1)[0].sources == ["c"]
+
+
+@pytest.fixture(scope="module")
+def half_commented(world, tmp_path_factory):
+    """The world's comments for half of its training images only."""
+    with open(world / "labels.csv") as fh:
+        train = [r["path"].split("/")[-1] for r in csv.DictReader(fh) if r["split"] == "train"]
+    comments = json.loads((world / "comments.json").read_text())
+    keep = {k: v for k, v in comments.items() if k in set(train[::2])}
+    p = tmp_path_factory.mktemp("half") / "comments.json"
+    p.write_text(json.dumps(keep))
+    return p, len(train)
+
+
+def test_mmlq_with_retrieved_comments_trains_scores_and_critiques(world, store, half_commented, tiny_text,
+                                                                  tmp_path, capsys):
+    comments, n_train = half_commented
+    out = tmp_path / "m"
+    assert main(["train", "mmlq", "--backbone", "efficientnet-lite0", "--dataset", str(world), "--split", "train",
+                 "--val-split", "val", "--comments", str(comments), "--text-encoder", str(tiny_text),
+                 "--retrieve-comments", "2", "--epochs", "2", "--param", "width=16", "--param", "heads=2",
+                 "--output", str(out), "--cache", str(store), "-q", "--precision", "fp32"]) == 0
+    err = capsys.readouterr().err
+    m = json.loads((out / "metrics.json").read_text())
+    bank = json.loads((out / "config.json").read_text())
+    assert bank["method"]["params"]["retrieve_comments"] == 2
+    t = m["train_images"]
+    assert t["with_comments"] == (n_train + 1) // 2 and t["retrieved"] == n_train // 2, t
+    assert m["val_images"]["retrieved"] == m["val_images"]["listed"]  # no validation image has comments
+    assert f"comment bank: {(n_train + 1) // 2} training images" in err
+    model = photocritic.load(str(out))
+    assert len(model.comment_bank) == (n_train + 1) // 2
+    # scoring without --comments: every image's comments come from the bank
+    test_imgs = sorted(str(p) for p in (world / "images").glob("*.jpg"))[:6]
+    rows = model.score(test_imgs, cache=str(store))
+    assert all(r.status == "ok" and 1 <= r.score <= 10 for r in rows), [r.error for r in rows]
+    # critique prints the retrieved comments, their sources and similarities
+    capsys.readouterr()
+    assert main(["critique", *test_imgs[:2], "--model", str(out), "--retrieve", "3", "--cache", str(store),
+                 "-q", "--output", str(tmp_path / "c.jsonl")]) == 0
+    printed = capsys.readouterr().out
+    recs = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and all(len(r["retrieved"]) == 3 for r in recs)
+    first = recs[0]["retrieved"][0]
+    assert first["id"] in printed and f"(similarity {first['similarity']:.3f})" in printed
+    assert first["comments"] == model.comment_bank.comments[first["id"]]
+    sims = [x["similarity"] for x in recs[0]["retrieved"]]
+    assert sims == sorted(sims, reverse=True)
+    # a model without a bank says so
+    assert main(["train", "mmlq", "--backbone", "efficientnet-lite0", "--dataset", str(world), "--split", "train",
+                 "--val-split", "val", "--comments", str(world / "comments.json"), "--text-encoder",
+                 str(tiny_text), "--epochs", "1", "--param", "width=16", "--param", "heads=2",
+                 "--output", str(tmp_path / "nb"), "--cache", str(store), "-q", "--precision", "fp32"]) == 0
+    assert main(["critique", test_imgs[0], "--model", str(tmp_path / "nb"), "--retrieve", "2", "-q"]) == 2
+    assert "no comment bank" in capsys.readouterr().err
