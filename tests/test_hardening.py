@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.stats import kendalltau, wasserstein_distance
+from scipy.stats import kendalltau
 
 import photocritic
 from photocritic import metrics as M
@@ -425,7 +425,7 @@ def test_item8_bad_labels_are_rejected_with_file_and_line(tmp_path, value, fragm
     (d / "labels.csv").write_text("\n".join(lines) + "\n")
     out = _run("eval", "--dataset", d, "--output", tmp_path / "out", "-q", "--no-cache")
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert f"labels.csv:4:" in out.stderr and fragment in out.stderr
+    assert "labels.csv:4:" in out.stderr and fragment in out.stderr
 
 
 def test_item8_other_scales_need_label_scale(tmp_path):
@@ -567,7 +567,7 @@ def test_item13_byte_cap_is_configurable(tmp_path, lite):
     big.write_bytes(jpeg_bytes(photo(9, (800, 600))))
     size = big.stat().st_size
     assert 20_000 < size < DEFAULT_MAX_BYTES
-    out = _run("score", d, "--no-cache", "-q", "--output", tmp_path / "o.csv", "--max-file-size", "20KB")
+    _run("score", d, "--no-cache", "-q", "--output", tmp_path / "o.csv", "--max-file-size", "20KB")
     rows = {os.path.basename(r["path"]): r for r in csv.DictReader(open(tmp_path / "o.csv"))}
     assert rows["big.jpg"]["status"] == "too_large" and f"{size:,} bytes" in rows["big.jpg"]["error"]
     assert "20,000 bytes" in rows["big.jpg"]["error"] and rows["0.jpg"]["status"] == "ok"
