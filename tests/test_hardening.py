@@ -644,7 +644,10 @@ def test_item15_interrupted_run_writes_finished_rows(tmp_path, cache_opt):
     env = {**os.environ, "PHOTOCRITIC_PROGRESS_SECONDS": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "photocritic.cli", "score", str(d), "--batch-size", "2",
                              "--output", str(out_csv), *opts], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            # Ctrl-C as at a terminal, also when the suite runs as a background job
+                            # (which starts with SIGINT ignored, and children inherit that)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     deadline = time.time() + 200
     for line in proc.stderr:
