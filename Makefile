@@ -25,11 +25,15 @@ bench: $(STAMP) sources
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/learnability.py --n 2000 --finetune-epochs 6
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000
+	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --key mmlq_shared_attention \
+	  --param shared_self_attention=true
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --key mmlq_regularised \
-	  --param lr=1e-4 --param dropout=0.3 --param width=128 --param weight_decay=0.05
+	  --param shared_self_attention=true --param lr=1e-4 --param dropout=0.3 --param width=128 \
+	  --param weight_decay=0.05
 	$(PY) benchmarks/comments.py
 	$(PY) benchmarks/comments.py --rows mmlq-minilm,mmlq-mpnet --output benchmarks/results/comments_regularised.json \
-	  --param lr=1e-4 --param dropout=0.3 --param width=128 --param weight_decay=0.05
+	  --param shared_self_attention=true --param lr=1e-4 --param dropout=0.3 --param width=128 \
+	  --param weight_decay=0.05
 	$(PY) benchmarks/lite_pairs.py
 
 # Rebuild the default `lite` model from the synthetic world (configs/lite.yaml).

@@ -135,8 +135,12 @@ class Critic:
     def encoder(self):
         with self._lock:  # loaded once, also when two threads score at once
             if self._encoder is None:
-                self._encoder = build_encoder(self.encoder_spec, self.device)
-                self._apply_device()
+                parent = getattr(self, "_parent", None)
+                if parent is not None:  # a with_view copy: the one encoder of its model
+                    self._encoder = parent.encoder
+                else:
+                    self._encoder = build_encoder(self.encoder_spec, self.device)
+                    self._apply_device()
         return self._encoder
 
     @property
@@ -211,6 +215,7 @@ class Critic:
                        precision=self.precision)
         other._view = view
         other._encoder, other._identity = self._encoder, self._identity
+        other._parent = self  # loads (once) through this model, when first needed
         return other
 
     # -- computation -----------------------------------------------------

@@ -20,10 +20,10 @@ comment-token limit; ``retrieve_comments`` K: an image without comments
 gets those of its K nearest training images (:mod:`photocritic.retrieval`).
 
 The paper gives no query, block or width counts. The defaults (8 + 8
-queries, 2 blocks, width 256, 4 heads, dropout 0.1, AdamW lr 3e-4, batch
-32, early stopping on validation EMD with patience 8) are the settings
-benchmarks/comments.py and benchmarks/learnability.py report; the README
-lists what else was tried.
+queries, 2 blocks, width 256, 4 heads, self-attention per modality, dropout
+0.1, AdamW lr 3e-4, batch 32, early stopping on validation EMD with
+patience 8) are the settings benchmarks/comments.py and
+benchmarks/learnability.py report; the README lists what else was tried.
 
 Inputs are ragged (comment sets differ in length): ``features[view]`` is a
 sequence of (T_i, C) arrays; batches are padded, and padding is masked out
@@ -95,7 +95,7 @@ class InteractionBlock(nn.Module):
 class MMLQNet(nn.Module):
     def __init__(self, image_dim: int | None, text_dim: int | None, inputs: str = "image+comments",
                  n_visual: int = 8, n_text: int = 8, blocks: int = 2, width: int = 256, heads: int = 4,
-                 dropout: float = 0.1, shared_self_attention: bool = True, bins: int = 10):
+                 dropout: float = 0.1, shared_self_attention: bool = False, bins: int = 10):
         super().__init__()
         self.modalities = tuple(m for m in ("image", "comments") if m in inputs.split("+"))
         dims = {"image": image_dim, "comments": text_dim}
@@ -143,7 +143,7 @@ class MMLQ(TorchHead):
     data_parallel = False
 
     def __init__(self, inputs: str = "image+comments", n_visual: int = 8, n_text: int = 8, blocks: int = 2,
-                 width: int = 256, heads: int = 4, dropout: float = 0.1, shared_self_attention: bool = True,
+                 width: int = 256, heads: int = 4, dropout: float = 0.1, shared_self_attention: bool = False,
                  epochs: int = 60, batch_size: int = 32, lr: float = 3e-4, weight_decay: float = 0.01,
                  patience: int = 8, seed: int = 0, text_encoder: str = "minilm", max_tokens: int = 512,
                  retrieve_comments: int = 0):
