@@ -134,8 +134,6 @@ def format_table(rows, extra: tuple[str, ...] = ()) -> str:
 
 
 def _cmd_score(args) -> int:
-    from .data.images import list_images
-
     if args.embeddings:
         return _score_embeddings(args)
     comments = _read_comments_option(args.comments)
@@ -146,15 +144,10 @@ def _cmd_score(args) -> int:
             return _score_comments_only(args, critic, comments)
     if not args.paths:
         raise UsageError("give image files or folders to score (or --embeddings FILE)")
-    for p in args.paths:
-        if not os.path.lexists(p):
-            raise UsageError(f"{p}: no such file or folder")
+    _check_paths(args.paths)
     if args.output:
         check_output(args.output)
-    paths = list_images(args.paths, recursive=args.recursive)
-    if not paths:
-        raise UsageError("no image files found under " + ", ".join(args.paths)
-                         + ("" if args.recursive else " (use --recursive to look in sub-folders)"))
+    paths = _listed_images(args.paths, args.recursive)
     critic = critic or _load(args)
     if comments is None and critic.reads_tokens and critic.encoder_spec is None:
         raise UsageError(f"model {critic.name} reads only comments: pass --comments PATH")
@@ -175,21 +168,28 @@ def _cmd_score(args) -> int:
     return EXIT_OK
 
 
-def _read_comments_option(path):
-    """``--comments PATH`` read (UTF-8 checked), or None."""
-    if path is None:
-        return None
-    from .data.ava import LabelFormatError
-    from .data.comments import read_comments
-    from .errors import DataError
+def _check_paths(paths) -> None:
+    for p in paths:
+        if not os.path.lexists(p):
+            raise UsageError(f"{p}: no such file or folder")
 
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise UsageError(f"--comments {p}: no such file or folder")
-    try:
-        return read_comments(p)
-    except LabelFormatError as exc:
-        raise DataError(str(exc)) from None
+
+def _listed_images(paths, recursive: bool) -> list[str]:
+    """The image files under ``paths``; none is a usage error."""
+    from .data.images import list_images
+
+    found = list_images(paths, recursive=recursive)
+    if not found:
+        raise UsageError("no image files found under " + ", ".join(paths)
+                         + ("" if recursive else " (use --recursive to look in sub-folders)"))
+    return found
+
+
+def _read_comments_option(path):
+    """``--comments PATH`` read, or None."""
+    from .data.comments import load_comments_option
+
+    return None if path is None else load_comments_option(path)
 
 
 def _score_comments_only(args, critic, comments) -> int:
@@ -213,16 +213,11 @@ def _score_comments_only(args, critic, comments) -> int:
 
 def _cmd_critique(args) -> int:
     """Retrieved comments: the K nearest images of the model's comment bank."""
-    from .data.images import list_images
-    from .features import EmbeddingCache
     from .data.comments import image_id
+    from .features import EmbeddingCache
 
-    for p in args.paths:
-        if not os.path.lexists(p):
-            raise UsageError(f"{p}: no such file or folder")
-    paths = list_images(args.paths, recursive=args.recursive)
-    if not paths:
-        raise UsageError("no image files found under " + ", ".join(args.paths))
+    _check_paths(args.paths)
+    paths = _listed_images(args.paths, args.recursive)
     if args.output and Path(args.output).suffix.lower() not in (".jsonl", ".ndjson"):
         raise UsageError(f"--output {args.output}: critique writes .jsonl")
     critic = _load(args)
@@ -533,9 +528,6 @@ def _cmd_eval(args) -> int:
                          + (f" split {args.split}" if args.split else "") + " has no labelled images")
     critic = _load(args)
     comments = _read_comments_option(args.comments)
-    if comments is None and critic.reads_tokens and critic.reads_comments \
-            and not getattr(critic.head, "retrieve_comments", 0):
-        raise UsageError(f"model {critic.name} reads user comments: pass --comments PATH")
     cache = _open_cache(args)
     try:
         res = evaluate(critic, ds, args.output, info, cache=cache, batch_size=args.batch_size,

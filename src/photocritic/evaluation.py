@@ -167,11 +167,9 @@ def evaluate(critic, ds: LabelledSet, output: str | Path, split_info: dict | Non
     present = [i for i, e in enumerate(exists) if e]
     missing = [p for p, e in zip(paths, exists) if not e]
     t0 = time.perf_counter()
-    extra_kw = {"comments": comments, "ids": [ds.ids[i] for i in present]} if tokens else {}
-    if comments is not None and not tokens:
-        raise ValueError(f"model {critic.name} reads no comments; drop --comments")
+    ids = {"ids": [ds.ids[i] for i in present]} if tokens else {}  # a file's id is not always its stem
     rows = critic.score([paths[i] for i in present], batch_size=batch_size, cache=cache,
-                        progress=progress, decode=decode, workers=workers, **extra_kw)
+                        progress=progress, decode=decode, workers=workers, comments=comments, **ids)
     seconds = time.perf_counter() - t0
     ok = [(i, r) for i, r in zip(present, rows) if r.status == "ok"]
     without_comments = [r for r in rows if r.status == "no_comments"]

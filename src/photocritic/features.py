@@ -9,6 +9,7 @@ batches it finished and a re-run computes only what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -376,3 +377,24 @@ def token_store_for(cache_path: str | os.PathLike) -> TokenStore:
     """The token store beside an embedding cache file: ``<file>.tokens/``."""
     p = Path(cache_path).expanduser()
     return TokenStore(p.with_name(p.name + ".tokens"))
+
+
+@contextlib.contextmanager
+def token_session(cache_path: str | os.PathLike | None):
+    """``(token store, cache file path)`` beside ``cache_path``, or, with
+    None (no cache), in a temporary folder removed afterwards; the store is
+    closed on exit."""
+    holder = None
+    if cache_path is None:
+        import tempfile
+
+        holder = tempfile.TemporaryDirectory(prefix="photocritic-tokens-")
+        cache_path = Path(holder.name) / "features.sqlite"
+    path = Path(cache_path).expanduser()
+    store = token_store_for(path)
+    try:
+        yield store, path
+    finally:
+        store.close()
+        if holder is not None:
+            holder.cleanup()

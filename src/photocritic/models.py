@@ -396,10 +396,8 @@ class Critic:
         return ScoreRows(rows, stats)
 
     def _score_tokens(self, inputs, comments, retrieve, cache, ids, **kw):
-        import tempfile
-
         from .errors import UsageError
-        from .features import token_store_for
+        from .features import token_session
         from .tokeninputs import score_token_model
 
         if any(isinstance(x, Image.Image) for x in inputs):
@@ -419,22 +417,10 @@ class Critic:
                 self.head, "retrieve_comments", 0):
             raise UsageError(f"model {self.name} reads user comments: pass --comments PATH "
                              f"(inputs: {self.head.inputs})")
-        holder = None
-        if isinstance(cache, EmbeddingCache) and cache.path is not None:
-            path = Path(cache.path)
-        elif isinstance(cache, (str, Path)):
-            path = Path(cache)
-        else:
-            holder = tempfile.TemporaryDirectory(prefix="photocritic-tokens-")
-            path = Path(holder.name) / "features.sqlite"
-        store = token_store_for(path)
+        path = cache.path if isinstance(cache, EmbeddingCache) else cache  # None: a temporary store
         pooled = cache if isinstance(cache, EmbeddingCache) else None
-        try:
+        with token_session(path) as (store, _):
             return score_token_model(self, inputs, comments, store, retrieve, pooled_cache=pooled, ids=ids, **kw)
-        finally:
-            store.close()
-            if holder is not None:
-                holder.cleanup()
 
     def embed_paths(self, paths: list[str], cache: EmbeddingCache, batch_size: int = 32,
                     progress: bool = False, decode: str = "auto", workers: int | None = None,

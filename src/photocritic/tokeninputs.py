@@ -67,21 +67,19 @@ def gather_token_inputs(method, ids: list[str], paths: list[str] | None, *, crit
         lacking = [k for k in range(n) if k not in texts]
         report.update(with_comments=len(texts), without_comments=len(lacking))
         if lacking and retrieve_k and bank is not None:
-            from .features import EmbeddingCache, gather
+            from .features import EmbeddingCache
 
-            pooled = critic.with_view("image.pooled")
-            own_cache = pooled_cache is None
-            cache = EmbeddingCache(None) if own_cache else pooled_cache
+            cache = EmbeddingCache(None) if pooled_cache is None else pooled_cache
             try:
-                rows = pooled.score([paths[k] for k in lacking], cache=cache, **score_kw)
-                ok = [(k, r) for k, r in zip(lacking, rows) if r.status == "ok"]
-                for k, r in zip(lacking, rows):
-                    if r.status != "ok":
-                        problems[k] = (r.status, r.error)
-                vecs = gather(cache, pooled.encoder_key(), [r.content_hash for _, r in ok], None)
+                rows, vecs = critic.with_view("image.pooled").embed_paths([paths[k] for k in lacking], cache,
+                                                                          **score_kw)
             finally:
-                if own_cache:
+                if cache is not pooled_cache:
                     cache.close()
+            ok = [(k, r) for k, r in zip(lacking, rows) if r.status == "ok"]
+            for k, r in zip(lacking, rows):
+                if r.status != "ok":
+                    problems[k] = (r.status, r.error)
             if ok:
                 found = bank.retrieve(np.asarray(vecs), retrieve_k, query_ids=[ids[k] for k, _ in ok])
                 for (k, _), got in zip(ok, found):

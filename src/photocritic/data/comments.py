@@ -93,6 +93,20 @@ def read_comment_jsonl(path: str | Path) -> dict[str, list[str]]:
     return out
 
 
+def load_comments_option(path: str | Path) -> dict[str, list[str]]:
+    """``--comments PATH`` read: a missing path is a usage error, a bad or
+    non-UTF-8 file a data error naming file and line (both exit 2)."""
+    from ..errors import DataError, UsageError
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UsageError(f"--comments {p}: no such file or folder")
+    try:
+        return read_comments(p)
+    except LabelFormatError as exc:
+        raise DataError(str(exc)) from None
+
+
 def read_comments(path: str | Path) -> dict[str, list[str]]:
     """Comments from a folder of .txt files, a .json or a .jsonl file."""
     path = Path(path)

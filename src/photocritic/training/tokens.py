@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, UsageError
+from ..errors import UsageError
 from ..methods.base import Method, Targets
 
 
@@ -21,24 +21,17 @@ def _silent(message: str) -> None:
 
 
 def load_comments(cfg: dict, log) -> dict[str, list[str]]:
-    from ..data.ava import LabelFormatError
-    from ..data.comments import read_comments
+    from ..data.comments import load_comments_option
 
     if not cfg.get("comments"):
         raise UsageError("MMLQ with comments needs --comments PATH (a .json, .jsonl or a folder of .txt)")
-    path = Path(cfg["comments"]).expanduser()
-    if not path.exists():
-        raise UsageError(f"--comments {path}: no such file or folder")
-    try:
-        comments = read_comments(path)
-    except LabelFormatError as exc:
-        raise DataError(str(exc)) from None
-    log(f"comments: {sum(len(v) for v in comments.values())} for {len(comments)} images from {path}")
+    comments = load_comments_option(cfg["comments"])
+    log(f"comments: {sum(len(v) for v in comments.values())} for {len(comments)} images from {cfg['comments']}")
     return comments
 
 
 def token_features(cfg: dict, method: Method, ds, store, log, critic=None, encoder=None,
-                   comments: dict | None = None, bank=None) -> tuple[dict, Targets, dict]:
+                   comments: dict | None = None, bank=None, pooled_cache=None) -> tuple[dict, Targets, dict]:
     """The token views ``method`` requires for the images of ``ds``, as
     lists of memory-mapped (T_i, C) arrays in one row order, the targets of
     those rows, and counts: images left out for missing comments, missing
@@ -49,7 +42,7 @@ def token_features(cfg: dict, method: Method, ds, store, log, critic=None, encod
     k = getattr(method, "retrieve_comments", 0)
     got = gather_token_inputs(method, list(ds.ids), ds.image_paths() if critic is not None else None,
                               critic=critic, encoder=encoder, comments=comments, store=store, bank=bank,
-                              retrieve_k=k if bank is not None else 0, pooled_cache=cfg.get("_pooled_cache"),
+                              retrieve_k=k if bank is not None else 0, pooled_cache=pooled_cache,
                               score_kw=dict(batch_size=cfg["extract_batch_size"], progress=not cfg["quiet"],
                                             decode=cfg["decode"], workers=cfg["workers"]))
     for line in describe(got.report, ds.name):
@@ -70,18 +63,15 @@ def token_features(cfg: dict, method: Method, ds, store, log, critic=None, encod
 def build_bank(cfg: dict, critic, ds, comments: dict, cache, log):
     """The comment bank of ``ds``: the ``image.pooled`` embeddings, ids and
     comments of its images that have comments."""
-    from ..features import gather
     from ..retrieval import CommentBank
     from ..tokeninputs import clean_comments
 
     rows = [k for k, i in enumerate(ds.ids) if clean_comments(comments.get(i))]
     paths = ds.image_paths()
-    pooled = critic.with_view("image.pooled")
-    scored = pooled.score([paths[k] for k in rows], cache=cache, batch_size=cfg["extract_batch_size"],
-                          progress=not cfg["quiet"], decode=cfg["decode"], workers=cfg["workers"])
-    ok = [(k, r) for k, r in zip(rows, scored) if r.status == "ok"]
-    vecs = gather(cache, pooled.encoder_key(), [r.content_hash for _, r in ok], None)
-    ids = [ds.ids[k] for k, _ in ok]
+    scored, vecs = critic.with_view("image.pooled").embed_paths(
+        [paths[k] for k in rows], cache, batch_size=cfg["extract_batch_size"], progress=not cfg["quiet"],
+        decode=cfg["decode"], workers=cfg["workers"])
+    ids = [ds.ids[k] for k, r in zip(rows, scored) if r.status == "ok"]
     bank = CommentBank(ids, np.asarray(vecs), {i: clean_comments(comments[i]) for i in ids})
     log(f"comment bank: {len(bank)} training images with comments ({bank.index.backend} search)"
         + (f"; {bank.index.note}" if bank.index.note else ""))
@@ -91,7 +81,7 @@ def build_bank(cfg: dict, critic, ds, comments: dict, cache, log):
 def train_on_tokens(cfg: dict, spec: dict | None, method: Method, train_set, val_set, output: Path, notes,
                     log, val_how: str):
     from ..encoders.text import text_encoder
-    from ..features import EmbeddingCache, default_cache_path, token_store_for
+    from ..features import EmbeddingCache, default_cache_path, token_session
     from .run import _fit_and_save
 
     comments = encoder = critic = bank = None
@@ -127,29 +117,19 @@ def train_on_tokens(cfg: dict, spec: dict | None, method: Method, train_set, val
         from ..scoremap import ScoreMap
 
         critic = Critic(spec, None, ScoreMap()).configure(device=cfg["device"], precision=cfg["precision"])
-    if cfg["no_cache"]:
-        import tempfile
-
-        holder = tempfile.TemporaryDirectory(prefix="photocritic-tokens-")
-        store_path = Path(holder.name) / "features.sqlite"
-    else:
-        holder = None
-        store_path = Path(cfg["cache"] or default_cache_path()).expanduser()
-    store = token_store_for(store_path)
-    pooled_cache = EmbeddingCache(store_path) if k else None
-    try:
-        # under torchrun the main process extracts first; the others then read the store
-        with acc.main_process_first() if acc is not None else contextlib.nullcontext():
-            if k:
-                bank = build_bank(cfg, critic, train_set, comments, pooled_cache, log)
-            cfg = {**cfg, "_pooled_cache": pooled_cache}
-            tr = token_features(cfg, method, train_set, store, log, critic, encoder, comments, bank)
-            va = token_features(cfg, method, val_set, store, log, critic, encoder, comments, bank)
-        return _fit_and_save(cfg, spec, method, train_set, output, notes, log, val_how, tr, va, bank=bank,
-                             main=acc is None or acc.is_main_process)
-    finally:
-        store.close()
-        if pooled_cache is not None:
-            pooled_cache.close()
-        if holder is not None:
-            holder.cleanup()
+    with token_session(None if cfg["no_cache"] else cfg["cache"] or default_cache_path()) as (store, path):
+        pooled_cache = EmbeddingCache(path) if k else None
+        try:
+            # under torchrun the main process extracts first; the others then read the store
+            with acc.main_process_first() if acc is not None else contextlib.nullcontext():
+                if k:
+                    bank = build_bank(cfg, critic, train_set, comments, pooled_cache, log)
+                tr = token_features(cfg, method, train_set, store, log, critic, encoder, comments, bank,
+                                    pooled_cache)
+                va = token_features(cfg, method, val_set, store, log, critic, encoder, comments, bank,
+                                    pooled_cache)
+            return _fit_and_save(cfg, spec, method, train_set, output, notes, log, val_how, tr, va, bank=bank,
+                                 main=acc is None or acc.is_main_process)
+        finally:
+            if pooled_cache is not None:
+                pooled_cache.close()
