@@ -206,6 +206,7 @@ def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: lis
                                              collate_fn=collate, persistent_workers=False)
         net.train()
         total, seen = 0.0, 0
+        t_epoch = time.perf_counter()
         it = iter(loader)
         for global_n, micro in shard.plan:
             opt.zero_grad()
@@ -227,10 +228,12 @@ def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: lis
             opt.step()
             steps += 1
         train_loss = _global_mean(acc, total, seen)
+        t_train = time.perf_counter() - t_epoch
         net.eval()
         pred = _predict(acc, net, vdata, pre, rank, world, method.batch_size)
         report = _metrics(pred, val_set, va_idx)
-        report = {"epoch": epoch, "train_loss": train_loss, **report}
+        report = {"epoch": epoch, "train_loss": train_loss, **report, "train_seconds": round(t_train, 3),
+                  "val_seconds": round(time.perf_counter() - t_epoch - t_train, 3)}
         rows.append(report)
         say(f"epoch {epoch}: train EMD {train_loss:.4f}, val EMD {report['emd']:.4f}, "
             f"SRCC {report['srcc']:.3f}")
