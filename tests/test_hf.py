@@ -130,3 +130,15 @@ def test_local_models_at_one_path_do_not_share_cache_ids(tmp_path):
     first = HFVisionLanguageEncoder(str(d)).id
     save_random_clip(d, seed=2)
     assert HFVisionLanguageEncoder(str(d)).id != first
+
+
+def test_changing_precision_recomputes_text_features(tiny_clip_dir):
+    """Text embeddings held by a model are dropped when configure() changes
+    its precision: afterwards they equal a fresh model's at that precision."""
+    texts = ["good image", "bad image"]
+    m = photocritic.zoo.zero_shot(str(tiny_clip_dir)).configure(precision="fp32")
+    fp32 = m.text_embeddings(texts)
+    m.configure(precision="bf16")
+    fresh = photocritic.zoo.zero_shot(str(tiny_clip_dir)).configure(precision="bf16").text_embeddings(texts)
+    np.testing.assert_array_equal(m.text_embeddings(texts), fresh)
+    assert not np.array_equal(fresh, fp32)  # bf16 rounding: the test would see stale fp32 features

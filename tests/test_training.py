@@ -323,6 +323,31 @@ def test_version_1_lite_still_loads(tmp_path):
     np.testing.assert_allclose(lite.score_map(r), 1 + 9 / (1 + np.exp(-(r - 0.2) / 0.6)), atol=1e-9)
 
 
+def test_the_first_lite_still_loads_and_scores(shared_images):
+    """The real version-1 `lite` (benchmarks/assets/lite-v1, the untrained
+    prior of the learnability benchmark) scores photos as its saved factors
+    and score map give by hand, on the image.pooled features it extracts."""
+    from safetensors.numpy import load_file
+
+    from photocritic.features import EmbeddingCache
+
+    d = REPO / "benchmarks" / "assets" / "lite-v1"
+    lite = photocritic.load(str(d))
+    assert lite.head.rank == 32 and lite.head.anchor == "mean"
+    paths = sorted(str(p) for p in shared_images.rglob("*.jpg"))[:4]
+    with EmbeddingCache(None) as store:
+        rows, x = lite.embed_paths(paths, store)
+    assert [r.status for r in rows] == ["ok"] * 4 and x.shape == (4, 2912)
+    s = {k: v.astype(np.float64) for k, v in load_file(str(d / "head.safetensors")).items()}
+    v = (x - s["shift"]) / s["scale"]
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    t = v + (v @ s["down.weight"].T) @ s["up.weight"].T + s["up.bias"]
+    r = (t / np.linalg.norm(t, axis=1, keepdims=True)) @ s["anchor"]
+    sm = json.loads((d / "config.json").read_text())["score_map"]
+    np.testing.assert_allclose([row.score for row in rows],
+                               1 + 9 / (1 + np.exp(-(r - sm["center"]) / sm["scale"])), atol=1e-3)
+
+
 def test_save_load_v2_keeps_predictions(tmp_path):
     from photocritic.methods.nima import Nima
     from photocritic.models import Critic
@@ -393,11 +418,22 @@ def test_finetune_resume_is_bit_for_bit(tiny_clip_dir, clip_world, store, tmp_pa
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
                     reason="torchrun is not installed beside this python")
 def test_two_processes_train_the_same_weights(tiny_clip_dir, clip_world, tmp_path):
+    """nima and finetune under torchrun with 2 processes give 1 process's
+    weights. The fine-tune's world has unreadable training images and
+    micro-batches of one image, so a process meets micro-batches with no
+    readable image and must still join the other's gradient all-reduce."""
+    import csv
+
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = {**os.environ, "PHOTOCRITIC_CACHE": str(tmp_path / "c.sqlite"), "OMP_NUM_THREADS": "1"}
+    broken = tmp_path / "broken-world"
+    shutil.copytree(clip_world, broken)
+    train_imgs = [r["path"] for r in csv.DictReader(open(broken / "labels.csv")) if r["split"] == "train"]
+    for rel in train_imgs[:4]:
+        (broken / rel).write_bytes(b"not a JPEG")
     for args in (["nima", "--backbone", str(tiny_clip_dir), "--dataset", str(clip_world), "--epochs", "5",
                   "--batch-size", "8"],
-                 _ft_args(tiny_clip_dir, clip_world, "X", 2)):
+                 _ft_args(tiny_clip_dir, broken, "X", 2) + ["--param", "accumulate=4"]):
         outs = []
         for procs in (1, 2):
             out = tmp_path / f"{args[0]}-{procs}"

@@ -117,10 +117,14 @@ class Critic:
         (``auto``: bf16 where it is fast, else fp32; see :mod:`photocritic.device`)."""
         from .device import resolve_precision, validate_device
 
+        before = (self.device, self.precision)
         if device is not None:
             self.device = validate_device(device)
         if precision is not None:
             self.precision = resolve_precision(precision, self.device)
+        if (self.device, self.precision) != before:  # text features of the old setting are stale
+            self._text_memo.clear()
+            self._feature_memo.clear()
         if self._encoder is not None:
             self._apply_device()
         return self
@@ -350,7 +354,7 @@ class Critic:
     def score(self, inputs, batch_size: int = 32, cache: EmbeddingCache | str | None = None,
               workers: int | None = None, progress: bool = False, decode: str = "auto",
               max_bytes: int | None = None, comments: dict | str | Path | None = None,
-              retrieve: int | None = None, ids: list[str] | None = None):
+              retrieve: int | None = None, ids: list[str] | None = None, bank_from_inputs: bool = False):
         """Score file paths and/or PIL images; returns one
         :class:`~photocritic.pipeline.ScoreRow` per input, in order
         (``float(row)`` is the 1-10 score, NaN where the input failed; a bad
@@ -363,8 +367,9 @@ class Critic:
         never opened). An input without comments gets the status
         ``no_comments``, or, with ``retrieve`` K (default: the model's
         ``--retrieve-comments``), the comments of its K nearest images in
-        the model's comment bank. ``ids``: the inputs' ids, where they are
-        not the file stems."""
+        the model's comment bank — and, with ``bank_from_inputs``, of the
+        inputs of this call that have comments. ``ids``: the inputs' ids,
+        where they are not the file stems."""
         from .data.images import DEFAULT_MAX_BYTES
         from .pipeline import score_inputs
 
@@ -373,7 +378,8 @@ class Critic:
         if isinstance(inputs, (str, Path)) or not hasattr(inputs, "__iter__"):
             inputs = [inputs]
         if self.reads_tokens:
-            return self._score_tokens(inputs, comments, retrieve, cache, ids, batch_size=batch_size,
+            return self._score_tokens(inputs, comments, retrieve, cache, ids, bank_from_inputs,
+                                      batch_size=batch_size,
                                       workers=workers, progress=progress, decode=decode,
                                       max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes)
         if comments is not None:
@@ -395,7 +401,7 @@ class Critic:
                 cache.close()
         return ScoreRows(rows, stats)
 
-    def _score_tokens(self, inputs, comments, retrieve, cache, ids, **kw):
+    def _score_tokens(self, inputs, comments, retrieve, cache, ids, bank_from_inputs=False, **kw):
         from .errors import UsageError
         from .features import token_session
         from .tokeninputs import score_token_model
@@ -420,7 +426,8 @@ class Critic:
         path = cache.path if isinstance(cache, EmbeddingCache) else cache  # None: a temporary store
         pooled = cache if isinstance(cache, EmbeddingCache) else None
         with token_session(path) as (store, _):
-            return score_token_model(self, inputs, comments, store, retrieve, pooled_cache=pooled, ids=ids, **kw)
+            return score_token_model(self, inputs, comments, store, retrieve, pooled_cache=pooled, ids=ids,
+                                     bank_from_inputs=bank_from_inputs, **kw)
 
     def embed_paths(self, paths: list[str], cache: EmbeddingCache, batch_size: int = 32,
                     progress: bool = False, decode: str = "auto", workers: int | None = None,

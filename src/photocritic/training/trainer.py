@@ -212,19 +212,28 @@ def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: lis
             opt.zero_grad()
             for k in range(len(micro)):
                 batch = next(it)
-                if batch is None:
-                    continue
-                pixels, q, idx = batch
+                if batch is None:  # every image of this micro-batch unreadable
+                    if world == 1:
+                        continue
+                    # the other processes all-reduce gradients on this step: join them with a blank
+                    # image weighted 0 (no change to the sum; a skipped backward would hang them)
+                    h, w = pre.output_size
+                    pixels, q = torch.zeros(1, h, w, 3, dtype=torch.uint8), torch.full((1, 10), 0.1)
+                    idx, weight = None, 0.0
+                else:
+                    pixels, q, idx = batch
+                    weight = 1.0
                 x = pre.normalize(pixels).to(acc.device)
                 sync = k == len(micro) - 1
                 ctx = acc.no_sync(net) if not sync and world > 1 else _null()
                 with ctx, acc.autocast():
                     p = net(x)
                     per = emd(p.float(), q.to(acc.device), reduction="none")
-                    loss = per.sum() / global_n * world
+                    loss = per.sum() / global_n * world * weight
                 acc.backward(loss)
-                total += float(per.sum().detach())
-                seen += len(per)
+                if idx is not None:
+                    total += float(per.sum().detach())
+                    seen += len(per)
             opt.step()
             steps += 1
         train_loss = _global_mean(acc, total, seen)
