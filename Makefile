@@ -23,7 +23,7 @@ bench: $(STAMP) sources
 	$(PY) benchmarks/zeroshot.py
 	$(PY) benchmarks/robustness.py
 	$(PY) benchmarks/train.py
-	$(PY) benchmarks/learnability.py --n 2000 --finetune-epochs 6
+	$(PY) benchmarks/learnability.py --n 6000 --finetune-epochs 6
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --key mmlq_shared_attention \
 	  --param shared_self_attention=true

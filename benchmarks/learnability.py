@@ -1,12 +1,19 @@
 """Learnability on the synthetic aesthetic world: held-out SRCC / PLCC /
-accuracy / EMD (with bootstrap CIs) of every trainable method, the shipped
-``lite`` (trained on a world of this generator, so not held out) and
-zero-shot on a tiny random CLIP; ``linear`` on
+accuracy / EMD (with bootstrap CIs) of every trainable method, the
+untrained prior (the first ``lite``, trained on degradation pairs without
+ratings: benchmarks/assets/lite-v1), the shipped ``lite`` (trained on a
+world of this generator, so neither a prior nor held out) and zero-shot on
+a tiny random CLIP; ``linear`` on
 each available backbone side by side (the shape of Hentschel et al.'s
 Table 2).
 
     python benchmarks/learnability.py [--n 2000] [--finetune-epochs 6]
     python benchmarks/learnability.py --part mmlq [--n 2000]
+    python benchmarks/learnability.py --part priors --n 2000
+
+A heads run on a world of another size than the file's keeps the file's
+run under ``heads_n{size}``; ``--part priors`` adds the untrained rows to
+such a kept run.
 
 ``--part mmlq``: MMLQ's modes on the same kind of world (image tokens of
 EfficientNet-Lite0, comment tokens of MiniLM): ``image``, ``comments``,
@@ -41,9 +48,12 @@ from photocritic.evaluation import compute_metrics, json_safe  # noqa: E402
 from photocritic.training.run import train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "learnability.json"
+LITE_V1 = Path(__file__).resolve().parent / "assets" / "lite-v1"
+PRIOR = "lite version 1 (untrained prior: degradation pairs, no ratings)"
 
 
 def evaluate(model, test, store) -> dict:
+    """Held-out metrics; the predictions by test row (NaN where unscored) under "_pred"."""
     rows = model.score(test.image_paths(), cache=store)
     ok = [i for i, r in enumerate(rows) if r.status == "ok"]
     pred = np.array([rows[i].score for i in ok])
@@ -51,7 +61,62 @@ def evaluate(model, test, store) -> dict:
     m = compute_metrics(pred, test.mean[ok], True, dist, test.distribution[ok], n_boot=1000, seed=0)
     keep = {k: m.get(k) for k in ("n", "srcc", "plcc", "accuracy", "emd_r2")}
     keep["ci95"] = m.get("ci95")
-    return json_safe(keep)
+    keep = json_safe(keep)
+    keep["_pred"] = np.full(len(test), np.nan)
+    keep["_pred"][ok] = pred
+    return keep
+
+
+def srcc_gain(pred: np.ndarray, ref: np.ndarray, true: np.ndarray) -> dict:
+    """SRCC of ``pred`` minus SRCC of ``ref`` on the same test images, with a
+    paired bootstrap 95 % CI (both resampled with the same images)."""
+    from photocritic.metrics import bootstrap_ci, srcc
+
+    both = ~(np.isnan(pred) | np.isnan(ref))
+    p, t = np.stack([pred[both], ref[both]], 1), true[both]
+
+    def gain(x, y):
+        return srcc(x[:, 0], y) - srcc(x[:, 1], y)
+
+    lo, hi = bootstrap_ci(gain, p, t, n_boot=1000, seed=0)
+    return {"value": round(float(gain(p, t)), 4), "ci95": [round(lo, 4), round(hi, 4)]}
+
+
+def untrained_rows(tiny_clip: Path) -> list:
+    """(label, model) of the rows trained on no rating of the world: the
+    untrained prior, the shipped lite and zero-shot on the tiny CLIP."""
+    return [(PRIOR, photocritic.load(str(LITE_V1))),
+            ("lite (shipped; trained on this generator's ratings, on these source photos)",
+             photocritic.load("lite")),
+            ("zero-shot (vila prompts)", photocritic.zoo.zero_shot(tiny_clip))]
+
+
+def priors_part(args) -> int:
+    """Only the untrained rows, on the world of --n and --seed, written
+    under heads_n{n}.priors (for a world whose trained rows an earlier run
+    measured)."""
+    import json
+
+    from photocritic.encoders.tiny import save_random_clip
+
+    tmp = Path(tempfile.mkdtemp(prefix="pc-learn-priors-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    world = synthesize(tmp / "world", args.n, seed=args.seed, sources=find_sources(), min_sources=30)
+    test = load_dataset(tmp / "world").split("test")[0]
+    rows = []
+    for label, model in untrained_rows(save_random_clip(tmp / "tiny-clip", size="tiny", kind="clip")):
+        m = evaluate(model, test, tmp / "features.sqlite")
+        m.pop("_pred")
+        rows.append({"method": label, **m})
+        print(f"{label:<40} SRCC {m['srcc']:.3f} PLCC {m['plcc']:.3f} acc {m['accuracy']:.3f}")
+    results_file = Path(args.results)
+    data = json.loads(results_file.read_text()) if results_file.exists() else {}
+    data.setdefault(f"heads_n{args.n}", {})["priors"] = {
+        "date": time.strftime("%Y-%m-%d"), "seed": args.seed, "test_images": len(test),
+        "world": {k: world[k] for k in ("images", "sources", "splits")}, "results": rows}
+    results_file.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {results_file} (heads_n{args.n}.priors)")
+    return 0
 
 
 def main() -> int:
@@ -61,7 +126,8 @@ def main() -> int:
     ap.add_argument("--finetune-epochs", type=int, default=6,
                     help="a cap for the CPU budget (the method itself has none)")
     ap.add_argument("--skip-finetune", action="store_true")
-    ap.add_argument("--part", choices=["heads", "mmlq"], default="heads")
+    ap.add_argument("--part", choices=["heads", "mmlq", "priors"], default="heads",
+                    help="priors: only the untrained rows, kept under heads_n{N}")
     ap.add_argument("--retrieve", type=int, default=3, help="--part mmlq: comments of K nearest images")
     ap.add_argument("--param", action="append", default=[], help="--part mmlq: MMLQ NAME=VALUE")
     ap.add_argument("--key", default="mmlq", help="--part mmlq: where in the results file")
@@ -70,6 +136,8 @@ def main() -> int:
     print(machine_line())
     if args.part == "mmlq":
         return mmlq_part(args)
+    if args.part == "priors":
+        return priors_part(args)
     tmp = Path(tempfile.mkdtemp(prefix="pc-learn-"))
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     sources = find_sources()
@@ -94,7 +162,7 @@ def main() -> int:
     runs += [("linear", str(tiny_clip), {}), ("linear", str(tiny_siglip), {})]
     if not args.skip_finetune:
         runs.append(("finetune", "efficientnet-lite0", {"epochs": args.finetune_epochs, "batch_size": 64}))
-    results = []
+    results, preds = [], {}
     for label, backbone, params in runs:
         method = label.split(" ")[0]
         out = tmp / f"m{len(results)}"
@@ -104,6 +172,7 @@ def main() -> int:
         secs = time.perf_counter() - t1
         model = photocritic.load(str(out))
         m = evaluate(model, test, store)
+        preds[label, backbone] = m.pop("_pred")
         name = {str(tiny_clip): "tiny random CLIP", str(tiny_siglip): "tiny random SigLIP"}.get(backbone, backbone)
         row = {"method": label, "backbone": name, "train_seconds": round(secs, 1), **m,
                "notes": res.notes, "best_epoch": res.metrics.get("best_epoch") or
@@ -111,33 +180,83 @@ def main() -> int:
         results.append(row)
         print(f"{label:<40} {name:<20} SRCC {m['srcc']:.3f} PLCC {m['plcc']:.3f} acc {m['accuracy']:.3f}"
               + (f" EMD {m['emd_r2']:.4f}" if m.get("emd_r2") is not None else "") + f"  ({secs:.0f} s)")
-    # the shipped lite was trained (configs/lite.yaml) on a world of this generator, on the same
-    # source photos: its row is not held out, unlike every trained row here
-    for label, model in (("lite (shipped; trained on these source photos)", photocritic.load("lite")),
-                         ("zero-shot (vila prompts)", photocritic.zoo.zero_shot(tiny_clip))):
+    # the untrained prior: the first lite (version 1), a VILA-R head trained on self-supervised
+    # degradation pairs of 13 real photos, no ratings (benchmarks/assets/lite-v1). The shipped lite
+    # (configs/lite.yaml) is trained on this generator's ratings, inside each photo, on the same
+    # source photos: its row is neither a prior nor held out
+    for label, model in untrained_rows(tiny_clip):
         m = evaluate(model, test, store)
+        preds[label, None] = m.pop("_pred")
         results.append({"method": label, "backbone": "efficientnet-lite0" if "lite" in label else
                         "tiny random CLIP", **m})
         print(f"{label:<40} {results[-1]['backbone']:<20} SRCC {m['srcc']:.3f} PLCC {m['plcc']:.3f} "
               f"acc {m['accuracy']:.3f}")
-    lite = next(r for r in results if r["method"].startswith("lite"))
+    prior = next(r for r in results if r["method"] == PRIOR)
+    shipped = next(r for r in results if r["method"].startswith("lite (shipped"))
     trained = [r for r in results if r["backbone"] == "efficientnet-lite0" and not r["method"].startswith("lite")]
-    checks = {"every trained method beats lite": {r["method"]: r["srcc"] > lite["srcc"] for r in trained}}
+    for r, (key, p) in zip(results, preds.items()):  # paired: the same test images, the same resamples
+        if key[0] != PRIOR:
+            r["srcc_minus_prior"] = srcc_gain(p, preds[PRIOR, None], test.mean)
+    checks = {"every trained method beats the untrained lite prior (version 1)":
+              {r["method"]: r["srcc"] > prior["srcc"] for r in trained},
+              "beats the shipped lite (not held out; for information)":
+              {r["method"]: r["srcc"] > shipped["srcc"] for r in trained}}
     ft = next((r for r in results if r["method"] == "finetune"), None)
     lin = next(r for r in results if r["method"] == "linear" and r["backbone"] == "efficientnet-lite0")
     if ft:
         checks["finetune beats linear"] = ft["srcc"] > lin["srcc"]
+        ft["srcc_minus_linear"] = srcc_gain(preds["finetune", "efficientnet-lite0"],
+                                            preds["linear", "efficientnet-lite0"], test.mean)
     print(checks)
     import json
 
-    kept = {}  # the mmlq part, written by --part mmlq, stays
-    if RESULTS.exists():
-        kept = {k: v for k, v in json.loads(RESULTS.read_text()).items() if k.startswith("mmlq")}
-    write_results(RESULTS, world={k: world[k] for k in ("images", "sources", "splits")}, seed=args.seed,
+    results_file = Path(args.results)
+    kept = {}  # the mmlq part (written by --part mmlq) and earlier worlds' runs stay
+    if results_file.exists():
+        old = json.loads(results_file.read_text())
+        kept = {k: v for k, v in old.items() if k.startswith(("mmlq", "heads_n"))}
+        size = old.get("world", {}).get("images")
+        if size and size != world["images"]:  # a run on a world of another size: kept under its size
+            kept[f"heads_n{size}"] = {k: old[k] for k in ("cpu_model", "date", "world", "seed", "test_images",
+                                                         "results", "checks", "finetune_epoch_cap") if k in old}
+    write_results(results_file, world={k: world[k] for k in ("images", "sources", "splits")}, seed=args.seed,
                   test_images=len(test), results=results, checks=checks,
                   finetune_epoch_cap=None if args.skip_finetune else args.finetune_epochs, **kept)
-    print(f"wrote {RESULTS}")
+    print(f"wrote {results_file}")
     return 0
+
+
+def sibling_retrieval(results, preds, models, test, comments_all, store) -> dict:
+    """The retrieval models when the bank also holds the test images that
+    have comments (every other test image): the rest, scored with comments
+    retrieved from the training bank and from those (`score
+    --retrieve-from-inputs`), against `image` on the same images. Other
+    edits of an unseen photo then have comments, as other frames of a new
+    shoot might; the model was trained on none of these photos."""
+    given_ids = set(test.ids[::2])
+    given = {k: v for k, v in comments_all.items() if Path(k).stem in given_ids}
+    query = np.arange(1, len(test), 2)
+    true = test.mean[query]
+    image = preds[0][query]
+    out = {}
+    for r in results:
+        if "retrieved" not in r["mode"]:
+            continue
+        rows = models[r["mode"]].score(test.image_paths(), cache=str(store), ids=list(test.ids), comments=given,
+                                       bank_from_inputs=True)
+        p = np.array([row.score if row.status == "ok" else np.nan for row in rows])[query]
+        ok = ~np.isnan(p)
+        m = compute_metrics(p[ok], true[ok], True, n_boot=1000, seed=0)
+        src = [s for srcs in rows.retrieved.values() for s in srcs]
+        out[r["mode"]] = json_safe({
+            "n": int(ok.sum()), "srcc": m["srcc"], "plcc": m["plcc"], "ci95": m.get("ci95"),
+            "image_srcc": compute_metrics(image[ok], true[ok], True, n_boot=0)["srcc"],
+            "srcc_minus_image": srcc_gain(p, image, true),
+            "sources_from_test_images": round(sum(s in given_ids for s in src) / max(len(src), 1), 3)})
+        print(f"{r['mode']:<36} bank + commented test images: SRCC {m['srcc']:.3f} on {ok.sum()} images, "
+              f"minus image's: {out[r['mode']]['srcc_minus_image']}")
+    return {"protocol": "test images with comments: every other one (their comments join the bank); "
+                        "scored: the others, every one with retrieved comments only", "results": out}
 
 
 def mmlq_part(args) -> int:
@@ -164,20 +283,28 @@ def mmlq_part(args) -> int:
             ("comments", {"inputs": "comments"}, "all"),
             ("image+comments", {"inputs": "image+comments"}, "all"),
             (f"image + retrieved comments (k={args.retrieve})",
-             {"inputs": "image+comments", "retrieve_comments": args.retrieve}, "half")]
+             {"inputs": "image+comments", "retrieve_comments": args.retrieve}, "half"),
+            # training images retrieve only from other source photos, as the unseen test photos must
+            (f"image + retrieved comments (k={args.retrieve}, group_by source)",
+             {"inputs": "image+comments", "retrieve_comments": args.retrieve, "group_by": "source"}, "half")]
     files = {"all": str(tmp / "world" / "comments.json"), "half": str(tmp / "half.json")}
-    results = []
+    results, preds, models = [], [], {}
     for label, opts, which in runs:
         out = tmp / f"q{len(results)}"
         t1 = time.perf_counter()
-        res = train({**common, "params": {**params, **opts}, "comments": files.get(which), "output": str(out)},
-                    log=lambda m: None)
+        opts = dict(opts)
+        group_by = opts.pop("group_by", None)
+        res = train({**common, "params": {**params, **opts}, "comments": files.get(which), "output": str(out),
+                     "group_by": group_by}, log=lambda m: None)
         secs = time.perf_counter() - t1
         model = photocritic.load(str(out))
+        models[label] = model
         # test images: their own comments, except in the retrieval row (every one retrieved)
         rows = model.score(test.image_paths(), cache=str(store), ids=list(test.ids),
                            comments=comments_all if which == "all" else ({} if which else None))
         ok = [i for i, r in enumerate(rows) if r.status == "ok"]
+        preds.append(np.full(len(test), np.nan))
+        preds[-1][ok] = [rows[i].score for i in ok]
         m = compute_metrics(np.array([rows[i].score for i in ok]), test.mean[ok], True,
                             np.array([rows[i].distribution for i in ok]), test.distribution[ok], n_boot=1000, seed=0)
         row = json_safe({"mode": label, "train_seconds": round(secs, 1),
@@ -190,11 +317,17 @@ def mmlq_part(args) -> int:
         results.append(row)
         print(f"{label:<36} SRCC {m['srcc']:.3f} PLCC {m['plcc']:.3f} acc {m['accuracy']:.3f} "
               f"EMD {m['emd_r2']:.4f}  ({secs:.0f} s)")
+    for r, p in zip(results[1:], preds[1:]):  # paired against the image-only row, the same resamples
+        r["srcc_minus_image"] = srcc_gain(p, preds[0], test.mean)
+        print(f"{r['mode']:<36} SRCC minus image's: {r['srcc_minus_image']}")
+    siblings = sibling_retrieval(results, preds, models, test, comments_all, store)
     srcc = {r["mode"]: r["srcc"] for r in results}
-    ret = results[-1]["mode"]
     checks = {"image+comments beats image": srcc["image+comments"] > srcc["image"],
               "image+comments beats comments": srcc["image+comments"] > srcc["comments"],
-              "image + retrieved comments beats image": srcc[ret] > srcc["image"]}
+              **{f"{r['mode'].replace('comments (', 'comments beats image (')}": r["srcc"] > srcc["image"]
+                 for r in results if "retrieved" in r["mode"]},
+              **{f"{mode.replace('comments (', 'comments beats image (')}, bank with the commented test "
+                 f"images": v["srcc_minus_image"]["value"] > 0 for mode, v in siblings["results"].items()}}
     print(checks)
     from photocritic.device import cpu_info
 
@@ -203,7 +336,8 @@ def mmlq_part(args) -> int:
     data[args.key] = {"cpu": cpu_info()["cpu_model"], "date": time.strftime("%Y-%m-%d"), "seed": args.seed,
                     "params": params,
                     "world": {k: world[k] for k in ("images", "sources", "splits")}, "test_images": len(test),
-                    "text_encoder": "minilm", "backbone": "efficientnet-lite0", "results": results, "checks": checks}
+                    "text_encoder": "minilm", "backbone": "efficientnet-lite0", "results": results,
+                    "retrieval_with_commented_test_images": siblings, "checks": checks}
     results_file.write_text(json.dumps(data, indent=2) + "\n")
     print(f"wrote {results_file} ({args.key})")
     return 0

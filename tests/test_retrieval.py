@@ -3,6 +3,7 @@ and scored with retrieved comments, `photocritic critique --retrieve`."""
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -63,6 +64,34 @@ def test_bank_retrieves_neighbours_comments_never_its_own(tmp_path):
     again = CommentBank.load(tmp_path)
     assert again.ids == bank.ids and again.comments == bank.comments
     assert again.retrieve(np.array([[0, 1]], np.float32), 1)[0].sources == ["c"]
+    # extended: new images join; an id already in the bank takes the new vector and comments
+    more = bank.extended(["c", "e"], np.array([[-1, 0.1], [0.6, 0.8]], np.float32), {"c": ["C2"], "e": ["E"]})
+    assert sorted(more.ids) == ["a", "b", "c", "d", "e"] and more.comments["c"] == ["C2"]
+    assert more.retrieve(np.array([[0, 1]], np.float32), 1)[0].sources == ["e"]
+    assert more.retrieve(np.array([[-1, 0.1]], np.float32), 1)[0].sources == ["c"]
+    assert len(bank) == 4 and bank.comments["c"] == ["C"]  # the model's bank is unchanged
+
+
+def test_grouped_retrieval_equals_masked_brute_force():
+    """With groups, an image's neighbours are the brute-force cosine top-k
+    over the bank images of other groups only (its own id left out too)."""
+    rng = np.random.default_rng(3)
+    vecs = rng.normal(size=(300, 8)).astype(np.float32)
+    ids = [f"i{j}" for j in range(300)]
+    groups = {i: j % 7 for j, i in enumerate(ids)}  # 7 groups of about 43
+    bank = CommentBank(ids, vecs, {i: [i.upper()] for i in ids})
+    q = np.arange(0, 300, 13)
+    got = bank.retrieve(vecs[q], 5, query_ids=[ids[j] for j in q], query_groups=[groups[ids[j]] for j in q],
+                        groups=groups)
+    unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    for r, j in enumerate(q):
+        sims = unit @ unit[j]
+        sims[[m for m in range(300) if groups[ids[m]] == groups[ids[j]]]] = -np.inf
+        want = [ids[m] for m in np.argsort(-sims, kind="stable")[:5]]
+        assert got[r].sources == want
+        assert got[r].comments == [w.upper() for w in want]
+    with pytest.raises(ValueError):
+        bank.retrieve(vecs[:1], 2, query_groups=[0])
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +112,12 @@ def test_mmlq_with_retrieved_comments_trains_scores_and_critiques(world, store, 
     out = tmp_path / "m"
     assert main(["train", "mmlq", "--backbone", "efficientnet-lite0", "--dataset", str(world), "--split", "train",
                  "--val-split", "val", "--comments", str(comments), "--text-encoder", str(tiny_text),
-                 "--retrieve-comments", "2", "--epochs", "2", "--param", "width=16", "--param", "heads=2",
-                 "--output", str(out), "--cache", str(store), "-q", "--precision", "fp32"]) == 0
+                 "--retrieve-comments", "2", "--group-by", "source", "--epochs", "2", "--param", "width=16",
+                 "--param", "heads=2", "--output", str(out), "--cache", str(store), "-q", "--precision",
+                 "fp32"]) == 0
     err = capsys.readouterr().err
     m = json.loads((out / "metrics.json").read_text())
+    assert "group_by source: images retrieve comments only from images of other groups" in m["notes"]
     bank = json.loads((out / "config.json").read_text())
     assert bank["method"]["params"]["retrieve_comments"] == 2
     t = m["train_images"]
@@ -99,6 +130,20 @@ def test_mmlq_with_retrieved_comments_trains_scores_and_critiques(world, store, 
     test_imgs = sorted(str(p) for p in (world / "images").glob("*.jpg"))[:6]
     rows = model.score(test_imgs, cache=str(store))
     assert all(r.status == "ok" and 1 <= r.score <= 10 for r in rows), [r.error for r in rows]
+    # --retrieve-from-inputs: a scored image with comments joins the bank; a copy of the first test
+    # image under another name is then the first image's nearest neighbour (similarity 1)
+    shutil.copy(test_imgs[0], tmp_path / "twin.jpg")
+    both = [test_imgs[0], str(tmp_path / "twin.jpg")]
+    plain = model.score(both, cache=str(store), comments={"twin": ["the twin's comment"]})
+    joined = model.score(both, cache=str(store), comments={"twin": ["the twin's comment"]}, bank_from_inputs=True)
+    assert "twin" not in plain.retrieved[test_imgs[0]] and joined.retrieved[test_imgs[0]][0] == "twin"
+    assert list(joined.retrieved) == [test_imgs[0]]  # the twin has comments of its own
+    (tmp_path / "twin.json").write_text(json.dumps({"twin.jpg": ["the twin's comment"]}))
+    assert main(["score", *both, "--model", str(out), "--comments", str(tmp_path / "twin.json"),
+                 "--retrieve-from-inputs", "--cache", str(store), "-q", "--output",
+                 str(tmp_path / "twin.csv")]) == 0
+    assert main(["score", *both, "--model", str(out), "--retrieve-from-inputs", "-q"]) == 2
+    assert "pass --comments" in capsys.readouterr().err
     # critique prints the retrieved comments, their sources and similarities
     capsys.readouterr()
     assert main(["critique", *test_imgs[:2], "--model", str(out), "--retrieve", "3", "--cache", str(store),

@@ -152,6 +152,11 @@ def _cmd_score(args) -> int:
     if comments is None and critic.reads_tokens and critic.encoder_spec is None:
         raise UsageError(f"model {critic.name} reads only comments: pass --comments PATH")
     extra = {"comments": comments} if comments is not None else {}
+    if args.retrieve_from_inputs:
+        if comments is None:
+            raise UsageError("--retrieve-from-inputs retrieves from the inputs' comments: pass --comments PATH")
+        critic.comment_bank  # noqa: B018 - a clear error for a model without one
+        extra["bank_from_inputs"] = True
     cache = _open_cache(args)
     try:
         rows = critic.score(paths, batch_size=args.batch_size, cache=cache, workers=args.workers,
@@ -763,6 +768,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="user comments, for models that read them (mmlq): an image's id is its file "
                          "name without extension; a comments-only model takes ids (none: every id "
                          "in PATH) and opens no image")
+    sc.add_argument("--retrieve-from-inputs", action="store_true",
+                    help="mmlq --retrieve-comments models: an image without comments also retrieves from "
+                         "the images scored here that have comments (other frames of a shoot, say)")
     _add_run_options(sc)
     sc.set_defaults(func=_cmd_score)
 
@@ -886,8 +894,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--ridge", help="linear: ridge penalty alpha, or 'auto' (chosen on validation)")
     tr.add_argument("--no-anchor", action="store_true", help="vila-r: learn the anchor w_p")
     tr.add_argument("--no-residual", action="store_true", help="vila-r: v~ = normalize(v H), no + v")
-    tr.add_argument("--group-by", metavar="COLUMN", help="vila-r: rank pairs only within groups named by "
-                                                         "this column of a labels .csv (e.g. source)")
+    tr.add_argument("--group-by", metavar="COLUMN", help="a column of a labels .csv naming groups (e.g. "
+                                                         "source): vila-r ranks pairs only within a group; "
+                                                         "mmlq --retrieve-comments retrieves only from "
+                                                         "other groups")
     tr.add_argument("--comments", help="mmlq: user comments (DPC-style .json, Karpathy-style .json, "
                                        ".jsonl, or a folder of <id>.txt)")
     tr.add_argument("--inputs", choices=["image+comments", "image", "comments"],

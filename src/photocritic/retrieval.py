@@ -135,21 +135,44 @@ class CommentBank:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def retrieve(self, queries: np.ndarray, k: int, query_ids: list[str] | None = None) -> list[Retrieved]:
+    def retrieve(self, queries: np.ndarray, k: int, query_ids: list[str] | None = None,
+                 query_groups: list | None = None, groups: dict | None = None) -> list[Retrieved]:
         """The comments of the ``k`` nearest bank images of each query (its
-        own id, when in the bank, left out)."""
+        own id, when in the bank, left out). With ``query_groups`` and
+        ``groups`` (bank id -> group), bank images of the query's own group
+        are left out too: training images then retrieve as unseen ones do
+        (``train --group-by``: no comments from other edits of one photo)."""
         if k < 1:
             raise UsageError(f"retrieve k must be at least 1, not {k}")
         extra = 1 if query_ids is not None else 0
+        if query_groups is not None:
+            if groups is None:
+                raise ValueError("query_groups needs the bank's groups")
+            sizes: dict = {}
+            for i in self.ids:
+                sizes[groups[i]] = sizes.get(groups[i], 0) + 1
+            extra = max(sizes.values(), default=0) + extra
         sims, idx = self.index.search(queries, k + extra)
         out = []
         for r in range(len(sims)):
             own = query_ids[r] if query_ids is not None else None
-            pairs = [(int(j), float(s)) for j, s in zip(idx[r], sims[r]) if j >= 0 and self.ids[j] != own][:k]
+            group = query_groups[r] if query_groups is not None else None
+            pairs = [(int(j), float(s)) for j, s in zip(idx[r], sims[r]) if j >= 0 and self.ids[j] != own
+                     and (group is None or groups[self.ids[j]] != group)][:k]
             sources = [self.ids[j] for j, _ in pairs]
             out.append(Retrieved(sources, [s for _, s in pairs],
                                  [c for src in sources for c in self.comments[src]]))
         return out
+
+    def extended(self, ids: list[str], vectors: np.ndarray, comments: dict[str, list[str]]) -> "CommentBank":
+        """A new bank holding this one's images and ``ids`` (whose entries
+        replace this bank's under the same id), searched the same way."""
+        new = set(ids)
+        keep = [j for j, i in enumerate(self.ids) if i not in new]
+        old = self.index.vectors[keep].astype(np.float32)
+        vecs = np.concatenate([old, np.asarray(vectors, np.float32).reshape(len(ids), -1)])
+        both = {**{self.ids[j]: self.comments[self.ids[j]] for j in keep}, **{i: comments[i] for i in ids}}
+        return CommentBank([self.ids[j] for j in keep] + list(ids), vecs, both)
 
     # -- persistence -----------------------------------------------------
     def save(self, directory: Path, half: bool = True) -> Path:

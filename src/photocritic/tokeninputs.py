@@ -46,8 +46,11 @@ class TokenInputs:
 
 def gather_token_inputs(method, ids: list[str], paths: list[str] | None, *, critic=None, encoder=None,
                         comments: dict | None = None, store=None, bank=None, retrieve_k: int = 0,
-                        pooled_cache=None, score_kw: dict | None = None) -> TokenInputs:
-    """Everything ``method`` reads for each (id, path), from (and into) ``store``."""
+                        pooled_cache=None, score_kw: dict | None = None, groups: dict | None = None
+                        ) -> TokenInputs:
+    """Everything ``method`` reads for each (id, path), from (and into) ``store``.
+    ``groups`` (id -> group, covering ``ids`` and the bank): an image
+    retrieves no comments from bank images of its own group."""
     from .textviews import comment_tokens
 
     score_kw = dict(score_kw or {})
@@ -81,7 +84,9 @@ def gather_token_inputs(method, ids: list[str], paths: list[str] | None, *, crit
                 if r.status != "ok":
                     problems[k] = (r.status, r.error)
             if ok:
-                found = bank.retrieve(np.asarray(vecs), retrieve_k, query_ids=[ids[k] for k, _ in ok])
+                found = bank.retrieve(np.asarray(vecs), retrieve_k, query_ids=[ids[k] for k, _ in ok],
+                                      query_groups=None if groups is None else [groups[ids[k]] for k, _ in ok],
+                                      groups=groups)
                 for (k, _), got in zip(ok, found):
                     retrieved[k] = got
                     texts[k] = got.comments
@@ -138,9 +143,34 @@ def describe(report: dict, name: str = "") -> list[str]:
     return lines
 
 
+def inputs_bank(critic, bank, inputs: list[str], ids: list[str], comments: dict, pooled_cache, score_kw):
+    """``bank`` extended with the inputs that have comments (their
+    ``image.pooled`` embeddings): the comment-less inputs then retrieve from
+    the model's training images and from each other's commented ones."""
+    from .features import EmbeddingCache
+
+    have = [j for j, i in enumerate(ids) if clean_comments(comments.get(i))]
+    if not have:
+        return bank
+    cache = EmbeddingCache(None) if pooled_cache is None else pooled_cache
+    try:
+        rows, vecs = critic.with_view("image.pooled").embed_paths([inputs[j] for j in have], cache, **score_kw)
+    finally:
+        if cache is not pooled_cache:
+            cache.close()
+    ok = [ids[j] for j, r in zip(have, rows) if r.status == "ok"]
+    if not ok:
+        return bank
+    return bank.extended(ok, np.asarray(vecs), {i: clean_comments(comments[i]) for i in ok})
+
+
 def score_token_model(critic, inputs, comments: dict | None, store, retrieve_k: int | None = None,
-                      pooled_cache=None, ids: list[str] | None = None, **score_kw):
-    """Rows (as :meth:`Critic.score` returns) of a token-view model."""
+                      pooled_cache=None, ids: list[str] | None = None, bank_from_inputs: bool = False,
+                      **score_kw):
+    """Rows (as :meth:`Critic.score` returns) of a token-view model; with
+    ``bank_from_inputs``, inputs without comments also retrieve from the
+    inputs that have some (see :func:`inputs_bank`). ``rows.retrieved``:
+    input -> the ids its comments were retrieved from."""
     from .models import ScoreRows
     from .pipeline import RunStats, ScoreRow, fill_rows
 
@@ -150,9 +180,12 @@ def score_token_model(critic, inputs, comments: dict | None, store, retrieve_k: 
         raise ValueError(f"{len(ids)} ids for {len(inputs)} inputs")
     method = critic.head
     k = getattr(method, "retrieve_comments", 0) if retrieve_k is None else retrieve_k
+    bank = critic.comment_bank if k else None
+    if bank is not None and bank_from_inputs and comments:
+        bank = inputs_bank(critic, bank, inputs, ids, comments, pooled_cache, score_kw)
     got = gather_token_inputs(method, ids, inputs, critic=critic if critic.encoder_spec else None,
                               encoder=critic.text_encoder if "text.tokens" in method.requires else None,
-                              comments=comments, store=store, bank=critic.comment_bank if k else None,
+                              comments=comments, store=store, bank=bank,
                               retrieve_k=k, pooled_cache=pooled_cache, score_kw=score_kw)
     rows = [ScoreRow(path=x) for x in inputs]
     stats = RunStats(total=len(rows))
@@ -172,4 +205,5 @@ def score_token_model(critic, inputs, comments: dict | None, store, retrieve_k: 
     stats.computed = stats.scored - stats.cached
     out = ScoreRows(rows, stats)
     out.report = got.report
+    out.retrieved = {inputs[pos]: r.sources for pos, r in got.retrieved.items()}
     return out

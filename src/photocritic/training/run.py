@@ -298,11 +298,12 @@ def train(options: dict, config_file: str | None = None, log=None) -> TrainResul
     if lacking:
         raise ViewError(f"method {method.name} needs the view {', '.join(lacking)}, which backbone "
                         f"{cfg['backbone']} does not provide (it has {', '.join(sorted(views))})")
-    if cfg["group_by"]:
+    if cfg["group_by"] and not getattr(method, "retrieve_comments", 0):  # MMLQ: retrieval from other groups
         import inspect
 
         if "groups" not in inspect.signature(method.fit).parameters:
-            raise UsageError(f"group_by applies to ranking methods (vila-r), not {method.name}")
+            raise UsageError(f"group_by applies to ranking methods (vila-r) and to MMLQ with "
+                             f"--retrieve-comments, not {method.name}")
     output = Path(cfg["output"]).expanduser()
     prepare_output(output, cfg["overwrite"], cfg["resume"], clear=False)
     train_set, val_set, val_how = load_splits(cfg, log, needs_images=reads_images)
@@ -353,7 +354,7 @@ def _fit_and_save(cfg, spec, method, train_set, output, notes, log, val_how, tr,
     fit_kw = {}
     ids_t, ids_v = info_t.pop("ids"), info_v.pop("ids")
     groups_v = None
-    if cfg["group_by"]:
+    if cfg["group_by"] and not getattr(method, "retrieve_comments", 0):  # MMLQ: groups shape retrieval only
         fit_kw["groups"] = label_column(cfg["dataset"], cfg["group_by"], ids_t)
         groups_v = label_column(cfg["dataset"], cfg["group_by"], ids_v)
         method.monitor = ("group_srcc", False)  # the best epoch ranks best inside groups

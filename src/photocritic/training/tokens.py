@@ -31,7 +31,8 @@ def load_comments(cfg: dict, log) -> dict[str, list[str]]:
 
 
 def token_features(cfg: dict, method: Method, ds, store, log, critic=None, encoder=None,
-                   comments: dict | None = None, bank=None, pooled_cache=None) -> tuple[dict, Targets, dict]:
+                   comments: dict | None = None, bank=None, pooled_cache=None,
+                   groups: dict | None = None) -> tuple[dict, Targets, dict]:
     """The token views ``method`` requires for the images of ``ds``, as
     lists of memory-mapped (T_i, C) arrays in one row order, the targets of
     those rows, and counts: images left out for missing comments, missing
@@ -42,7 +43,7 @@ def token_features(cfg: dict, method: Method, ds, store, log, critic=None, encod
     k = getattr(method, "retrieve_comments", 0)
     got = gather_token_inputs(method, list(ds.ids), ds.image_paths() if critic is not None else None,
                               critic=critic, encoder=encoder, comments=comments, store=store, bank=bank,
-                              retrieve_k=k if bank is not None else 0, pooled_cache=pooled_cache,
+                              retrieve_k=k if bank is not None else 0, pooled_cache=pooled_cache, groups=groups,
                               score_kw=dict(batch_size=cfg["extract_batch_size"], progress=not cfg["quiet"],
                                             decode=cfg["decode"], workers=cfg["workers"]))
     for line in describe(got.report, ds.name):
@@ -122,12 +123,21 @@ def train_on_tokens(cfg: dict, spec: dict | None, method: Method, train_set, val
         try:
             # under torchrun the main process extracts first; the others then read the store
             with acc.main_process_first() if acc is not None else contextlib.nullcontext():
+                groups = None
                 if k:
                     bank = build_bank(cfg, critic, train_set, comments, pooled_cache, log)
+                    if cfg["group_by"]:  # training images retrieve as unseen images will: from other groups
+                        from .run import label_column
+
+                        both = list(train_set.ids) + list(val_set.ids)
+                        groups = dict(zip(both, label_column(cfg["dataset"], cfg["group_by"], both).tolist()))
+                        notes.append(f"group_by {cfg['group_by']}: images retrieve comments only from images "
+                                     f"of other groups")
+                        log(notes[-1])
                 tr = token_features(cfg, method, train_set, store, log, critic, encoder, comments, bank,
-                                    pooled_cache)
+                                    pooled_cache, groups)
                 va = token_features(cfg, method, val_set, store, log, critic, encoder, comments, bank,
-                                    pooled_cache)
+                                    pooled_cache, groups)
             return _fit_and_save(cfg, spec, method, train_set, output, notes, log, val_how, tr, va, bank=bank,
                                  main=acc is None or acc.is_main_process)
         finally:
