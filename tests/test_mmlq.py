@@ -161,6 +161,10 @@ def test_comments_only_trains_with_no_image_anywhere(comment_world, tiny_text, t
     pred = {r["image_id"]: float(r["predicted"]) for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv"))}
     for r in direct:
         assert abs(float(got[r.path]["score"]) - r.score) < 1e-4 and abs(pred[r.path] - r.score) < 1e-4
+    # scored from the store that training filled: every comment set comes from it
+    assert main(["score", *val_ids, "--model", str(tmp_path / "m"), "--comments",
+                 str(comment_world / "comments.json"), "--cache", str(tmp_path / "f.sqlite"), "-q"]) == 0
+    assert "30 scored (30 from cache, 0 computed)" in capsys.readouterr().err
     # the model reads comments: scoring without them is a usage error
     assert main(["score", *val_ids, "--model", str(tmp_path / "m"), "-q"]) == 2
     # MMLQ with image inputs still needs a backbone

@@ -36,12 +36,14 @@ class CommentReport:
     with_comments: int = 0
     without_comments: list[str] = field(default_factory=list)  # ids with none (or only blank ones)
     truncated: int = 0  # comment sets cut to the token limit
-    computed: int = 0
-    from_store: int = 0
+    computed: int = 0  # distinct comment sets encoded now
+    from_store: int = 0  # distinct comment sets read from the store
+    images_from_store: int = 0  # images whose comment set was in the store already
 
     def to_dict(self) -> dict:
         return {"with_comments": self.with_comments, "without_comments": len(self.without_comments),
-                "truncated": self.truncated, "computed": self.computed, "from_store": self.from_store}
+                "truncated": self.truncated, "computed": self.computed, "from_store": self.from_store,
+                "images_from_store": self.images_from_store}
 
 
 def comment_tokens(encoder, comments: dict[str, list[str]], ids: list[str], store: TokenStore,
@@ -83,6 +85,7 @@ def comment_tokens(encoder, comments: dict[str, list[str]], ids: list[str], stor
             progress(len(chunk))
     report.computed = len(todo)
     report.from_store = len(set(hashes.values())) - len(todo)
+    report.images_from_store = sum(1 for h in hashes.values() if h in stored)
     got = store.get_many(sorted(set(hashes.values())), key) if todo else stored
     return {i: got[h] for i, h in hashes.items()}, report
 

@@ -102,6 +102,7 @@ def gather_token_inputs(method, ids: list[str], paths: list[str] | None, *, crit
         text, rep = comment_tokens(encoder, keyed, list(keyed), store, getattr(method, "max_tokens", None))
         report["comment_sets"] = {k: v for k, v in rep.to_dict().items()
                                   if k in ("truncated", "computed", "from_store")}
+        report["comments_images_from_store"] = rep.images_from_store
     image = None
     if need_image:
         tokens_critic = critic.with_view("image.tokens")
@@ -201,7 +202,10 @@ def score_token_model(critic, inputs, comments: dict | None, store, retrieve_k: 
             out["distribution"] = pred.distribution
         fill_rows([rows[p] for p in got.keep], out)
     stats.scored = len(got.keep)
-    stats.cached = got.report.get("images_from_cache", 0)
+    if "image.tokens" in method.requires:  # an image counts as cached when its tokens were stored
+        stats.cached = got.report.get("images_from_cache", 0)
+    else:  # comments only: when its comment set's tokens were
+        stats.cached = min(got.report.get("comments_images_from_store", 0), stats.scored)
     stats.computed = stats.scored - stats.cached
     out = ScoreRows(rows, stats)
     out.report = got.report
