@@ -44,7 +44,7 @@ def trained(world, store, tmp_path_factory):
 
 
 #: Test-split SRCC floors on the 300-image, 8-photo world (an untrained head
-#: scores about 0; benchmarks/learnability.py has the 2,000-image table).
+#: scores about 0; benchmarks/learnability.py has the 6,000-image table).
 #: Plain OLS on the 1,280 ImageNet pre-logits of 187 images cannot
 #: generalise (more features than images), so ``linear`` has no floor here.
 FLOORS = {"linear-pooled": 0.3, "nima": 0.15, "mlp": 0.3, "vila-r": 0.35}
