@@ -84,6 +84,24 @@ def test_ridge_auto_picks_alpha_on_validation():
     np.testing.assert_allclose(probe.coef_, ref.coef_, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("n, d, alpha", [(50, 80, 0.0), (400, 30, 3.0), (50, 80, 3.0)])
+def test_ridge_path_both_ways_equals_sklearn(n, d, alpha):
+    """Fewer images than features (the SVD way; OLS is then the minimum-norm
+    solution, as lstsq gives) and many more (the normal equations' way)."""
+    from sklearn.linear_model import LinearRegression, Ridge
+
+    from photocritic.methods.linear import LinearProbe
+
+    rng = np.random.default_rng(d)
+    x = rng.normal(size=(n, d)) * rng.uniform(0.5, 5, d)
+    y = x[:, :3].sum(1) + rng.normal(size=n)
+    probe = LinearProbe(ridge=alpha or None).fit({"image.prelogits": x}, Targets(y))
+    z = (x - probe.mean_) / probe.std_
+    ref = (Ridge(alpha=alpha) if alpha else LinearRegression()).fit(z, y)
+    np.testing.assert_allclose(probe.coef_, ref.coef_, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(probe.predict({"image.prelogits": x}).score, ref.predict(z), rtol=1e-6, atol=1e-8)
+
+
 def _emd_no_cumsum(p, q, r=2):
     return torch.mean(torch.abs(p - q) ** r, dim=-1) ** (1 / r)
 

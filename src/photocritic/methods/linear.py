@@ -35,27 +35,46 @@ class Standardized:
         return np.concatenate([z for _, z in self.chunks()]) if len(self.x) else np.zeros((0, self.shape[1]))
 
 
-def least_squares(z: Standardized, y: np.ndarray, alpha: float = 0.0) -> tuple[np.ndarray, float]:
-    """argmin_w,b |z w + b - y|^2 + alpha |w|^2 on standardised ``z``
-    (whose columns have mean 0, so the intercept is mean(y)).
+class RidgePath:
+    """argmin_w,b |z w + b - y|^2 + alpha |w|^2 on standardised ``z`` (whose
+    columns have mean 0, so the intercept is mean(y)), for any alpha from
+    one decomposition: choosing alpha on validation costs one solve each.
 
-    With many more images than features (or alpha > 0): the d x d normal
-    equations, accumulated chunk by chunk (a 250,000 x 768 fit takes
-    seconds, in flat memory; standardised features keep them well
-    conditioned). Otherwise plain OLS by SVD, which also gives the
-    minimum-norm solution when z is rank-deficient."""
-    n, d = z.shape
-    yc = y - y.mean()
-    if alpha == 0 and n <= 4 * d:
-        zd = z.dense()
-        return np.linalg.lstsq(zd, yc, rcond=None)[0], float(y.mean())
-    gram = np.zeros((d, d))
-    rhs = np.zeros(d)
-    for s, zc in z.chunks():
-        gram += zc.T @ zc
-        rhs += zc.T @ yc[s:s + len(zc)]
-    gram[np.diag_indices_from(gram)] += alpha
-    return np.linalg.lstsq(gram, rhs, rcond=None)[0], float(y.mean())
+    With many more images than features: the d x d normal equations,
+    accumulated chunk by chunk (a 250,000 x 768 fit takes seconds, in flat
+    memory; standardised features keep them well conditioned), then one
+    eigendecomposition. Otherwise the SVD of z. At alpha 0 both give plain
+    OLS, the minimum-norm solution where z is rank-deficient (singular
+    values below lstsq's default cut-off count as zero)."""
+
+    def __init__(self, z: Standardized, y: np.ndarray):
+        n, d = z.shape
+        self.intercept = float(y.mean())
+        yc = y - self.intercept
+        if n <= 4 * d:
+            u, self.s, vt = np.linalg.svd(z.dense(), full_matrices=False)
+            self.basis, self.proj = vt.T, u.T @ yc
+            self.cut = np.finfo(np.float64).eps * max(n, d) * (self.s.max() if len(self.s) else 0.0)
+            self.gram = False
+        else:
+            gram = np.zeros((d, d))
+            rhs = np.zeros(d)
+            for s, zc in z.chunks():
+                gram += zc.T @ zc
+                rhs += zc.T @ yc[s:s + len(zc)]
+            lam, v = np.linalg.eigh(gram)
+            self.s, self.basis, self.proj = np.clip(lam, 0.0, None), v, v.T @ rhs
+            self.cut = np.finfo(np.float64).eps * d * (self.s.max() if len(self.s) else 0.0)
+            self.gram = True
+
+    def solve(self, alpha: float = 0.0) -> tuple[np.ndarray, float]:
+        s = self.s
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if self.gram:  # eigenvalues of z'z: w = V (lam + alpha)^-1 V' z'y
+                f = 1.0 / (s + alpha) if alpha > 0 else np.where(s > self.cut, 1.0 / s, 0.0)
+            else:  # singular values of z: w = V s / (s^2 + alpha) U' y
+                f = s / (s * s + alpha) if alpha > 0 else np.where(s > self.cut, 1.0 / s, 0.0)
+        return self.basis @ (f * self.proj), self.intercept
 
 
 @register_method("linear")
@@ -83,14 +102,17 @@ class LinearProbe(Method):
             from ..metrics import srcc
 
             scores = {}
+            path = RidgePath(z, y)
             for a in self.alphas:
-                self.coef_, self.intercept_ = least_squares(z, y, float(a))
+                self.coef_, self.intercept_ = path.solve(float(a))
                 scores[float(a)] = srcc(self.predict(val[0]).score, val[1].mean)
             self.alpha_ = max(scores, key=scores.get)
             self.alpha_scores_ = scores
-        elif self.ridge is not None:
-            self.alpha_ = float(self.ridge)
-        self.coef_, self.intercept_ = least_squares(z, y, self.alpha_)
+            self.coef_, self.intercept_ = path.solve(self.alpha_)
+        else:
+            if self.ridge is not None:
+                self.alpha_ = float(self.ridge)
+            self.coef_, self.intercept_ = RidgePath(z, y).solve(self.alpha_)
         if on_epoch:
             train_mse = float(np.mean((self.predict(features).score - y) ** 2))
             on_epoch(1, train_mse)
