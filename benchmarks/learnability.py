@@ -52,6 +52,11 @@ LITE_V1 = Path(__file__).resolve().parent / "assets" / "lite-v1"
 PRIOR = "lite version 1 (untrained prior: degradation pairs, no ratings)"
 
 
+def by_row(rows) -> np.ndarray:
+    """Each row's score, NaN where the row failed (one entry per input)."""
+    return np.array([r.score if r.status == "ok" else np.nan for r in rows], dtype=np.float64)
+
+
 def evaluate(model, test, store) -> dict:
     """Held-out metrics; the predictions by test row (NaN where unscored) under "_pred"."""
     rows = model.score(test.image_paths(), cache=store)
@@ -62,8 +67,7 @@ def evaluate(model, test, store) -> dict:
     keep = {k: m.get(k) for k in ("n", "srcc", "plcc", "accuracy", "emd_r2")}
     keep["ci95"] = m.get("ci95")
     keep = json_safe(keep)
-    keep["_pred"] = np.full(len(test), np.nan)
-    keep["_pred"][ok] = pred
+    keep["_pred"] = by_row(rows)
     return keep
 
 
@@ -244,7 +248,7 @@ def sibling_retrieval(results, preds, models, test, comments_all, store) -> dict
             continue
         rows = models[r["mode"]].score(test.image_paths(), cache=str(store), ids=list(test.ids), comments=given,
                                        bank_from_inputs=True)
-        p = np.array([row.score if row.status == "ok" else np.nan for row in rows])[query]
+        p = by_row(rows)[query]
         ok = ~np.isnan(p)
         m = compute_metrics(p[ok], true[ok], True, n_boot=1000, seed=0)
         src = [s for srcs in rows.retrieved.values() for s in srcs]
@@ -303,8 +307,7 @@ def mmlq_part(args) -> int:
         rows = model.score(test.image_paths(), cache=str(store), ids=list(test.ids),
                            comments=comments_all if which == "all" else ({} if which else None))
         ok = [i for i, r in enumerate(rows) if r.status == "ok"]
-        preds.append(np.full(len(test), np.nan))
-        preds[-1][ok] = [rows[i].score for i in ok]
+        preds.append(by_row(rows))
         m = compute_metrics(np.array([rows[i].score for i in ok]), test.mean[ok], True,
                             np.array([rows[i].distribution for i in ok]), test.distribution[ok], n_boot=1000, seed=0)
         row = json_safe({"mode": label, "train_seconds": round(secs, 1),

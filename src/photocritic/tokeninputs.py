@@ -70,15 +70,7 @@ def gather_token_inputs(method, ids: list[str], paths: list[str] | None, *, crit
         lacking = [k for k in range(n) if k not in texts]
         report.update(with_comments=len(texts), without_comments=len(lacking))
         if lacking and retrieve_k and bank is not None:
-            from .features import EmbeddingCache
-
-            cache = EmbeddingCache(None) if pooled_cache is None else pooled_cache
-            try:
-                rows, vecs = critic.with_view("image.pooled").embed_paths([paths[k] for k in lacking], cache,
-                                                                          **score_kw)
-            finally:
-                if cache is not pooled_cache:
-                    cache.close()
+            rows, vecs = pooled_embeddings(critic, [paths[k] for k in lacking], pooled_cache, score_kw)
             ok = [(k, r) for k, r in zip(lacking, rows) if r.status == "ok"]
             for k, r in zip(lacking, rows):
                 if r.status != "ok":
@@ -101,8 +93,7 @@ def gather_token_inputs(method, ids: list[str], paths: list[str] | None, *, crit
         keyed = {f"{k}": texts[k] for k in cand}  # by position: an id's own and retrieved sets differ
         text, rep = comment_tokens(encoder, keyed, list(keyed), store, getattr(method, "max_tokens", None))
         report["comment_sets"] = {k: v for k, v in rep.to_dict().items()
-                                  if k in ("truncated", "computed", "from_store")}
-        report["comments_images_from_store"] = rep.images_from_store
+                                  if k in ("truncated", "computed", "from_store", "images_from_store")}
     image = None
     if need_image:
         tokens_critic = critic.with_view("image.tokens")
@@ -144,25 +135,34 @@ def describe(report: dict, name: str = "") -> list[str]:
     return lines
 
 
-def inputs_bank(critic, bank, inputs: list[str], ids: list[str], comments: dict, pooled_cache, score_kw):
-    """``bank`` extended with the inputs that have comments (their
-    ``image.pooled`` embeddings): the comment-less inputs then retrieve from
-    the model's training images and from each other's commented ones."""
+def pooled_embeddings(critic, paths: list[str], cache, score_kw: dict):
+    """(rows, ``image.pooled`` embeddings of the rows that read) through
+    ``cache``, or through a temporary in-memory one when it is None."""
     from .features import EmbeddingCache
 
-    have = [j for j, i in enumerate(ids) if clean_comments(comments.get(i))]
-    if not have:
-        return bank
-    cache = EmbeddingCache(None) if pooled_cache is None else pooled_cache
+    own = EmbeddingCache(None) if cache is None else cache
     try:
-        rows, vecs = critic.with_view("image.pooled").embed_paths([inputs[j] for j in have], cache, **score_kw)
+        return critic.with_view("image.pooled").embed_paths(paths, own, **score_kw)
     finally:
-        if cache is not pooled_cache:
-            cache.close()
+        if own is not cache:
+            own.close()
+
+
+def commented_entries(critic, ids: list[str], paths: list[str], comments: dict, cache, score_kw: dict):
+    """Comment-bank entries of the images that have comments and read:
+    (ids, ``image.pooled`` embeddings, {id: cleaned comments})."""
+    have = [j for j, i in enumerate(ids) if clean_comments(comments.get(i))]
+    rows, vecs = pooled_embeddings(critic, [paths[j] for j in have], cache, score_kw)
     ok = [ids[j] for j, r in zip(have, rows) if r.status == "ok"]
-    if not ok:
-        return bank
-    return bank.extended(ok, np.asarray(vecs), {i: clean_comments(comments[i]) for i in ok})
+    return ok, np.asarray(vecs), {i: clean_comments(comments[i]) for i in ok}
+
+
+def inputs_bank(critic, bank, inputs: list[str], ids: list[str], comments: dict, pooled_cache, score_kw):
+    """``bank`` extended with the inputs that have comments: the comment-less
+    inputs then retrieve from the model's training images and from each
+    other's commented ones."""
+    ok, vecs, texts = commented_entries(critic, ids, inputs, comments, pooled_cache, score_kw)
+    return bank.extended(ok, vecs, texts) if ok else bank
 
 
 def score_token_model(critic, inputs, comments: dict | None, store, retrieve_k: int | None = None,
@@ -205,7 +205,7 @@ def score_token_model(critic, inputs, comments: dict | None, store, retrieve_k: 
     if "image.tokens" in method.requires:  # an image counts as cached when its tokens were stored
         stats.cached = got.report.get("images_from_cache", 0)
     else:  # comments only: when its comment set's tokens were
-        stats.cached = min(got.report.get("comments_images_from_store", 0), stats.scored)
+        stats.cached = min(got.report.get("comment_sets", {}).get("images_from_store", 0), stats.scored)
     stats.computed = stats.scored - stats.cached
     out = ScoreRows(rows, stats)
     out.report = got.report

@@ -298,7 +298,7 @@ def train(options: dict, config_file: str | None = None, log=None) -> TrainResul
     if lacking:
         raise ViewError(f"method {method.name} needs the view {', '.join(lacking)}, which backbone "
                         f"{cfg['backbone']} does not provide (it has {', '.join(sorted(views))})")
-    if cfg["group_by"] and not getattr(method, "retrieve_comments", 0):  # MMLQ: retrieval from other groups
+    if ranks_in_groups(cfg, method):
         import inspect
 
         if "groups" not in inspect.signature(method.fit).parameters:
@@ -354,7 +354,7 @@ def _fit_and_save(cfg, spec, method, train_set, output, notes, log, val_how, tr,
     fit_kw = {}
     ids_t, ids_v = info_t.pop("ids"), info_v.pop("ids")
     groups_v = None
-    if cfg["group_by"] and not getattr(method, "retrieve_comments", 0):  # MMLQ: groups shape retrieval only
+    if ranks_in_groups(cfg, method):
         fit_kw["groups"] = label_column(cfg["dataset"], cfg["group_by"], ids_t)
         groups_v = label_column(cfg["dataset"], cfg["group_by"], ids_v)
         method.monitor = ("group_srcc", False)  # the best epoch ranks best inside groups
@@ -410,6 +410,13 @@ def _extract_shard(cfg, spec, view, sets, rank: int, world: int, log) -> None:
     finally:
         cache.close()
     acc.wait_for_everyone()
+
+
+def ranks_in_groups(cfg: dict, method: Method) -> bool:
+    """Whether ``group_by`` groups the method's training pairs (vila-r); with
+    MMLQ's ``retrieve_comments`` it only keeps retrieval to other groups
+    (:mod:`photocritic.training.tokens`)."""
+    return bool(cfg["group_by"]) and not getattr(method, "retrieve_comments", 0)
 
 
 def label_column(dataset: str, column: str, ids: list[str]) -> np.ndarray:

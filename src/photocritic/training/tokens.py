@@ -65,15 +65,11 @@ def build_bank(cfg: dict, critic, ds, comments: dict, cache, log):
     """The comment bank of ``ds``: the ``image.pooled`` embeddings, ids and
     comments of its images that have comments."""
     from ..retrieval import CommentBank
-    from ..tokeninputs import clean_comments
+    from ..tokeninputs import commented_entries
 
-    rows = [k for k, i in enumerate(ds.ids) if clean_comments(comments.get(i))]
-    paths = ds.image_paths()
-    scored, vecs = critic.with_view("image.pooled").embed_paths(
-        [paths[k] for k in rows], cache, batch_size=cfg["extract_batch_size"], progress=not cfg["quiet"],
-        decode=cfg["decode"], workers=cfg["workers"])
-    ids = [ds.ids[k] for k, r in zip(rows, scored) if r.status == "ok"]
-    bank = CommentBank(ids, np.asarray(vecs), {i: clean_comments(comments[i]) for i in ids})
+    bank = CommentBank(*commented_entries(critic, list(ds.ids), ds.image_paths(), comments, cache,
+                                          dict(batch_size=cfg["extract_batch_size"], progress=not cfg["quiet"],
+                                               decode=cfg["decode"], workers=cfg["workers"])))
     log(f"comment bank: {len(bank)} training images with comments ({bank.index.backend} search)"
         + (f"; {bank.index.note}" if bank.index.note else ""))
     return bank
