@@ -35,6 +35,7 @@ bench: $(STAMP) sources
 	  --param shared_self_attention=true --param lr=1e-4 --param dropout=0.3 --param width=128 \
 	  --param weight_decay=0.05
 	$(PY) benchmarks/lite_pairs.py
+	$(PY) benchmarks/vilap.py
 
 # Rebuild the default `lite` model from the synthetic world (configs/lite.yaml).
 LITE_WORLD := build/lite-world

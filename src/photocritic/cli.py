@@ -32,7 +32,8 @@ def _write_format(records: list[dict], path: Path, fmt: str, columns: list[str])
                 w = csv.DictWriter(fh, fieldnames=flat)
                 w.writeheader()
                 for rec in records:
-                    rec = {**rec, "score": "" if rec["score"] is None else f"{rec['score']:.6f}"}
+                    if "score" in rec:
+                        rec = {**rec, "score": "" if rec["score"] is None else f"{rec['score']:.6f}"}
                     dist = rec.pop("distribution", None)
                     if "distribution" in columns:
                         rec.update({f"p{k + 1}": "" if dist is None else f"{v:.6f}"
@@ -66,8 +67,9 @@ def _output_format(output: Path) -> str:
     return fmt
 
 
-def write_rows(rows, output: str | Path, extra: tuple[str, ...] = ()) -> Path:
-    """Write score rows as CSV, JSONL or Parquet, chosen by the extension.
+def write_rows(rows, output: str | Path, extra: tuple[str, ...] = (), columns: list[str] | None = None) -> Path:
+    """Write score rows (or other rows with ``as_dict`` and their
+    ``columns``) as CSV, JSONL or Parquet, chosen by the extension.
 
     If the file cannot be written, the rows go to a fallback file (beside
     it, else in the current folder, else in the temp folder) and
@@ -77,7 +79,7 @@ def write_rows(rows, output: str | Path, extra: tuple[str, ...] = ()) -> Path:
     output = Path(output)
     fmt = _output_format(output)
     records = [r.as_dict(extra) for r in rows]
-    columns = COLUMNS + list(extra)
+    columns = (COLUMNS if columns is None else columns) + list(extra)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         _write_format(records, output, fmt, columns)
@@ -217,12 +219,15 @@ def _score_comments_only(args, critic, comments) -> int:
 
 
 def _cmd_critique(args) -> int:
-    """Retrieved comments: the K nearest images of the model's comment bank."""
+    """Generated critiques (a VILA-P model), or with --retrieve K the
+    comments of the K nearest images of the model's comment bank."""
     from .data.comments import image_id
     from .features import EmbeddingCache
 
     _check_paths(args.paths)
     paths = _listed_images(args.paths, args.recursive)
+    if args.retrieve is None:
+        return _critique_generated(args, paths)
     if args.output and Path(args.output).suffix.lower() not in (".jsonl", ".ndjson"):
         raise UsageError(f"--output {args.output}: critique writes .jsonl")
     critic = _load(args)
@@ -264,6 +269,37 @@ def _cmd_critique(args) -> int:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     print(f"photocritic: {len(rows)} images, comments retrieved for {len(ok)} from a bank of {len(bank)} "
           f"({bank.index.backend} search), {len(rows) - len(ok)} not read", file=sys.stderr)
+    return EXIT_OK
+
+
+def _critique_generated(args, paths) -> int:
+    from .captioning import check_captioner
+
+    if args.output:
+        check_output(args.output)
+    critic = _load(args)
+    check_captioner(critic)
+    try:
+        rows = critic.critique(paths, max_tokens=args.max_tokens, beams=args.beams, batch_size=args.batch_size,
+                               workers=args.workers, progress=not args.quiet, decode=args.decode,
+                               max_bytes=args.max_file_size)
+    except KeyboardInterrupt as exc:
+        rows = getattr(exc, "partial_rows", None)
+        if rows is not None and args.output:
+            written = write_rows(rows, args.output, columns=["path", "critique", "status", "error"])
+            exc.note = f"interrupted; the {len(rows)} rows (unfinished ones marked interrupted) are in {written}"
+        raise
+    written = write_rows(rows, args.output, columns=["path", "critique", "status", "error"]) if args.output else None
+    for r in rows:
+        if r.status == "ok":
+            text = r.critique if not args.max_chars or len(r.critique) <= args.max_chars else \
+                r.critique[:args.max_chars - 1] + "…"
+            print(f"{r.path}\t{text}")
+        else:
+            print(f"{r.path}\t[{r.status}] {r.error}")
+    failed = sum(r.status != "ok" for r in rows)
+    print(f"photocritic: {len(rows)} images, {len(rows) - failed} critiqued, {failed} failed"
+          + (f" -> {written}" if written else "") + _warning_note(), file=sys.stderr)
     return EXIT_OK
 
 
@@ -533,6 +569,8 @@ def _cmd_eval(args) -> int:
                          + (f" split {args.split}" if args.split else "") + " has no labelled images")
     critic = _load(args)
     comments = _read_comments_option(args.comments)
+    if args.task == "captions":
+        return _eval_captions(args, critic, ds, info, comments)
     cache = _open_cache(args)
     try:
         res = evaluate(critic, ds, args.output, info, cache=cache, batch_size=args.batch_size,
@@ -545,6 +583,21 @@ def _cmd_eval(args) -> int:
     print(json.dumps({k: res[k] for k in keys}))
     print(f"photocritic: evaluated {res['n']} images ({res['images_missing']} missing, "
           f"{res['images_failed']} failed) -> {args.output}" + _warning_note(), file=sys.stderr)
+    return EXIT_OK
+
+
+def _eval_captions(args, critic, ds, info, comments) -> int:
+    from .captioning import evaluate_captions
+
+    if comments is None:
+        raise UsageError("--task captions compares generated critiques with reference comments: pass --comments PATH")
+    res = evaluate_captions(critic, ds, comments, args.output, max_tokens=args.max_tokens, beams=args.beams,
+                            batch_size=args.batch_size, progress=not args.quiet, decode=args.decode,
+                            workers=args.workers, split_info=info)
+    keys = [k for k in ("n", "bleu1", "bleu4", "rouge_l", "cider") if k in res]
+    print(json.dumps({k: res[k] for k in keys}))
+    print(f"photocritic: critiqued {res['n']} images ({res['images_missing']} missing, {res['images_failed']} "
+          f"failed) -> {args.output}" + _warning_note(), file=sys.stderr)
     return EXIT_OK
 
 
@@ -579,6 +632,19 @@ def _cmd_train(args) -> int:
                                              "retrieve_comments")}
     options["params"] = params
     train(options, args.config)
+    return EXIT_OK
+
+
+def _cmd_pretrain(args) -> int:
+    from .methods.zeroshot import PromptSet
+    from .training.pretrain import PretrainConfig, pretrain
+
+    if not 0 <= args.val_fraction < 1:
+        raise UsageError(f"--val-fraction {args.val_fraction}: give a share in [0, 1)")
+    PromptSet.load(args.prompts)  # a clear error before any training
+    fields = set(PretrainConfig.__dataclass_fields__)
+    cfg = PretrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    pretrain(cfg, log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
     return EXIT_OK
 
 
@@ -780,20 +846,34 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and plots to --output.")
     _add_dataset_options(ev)
     ev.add_argument("--output", "-o", required=True, help="folder for the report")
-    ev.add_argument("--comments", metavar="PATH", help="user comments, for models that read them (mmlq)")
+    ev.add_argument("--comments", metavar="PATH", help="user comments, for models that read them (mmlq); "
+                                                       "with --task captions, the reference comments")
+    ev.add_argument("--task", choices=["scores", "captions"], default="scores",
+                    help="scores: predicted scores against the labels; captions: generated critiques "
+                         "(VILA-P) against the reference comments (BLEU-1..4, ROUGE-L, CIDEr-D)")
+    ev.add_argument("--max-tokens", type=_int_at_least(1), default=64, help="--task captions: longest critique")
+    ev.add_argument("--beams", type=_int_at_least(1), default=1, help="--task captions: beam width (1: greedy)")
     ev.add_argument("--bootstrap", type=_int_at_least(0), default=1000,
                     help="bootstrap resamples for the 95%% CIs (0: none)")
     _add_run_options(ev)
     ev.set_defaults(func=_cmd_eval)
 
-    cr = sub_parser("critique", help="show the user comments of the most similar images",
-                    description="For each image, the comments of its K nearest images in the comment "
-                                "bank of a model trained with --retrieve-comments, with their ids and "
+    cr = sub_parser("critique", help="write an aesthetic critique of each image (VILA-P), or show the "
+                                     "comments of the most similar images",
+                    description="With a VILA-P model (photocritic pretrain vila-p): a generated critique "
+                                "per image (greedy, or beam search with --beams), printed and written to "
+                                "--output (.csv, .jsonl or .parquet: path, critique, status, error). With "
+                                "--retrieve K and a model trained with --retrieve-comments: the comments of "
+                                "each image's K nearest images in its comment bank, with their ids and "
                                 "cosine similarities.")
     cr.add_argument("paths", nargs="+", help="image files and/or folders")
-    cr.add_argument("--retrieve", type=_int_at_least(1), metavar="K", required=True,
-                    help="how many similar images' comments to show")
-    cr.add_argument("--output", "-o", help="also write them to FILE.jsonl")
+    cr.add_argument("--retrieve", type=_int_at_least(1), metavar="K",
+                    help="show the comments of the K most similar images instead of generating")
+    cr.add_argument("--max-tokens", type=_int_at_least(1), default=64,
+                    help="longest critique, in tokens (the model's limit is 63)")
+    cr.add_argument("--beams", type=_int_at_least(1), default=1, help="beam search width (1: greedy)")
+    cr.add_argument("--output", "-o", help="also write them to FILE (.csv, .jsonl or .parquet; "
+                                           "retrieved comments: .jsonl)")
     cr.add_argument("--recursive", "-r", action="store_true", help="look into sub-folders")
     cr.add_argument("--max-chars", type=_int_at_least(0), default=300,
                     help="cut each printed comment to this many characters (0: whole)")
@@ -920,6 +1000,55 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--workers", type=_int_at_least(0), help="decoding workers")
     tr.add_argument("--quiet", "-q", action="store_true", default=None, help="no progress")
     tr.set_defaults(func=_cmd_train)
+
+    pt = sub_parser("pretrain", help="vision-language aesthetic pretraining on image-comment pairs (VILA-P)",
+                    description="Pretrain a CoCa (VILA-P, Ke et al. 2023) on images and their comments: "
+                                "contrastive + captioning loss. The --output directory scores zero-shot "
+                                "(--model DIR, any --prompts), is a --backbone for `photocritic train`, "
+                                "classifies styles (`photocritic styles`) and writes critiques "
+                                "(`photocritic critique`).")
+    pt.add_argument("method", choices=["vila-p"], help="the pretraining method")
+    pt.add_argument("--init", required=True,
+                    help="the general image-text checkpoint to start from: a CLIP/SigLIP directory, hub id "
+                         "or backbone preset (clip-vit-b-16 ...), a VILA-P/CoCa directory, or random:tiny / random:vit-b-16 (random "
+                         "weights, a tokenizer trained on the comments)")
+    pt.add_argument("--captions", required=True, help="image comments: AVA-Captions/Karpathy-style or DPC "
+                                                      ".json, .jsonl, or a folder of <id>.txt")
+    pt.add_argument("--images", required=True, help="folder holding <id>.jpg (or .png ...) of the commented images")
+    pt.add_argument("--output", required=True, help="folder for the model (must be empty, or --overwrite)")
+    pt.add_argument("--epochs", type=_int_at_least(1), default=5, help="epochs")
+    pt.add_argument("--batch-size", type=_int_at_least(2), default=32,
+                    help="image-comment pairs per step (the contrastive loss's negatives)")
+    pt.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate of the poolers and text decoder")
+    pt.add_argument("--lr-image", type=float, help="learning rate of the image tower (default: --lr / 10)")
+    pt.add_argument("--lr-temperature", type=float, default=0.01,
+                    help="learning rate of the contrastive temperature (its log; one scalar, which at the "
+                         "network's rate would hardly move in a short run)")
+    pt.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on the temperature)")
+    pt.add_argument("--warmup-steps", type=_int_at_least(0), default=100,
+                    help="steps over which both rates rise linearly from 0 (then constant)")
+    pt.add_argument("--alpha", type=float, default=1.0, help="weight of the contrastive loss")
+    pt.add_argument("--beta", type=float, default=2.0, help="weight of the captioning loss")
+    pt.add_argument("--gen-queries", type=_int_at_least(1),
+                    help="queries of the generative pooler (default 196, as VILA; 16 for random:tiny)")
+    pt.add_argument("--max-length", type=_int_at_least(3), default=64, help="text positions, BOS and CLS included")
+    pt.add_argument("--vocab-size", type=_int_at_least(16), default=4096,
+                    help="size of the tokenizer trained for a random init")
+    pt.add_argument("--tokenizer-corpus", metavar="PATH",
+                    help="a random init's tokenizer also learns from these texts (any comments format)")
+    pt.add_argument("--val-fraction", type=float, default=0.05, help="share of images held out, by id")
+    pt.add_argument("--accumulate", type=_int_at_least(1), default=1, help="micro-batches per step")
+    pt.add_argument("--prompts", default="vila", help="the zero-shot prompt set the model scores with")
+    pt.add_argument("--seed", type=int, default=0, help="seed of the split, the initialisation and the batches")
+    pt.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or mps")
+    pt.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="bf16 autocast (auto: where bf16 is native)")
+    pt.add_argument("--workers", type=_int_at_least(0), help="decoding workers")
+    pt.add_argument("--resume", action="store_true", help="continue from the last epoch's checkpoint")
+    pt.add_argument("--overwrite", action="store_true", help="replace what --output holds")
+    pt.add_argument("--name", help="the model's name in its config.json")
+    pt.add_argument("--quiet", "-q", action="store_true", help="no progress")
+    pt.set_defaults(func=_cmd_pretrain)
 
     md = sub_parser("models", help="list the named presets")
     md.set_defaults(func=_cmd_models)

@@ -62,7 +62,11 @@ def build_encoder(spec: dict, device: str = "cpu"):
         from .encoders.hf import HFVisionLanguageEncoder
 
         return HFVisionLanguageEncoder(spec["name"], device=device, tuned=spec.get("weights"))
-    raise ValueError(f"unknown encoder type {kind!r} (known: efficientnet-lite0, hf)")
+    if kind == "coca":
+        from .encoders.coca import CoCaEncoder
+
+        return CoCaEncoder(spec["name"], device=device, tuned=spec.get("weights"))
+    raise ValueError(f"unknown encoder type {kind!r} (known: efficientnet-lite0, hf, coca)")
 
 
 def encoder_identity(spec: dict):
@@ -81,6 +85,10 @@ def encoder_identity(spec: dict):
         config = _load_pretrained(AutoConfig.from_pretrained, spec["name"])
         return (f"hf:{_fingerprint(spec['name'])}" + tuned_suffix(spec.get("weights")),
                 _preprocess_from(spec["name"], config))
+    if spec["type"] == "coca":
+        from .encoders.coca import coca_identity
+
+        return coca_identity(spec["name"], spec.get("weights"))
     raise ValueError(f"unknown encoder type {spec['type']!r}")
 
 
@@ -401,6 +409,22 @@ class Critic:
                 cache.close()
         return ScoreRows(rows, stats)
 
+    def critique(self, inputs, max_tokens: int = 64, beams: int = 1, batch_size: int = 16,
+                 workers: int | None = None, progress: bool = False, decode: str = "auto",
+                 max_bytes: int | None = None):
+        """Generated critiques (a model that can generate: VILA-P): one
+        :class:`~photocritic.captioning.CritiqueRow` per input (path, critique,
+        status, error), greedy with ``beams`` = 1, else beam search; a bad file
+        gets its status and message, never an exception."""
+        from .captioning import critique_inputs
+        from .data.images import DEFAULT_MAX_BYTES
+
+        if isinstance(inputs, (str, Path, Image.Image)):
+            inputs = [inputs]
+        return critique_inputs(self, inputs, max_tokens=max_tokens, beams=beams, batch_size=batch_size,
+                               workers=workers, decode=decode, progress=progress,
+                               max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes)
+
     def _score_tokens(self, inputs, comments, retrieve, cache, ids, bank_from_inputs=False, **kw):
         from .errors import UsageError
         from .features import token_session
@@ -499,6 +523,8 @@ class Critic:
         backbone = None if config["backbone"] is None else dict(config["backbone"])
         if backbone is not None and backbone.get("weights"):
             backbone["weights"] = str(directory / backbone["weights"])
+        if backbone is not None and backbone["type"] == "coca" and not Path(backbone["name"]).is_absolute():
+            backbone["name"] = str((directory / backbone["name"]).resolve())  # a VILA-P's own coca/
         m = config["method"]
         prompts = head = None
         if m["type"] == "zeroshot":

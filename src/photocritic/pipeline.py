@@ -132,6 +132,35 @@ def _hash_one(path: str, max_bytes: int | None = DEFAULT_MAX_BYTES):
         return None, exc.kind, exc.message
 
 
+def pil_batches(items, pre, batch_size: int, names: list[str], failed):
+    """(indices, uint8 pixel batch) of in-memory ``(index, PIL image)``
+    items; an image that cannot be prepared goes to ``failed(index, ImageError)``."""
+    for start in range(0, len(items), batch_size):
+        good, arrays = [], []
+        for i, im in items[start:start + batch_size]:
+            try:
+                arrays.append(prepare_pil(im, pre, names[i]))
+                good.append(i)
+            except ImageError as exc:
+                failed(i, exc)
+        if good:
+            yield good, torch.from_numpy(np.stack(arrays))
+
+
+def decoded_batches(paths: list[str], pre, batch_size: int, mode: str, workers: int | None,
+                    max_bytes: int | None = DEFAULT_MAX_BYTES):
+    """Batches of decoded files (``index``, ``hash``, ``pixels``, ``errors``),
+    in threads or worker processes (see the module docstring)."""
+    dataset = _DecodeDataset(paths, pre, max_bytes)
+    if mode == "threads":
+        return _thread_batches(dataset, batch_size, workers or os.cpu_count() or 1)
+    n_workers = default_workers() if workers is None else workers
+    if len(paths) <= batch_size:
+        n_workers = 0  # not worth starting processes for one batch
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=n_workers, collate_fn=_collate,
+                                       prefetch_factor=4 if n_workers else None, persistent_workers=False)
+
+
 def _thread_batches(dataset, batch_size: int, threads: int):
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for start in range(0, len(dataset), batch_size):
@@ -269,17 +298,13 @@ def _score_into(rows, stats, bar, critic, inputs, batch_size, cache, workers, mo
                                        f"PIL image")
             bar.update(1)
     pre = critic.preprocess
-    for start in range(0, len(pil_items), batch_size):
-        good, arrays = [], []
-        for i, im in pil_items[start:start + batch_size]:
-            try:
-                arrays.append(prepare_pil(im, pre, rows[i].path))
-                good.append(i)
-            except ImageError as exc:
-                fail(rows[i], exc.kind, exc.message)
-                bar.update(1)
+    def pil_failed(i, exc):
+        fail(rows[i], exc.kind, exc.message)
+        bar.update(1)
+
+    for good, pixels in pil_batches(pil_items, pre, batch_size, [r.path for r in rows], pil_failed):
         if good:
-            emb = critic.embed(torch.from_numpy(np.stack(arrays)))
+            emb = critic.embed(pixels)
             finish([rows[i] for i in good], emb, cached=False)
 
     # Files: hash everything (threads; hashing releases the GIL), look up the cache.
@@ -327,17 +352,7 @@ def _score_into(rows, stats, bar, critic, inputs, batch_size, cache, workers, mo
     todo = [idx[0] for idx in by_hash.values()]
     if not todo:
         return
-    dataset = _DecodeDataset([rows[i].path for i in todo], pre, max_bytes)
-    if mode == "threads":
-        loader = _thread_batches(dataset, batch_size, workers or os.cpu_count() or 1)
-    else:
-        n_workers = default_workers() if workers is None else workers
-        if len(todo) <= batch_size:
-            n_workers = 0  # not worth starting processes for one batch
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, num_workers=n_workers, collate_fn=_collate,
-            prefetch_factor=4 if n_workers else None, persistent_workers=False)
-    for batch in loader:
+    for batch in decoded_batches([rows[i].path for i in todo], pre, batch_size, mode, workers, max_bytes):
         for j, kind, msg in batch["errors"]:
             first = rows[todo[j]].path
             for i in by_hash[hashes[todo[j]]]:

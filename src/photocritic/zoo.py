@@ -69,9 +69,12 @@ def backbone_spec(name: str) -> dict:
         return dict(BACKBONES[name])
     path = Path(name).expanduser()
     if path.is_dir():
+        coca = _coca_of(path)
+        if coca is not None:  # a VILA-P model directory (or its coca/ folder)
+            return {"type": "coca", "name": str(coca)}
         if not _is_hf_dir(path):
             raise UsageError(f"--backbone {name}: not a CLIP/SigLIP directory (no config.json with "
-                             f"model_type clip, siglip or siglip2)")
+                             f"model_type clip, siglip or siglip2) and not a VILA-P model")
         return {"type": "hf", "name": str(path.resolve())}
     if path.exists():
         raise UsageError(f"--backbone {name}: a file; give a preset ({', '.join(BACKBONES)}), "
@@ -89,6 +92,8 @@ def backbone_views(spec: dict) -> set[str]:
 
     if spec["type"] == "efficientnet-lite0":
         from .encoders.efficientnet import EfficientNetLite0Encoder as cls
+    elif spec["type"] == "coca":
+        from .encoders.coca import CoCaEncoder as cls
     else:
         from .encoders.hf import HFVisionLanguageEncoder as cls
     return views_of(cls.capabilities)
@@ -118,6 +123,19 @@ def zero_shot(name_or_dir: str, prompts: str | PromptSet = DEFAULT_ZERO_SHOT_PRO
     return Critic({"type": "hf", "name": str(name_or_dir)}, None, default_score_map(ps),
                   name=label or str(name_or_dir),
                   description=f"zero-shot, rule {ps.rule}, prompt set {ps.name}", prompts=ps)
+
+
+def _coca_of(path: Path) -> Path | None:
+    """The CoCa folder of a VILA-P model directory (or the folder itself), else None."""
+    from .encoders.coca import is_coca_dir
+
+    if is_coca_dir(path):
+        return path.resolve()
+    if is_model_dir(path):
+        backbone = json.loads((path / "config.json").read_text()).get("backbone") or {}
+        if backbone.get("type") == "coca":
+            return (path / backbone["name"]).resolve()
+    return None
 
 
 def _is_hf_dir(path: Path) -> bool:

@@ -104,6 +104,22 @@ class TextEncoder(Protocol):
         ...
 
 
+class WrappedModel:
+    """What the encoders that wrap one torch module (``self.model``, with a
+    ``logit_scale`` parameter) share."""
+
+    model: torch.nn.Module
+
+    def to(self, device):
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp())
+
+
 class ModelNotAvailableError(PhotocriticError, RuntimeError):
     """Raised when a model's weights cannot be found offline.
 

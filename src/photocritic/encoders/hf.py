@@ -20,7 +20,7 @@ import torch
 
 from torch import nn
 
-from .base import EncoderOutput, ModelNotAvailableError, Preprocess, tuned_suffix
+from .base import EncoderOutput, ModelNotAvailableError, Preprocess, WrappedModel, tuned_suffix
 
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -144,7 +144,7 @@ def _tensor(out) -> torch.Tensor:
     return out.pooler_output
 
 
-class HFVisionLanguageEncoder:
+class HFVisionLanguageEncoder(WrappedModel):
     """CLIP / SigLIP image and text towers (capabilities: contrastive,
     text_tower, token_text).
 
@@ -184,15 +184,6 @@ class HFVisionLanguageEncoder:
             self.dim = config.vision_config.hidden_size
         self.device = torch.device(device)
         self.model.to(self.device)
-
-    def to(self, device):
-        self.device = torch.device(device)
-        self.model.to(self.device)
-        return self
-
-    @property
-    def logit_scale(self) -> float:
-        return float(self.model.logit_scale.detach().exp())
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> EncoderOutput:

@@ -133,6 +133,14 @@ class _Shard(torch.utils.data.Sampler):
         return sum(len(m) for _, m in self.plan)
 
 
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to ``path`` through a temporary file: a crash never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def _state_rng() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
 
@@ -253,11 +261,9 @@ def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: lis
         else:
             waited += 1
         if main and epoch % method.checkpoint_every == 0:
-            ck.mkdir(parents=True, exist_ok=True)
-            torch.save({"net": acc.unwrap_model(net).state_dict(), "opt": opt.state_dict(), "epoch": epoch,
-                        "best": best, "best_epoch": best_epoch, "waited": waited, "rows": rows,
-                        "rng": _state_rng()}, ck / "state.tmp")
-            os.replace(ck / "state.tmp", ck / "state.pt")
+            atomic_save({"net": acc.unwrap_model(net).state_dict(), "opt": opt.state_dict(), "epoch": epoch,
+                         "best": best, "best_epoch": best_epoch, "waited": waited, "rows": rows,
+                         "rng": _state_rng()}, ck / "state.pt")
         acc.wait_for_everyone()
     seconds = time.perf_counter() - t0
     acc.wait_for_everyone()
@@ -334,6 +340,4 @@ def _metrics(pred: dict, val_set, va_idx) -> dict:
 
 
 def _save_best(acc, net, ck: Path) -> None:
-    ck.mkdir(parents=True, exist_ok=True)
-    torch.save(acc.unwrap_model(net).state_dict(), ck / "best.tmp")
-    os.replace(ck / "best.tmp", ck / "best.pt")
+    atomic_save(acc.unwrap_model(net).state_dict(), ck / "best.pt")

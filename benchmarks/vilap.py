@@ -1,0 +1,434 @@
+"""VILA-P on the synthetic aesthetic world: the paper's Table 2 (zero-shot
+SRCC, VILA-R on top) and Table 5 (style / attribute zero-shot mAP), its
+critiques (CIDEr-D against a nearest-neighbour retrieval baseline; how often
+a critique names the edit applied), and the speed checks.
+
+Stages, as in the paper, on a world split by source photo (70/10/20):
+
+1. *general*: a CoCa with random weights (``random:small``) pretrained on
+   generic captions of the training images ("a photo of a bridge" - the
+   content of the source photo, nothing about aesthetics). Its tokenizer is
+   trained on those captions and on the training comments' text (a general
+   tokenizer knows the words of comments; no pairing is used).
+2. *VILA-P*: the general CoCa pretrained on the training images' user
+   comments (contrastive + captioning).
+
+Then, on the test photos (sources neither stage saw): zero-shot SRCC with
+VILA's six prompt pairs; VILA-R trained on the training ratings on top of
+each CoCa; zero-shot mAP of ten edit "attributes" (dark, blurry, noisy ...);
+critiques (greedy) against the nearest-neighbour baseline (the first comment
+of the closest training image, by the same model's image embedding); and the
+rate at which critiques name the edit applied.
+
+``--part speed``: pretraining steps/s with the real data loader (JPEG files)
+against in-memory tensors, and critique tokens/s with and without the
+key-value cache at 64 tokens.
+
+    python benchmarks/vilap.py [--n 3000] [--part all|quality|speed]
+writes benchmarks/results/vilap.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_line, write_results  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "vilap.json"
+
+#: generic (content) captions of the source photos: what a general image-text corpus would say
+CONTENT = {
+    "Bridge_by_Sander_Klootwijk": "a bridge", "Dragonfly_by_Bolly": "a dragonfly on a plant",
+    "Picture_0B_by_freespace": "a landscape", "Picture_1A_by_freespace": "a landscape with trees",
+    "Wine_by_Jakkub_Mede": "a glass of wine", "aitzgorri_by_Aitzol_Berasategi": "a mountain ridge",
+    "free_by_Peter_Nerlich": "a bird in the sky", "friends_by_Aitzol_Berasategi": "two animals in a field",
+    "greentock_by_Peter_Nerlich": "green leaves", "life_by_Aitzol_Berasategi": "a small plant",
+    "picosdeeuropa_by_Aitzol_Berasategi": "mountains and clouds",
+    "seeding_by_Clements_Engelhardt": "a dandelion seed", "sunset_by_Aitzol_Berasategi": "a sunset",
+    "Infinite-Sea_by_Aury88": "the sea", "Kleiber_by_Lukas_Baubkus": "a small bird on a branch",
+    "BytheWater": "a lake shore", "ColdRipple": "ripples on water", "DarkestHour": "a night sky",
+    "EveningGlow": "an evening sky", "FallenLeaf": "a fallen leaf", "Grey": "a grey landscape",
+    "Kite": "a kite in the sky", "OneStandsOut": "a single flower", "Path": "a path through a forest",
+    "summer_1am": "a summer night", "Volna": "a wave", "skimage-astronaut": "an astronaut",
+    "skimage-coffee": "a cup of coffee", "skimage-chelsea": "a cat", "skimage-rocket": "a rocket",
+    "skimage-stereo_motorcycle": "a motorcycle", "skimage-hubble_deep_field": "galaxies in space",
+    "skimage-immunohistochemistry": "cells under a microscope", "skimage-retina": "a scan of a retina",
+}
+GENERIC = ["a photo of {}", "{}", "a picture of {}", "an image showing {}"]
+#: zero-shot prompt pairs in the words the world's commenters use (VILA's own pairs, "good image" /
+#: "bad image" ..., use words its comments never contain: both are reported)
+WORLD_PROMPTS = {"name": "world-vocabulary", "rule": "antonym", "pairs": [
+    ["beautiful light", "too dark"], ["tack sharp", "blurry"], ["gorgeous colours", "the colours look washed out"],
+    ["well composed", "awkward crop"], ["very clean and crisp", "too much noise"],
+    ["great use of light", "the exposure is off"]]}
+
+#: attribute -> (edit test on a labels row, two prompts, keywords a critique naming it would use,
+#: the commenters' phrase for it)
+ATTRIBUTES = {
+    "dark": (lambda r: r["exposure"] < -1.5, ["a dark photo", "a photo that is too dark"], ["dark"], "Too dark."),
+    "overexposed": (lambda r: r["exposure"] > 1.5, ["an overexposed photo", "a photo with blown out highlights"],
+                    ["blown out", "exposure"], "Blown out highlights."),
+    "blurry": (lambda r: r["defocus"] > 0.5, ["a blurry photo", "an out of focus photo"],
+               ["blurry", "out of focus", "soft"], "Blurry."),
+    "noisy": (lambda r: r["noise"] > 0.5, ["a noisy photo", "a grainy photo"], ["noise", "grainy"], "Too much noise."),
+    "tilted": (lambda r: abs(r["tilt"]) > 8, ["a photo with a tilted horizon", "a crooked photo"], ["tilted"], "The horizon is tilted."),
+    "washed out": (lambda r: r["saturation"] < 0.4, ["a photo with washed out colours", "a colourless photo"],
+                   ["washed out"], "The colours look washed out."),
+    "colour cast": (lambda r: r["cast"] > 0.15, ["a photo with a colour cast", "a photo with a strange tint"],
+                    ["cast"], "A strange colour cast."),
+    "shallow depth of field": (lambda r: r["dof"] > 0.6, ["a photo with a blurred background",
+                                                          "a photo with shallow depth of field"],
+                               ["bokeh", "background blur", "shallow"], "Lovely bokeh."),
+    "compressed": (lambda r: r["jpeg"] > 0.75, ["a photo with compression artefacts", "a blocky photo"],
+                   ["compression"], "Ugly compression artefacts."),
+    "pixelated": (lambda r: r["resolution"] > 0.7, ["a pixelated photo", "a low resolution photo"],
+                  ["pixelated"], "Looks pixelated."),
+}
+
+
+def run(cmd: list[str]) -> None:
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "photocritic", *cmd], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"failed: photocritic {' '.join(cmd)}\n{res.stderr[-3000:]}")
+    print(f"  photocritic {cmd[0]} {cmd[1] if len(cmd) > 1 else ''}: {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def looks(r: dict) -> list[str]:
+    """The plain visual facts a general caption may state (alt text says "a dark photo of ...",
+    "a blurry picture of ..."; it does not judge composition, noise, colour or focus depth)."""
+    out = []
+    if r["exposure"] < -1.5:
+        out.append("dark")
+    elif r["exposure"] > 1.5:
+        out.append("bright")
+    if r["defocus"] > 0.5:
+        out.append("blurry")
+    return out
+
+
+def write_captions(world: Path, rows: list[dict], comments: dict, out: Path) -> dict:
+    """generic.json (two general captions per image: its source photo's
+    content, and in half of them its plain visual facts) and
+    comments_train.json (user comments), for the train + val images."""
+    rng = np.random.default_rng(0)
+    generic, aesthetic = {}, {}
+    for r in rows:
+        if r["split"] == "test":
+            continue
+        name = Path(r["path"]).name
+        content = CONTENT.get(r["source"], "a photo")
+        facts = looks(r)
+        caps = []
+        for t in rng.permutation(GENERIC)[:2]:
+            if facts and rng.random() < 0.5:
+                caps.append(f"a {', '.join(facts)} photo of {content}")
+            else:
+                caps.append(t.format(content))
+        generic[name] = caps
+        aesthetic[name] = comments[name]
+    (out / "generic.json").write_text(json.dumps(generic))
+    (out / "comments_train.json").write_text(json.dumps(aesthetic))
+    return {"generic_images": len(generic), "comment_images": len(aesthetic),
+            "comments": sum(len(v) for v in aesthetic.values()),
+            "generic_with_facts": sum(any(" photo of " in c and c.split(" photo of ")[0] != "a" for c in v)
+                                      for v in generic.values())}
+
+
+@torch.no_grad()
+def phrase_auc(model, paths: list[str], rows: list[dict]) -> dict:
+    """Per attribute: the AUC with which the captioner's log-probability of
+    the commenters' phrase for it ("Too dark.") separates the test images
+    with that edit from the others (0.5: it does not know)."""
+    from scipy.stats import mannwhitneyu
+
+    from photocritic.data.images import decode_for, read_bytes
+    from photocritic.encoders.coca import tokenize
+
+    enc = model.encoder
+    pre = model.preprocess
+    phrases = [spec[3] for spec in ATTRIBUTES.values()]
+    ids, mask = tokenize(enc.tokenizer, phrases, enc.model.config)
+    logp = np.zeros((len(paths), len(phrases)))
+    for s in range(0, len(paths), 32):
+        px = torch.stack([torch.from_numpy(decode_for(read_bytes(p), pre).copy()) for p in paths[s:s + 32]])
+        gen = enc.model.encode_image(pre.normalize(px).float())["generative"]
+        for j in range(len(phrases)):
+            states, _ = enc.model.text_states(ids[j:j + 1].expand(len(px), -1), mask[j:j + 1].expand(len(px), -1))
+            kv = enc.model.image_kv(gen)
+            lp = torch.log_softmax(enc.model.decode(states[:, :-1], kv).float(), -1)
+            labels = ids[j, 1:][None].expand(len(px), -1)
+            keep = mask[j, 1:].bool()
+            logp[s:s + len(px), j] = lp.gather(2, labels[..., None])[..., 0][:, keep].sum(1).numpy()
+    out = {}
+    for j, (name, spec) in enumerate(ATTRIBUTES.items()):
+        has = np.array([bool(spec[0](r)) for r in rows])
+        if has.sum() and (~has).sum():
+            u = mannwhitneyu(logp[has, j], logp[~has, j]).statistic
+            out[name] = float(u / (has.sum() * (~has).sum()))
+    out["mean"] = float(np.mean(list(out.values())))
+    return out
+
+
+def embed(model, paths):
+    from photocritic.features import EmbeddingCache
+
+    rows, emb = model.embed_paths(paths, EmbeddingCache(None), batch_size=64)
+    assert all(r.status == "ok" for r in rows)
+    return emb
+
+
+def paired_gain(a: np.ndarray, b: np.ndarray, true: np.ndarray, n_boot: int = 1000) -> dict:
+    """SRCC(a) - SRCC(b) with a paired bootstrap 95% CI."""
+    from photocritic.metrics import srcc
+
+    rng = np.random.default_rng(0)
+    vals = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(true), len(true))
+        vals.append(srcc(a[i], true[i]) - srcc(b[i], true[i]))
+    lo, hi = np.percentile(vals, [2.5, 97.5])
+    return {"gain": srcc(a, true) - srcc(b, true), "ci95": [float(lo), float(hi)]}
+
+
+def quality(args, tmp: Path) -> dict:
+    import csv
+
+    import photocritic
+    from photocritic.captioning import caption_scores, caption_tokens
+    from photocritic.data.synthetic import find_sources, synthesize
+    from photocritic.methods import styles as ST
+    from photocritic.metrics import mean_average_precision, plcc, srcc
+
+    t0 = time.perf_counter()
+    world_dir = tmp / "world"
+    if (world_dir / "world.json").exists():  # --work DIR of an earlier run: reused
+        info = json.loads((world_dir / "world.json").read_text())
+        world = {"images": info["n"], "sources": len(info["sources"]), "splits": info["images_per_split"]}
+        assert info["n"] == args.n and info["seed"] == args.seed, "--work holds a world of another size or seed"
+    else:
+        world = synthesize(world_dir, args.n, seed=args.seed, sources=find_sources(), min_sources=30)
+    print(f"world: {world['splits']} in {time.perf_counter() - t0:.0f} s", flush=True)
+    rows = list(csv.DictReader(open(world_dir / "labels.csv")))
+    for r in rows:
+        for k in ("exposure", "defocus", "noise", "tilt", "saturation", "cast", "dof", "jpeg", "resolution"):
+            r[k] = float(r[k])
+    comments = json.loads((world_dir / "comments.json").read_text())
+    data = write_captions(world_dir, rows, comments, tmp)
+    images = str(world_dir / "images")
+    common = ["--images", images, "--batch-size", str(args.batch_size), "--precision", "fp32", "-q",
+              "--seed", str(args.seed)]
+    timing = {}
+    t = time.perf_counter()
+    general = ["pretrain", "vila-p", "--init", f"random:{args.size}", "--captions", str(tmp / "generic.json"),
+               "--tokenizer-corpus", str(tmp / "comments_train.json"), "--output", str(tmp / "general"),
+               "--epochs", str(args.general_epochs), "--lr", "1e-3", "--lr-image", "1e-3", *common]
+    if (tmp / "general" / "metrics.json").exists() and json.loads(
+            (tmp / "general" / "train_args.json").read_text()) == general:
+        print("  general stage: reused from --work", flush=True)
+    else:
+        run([*general, "--overwrite"])
+        (tmp / "general" / "train_args.json").write_text(json.dumps(general))
+    timing["general_seconds"] = json.loads((tmp / "general" / "metrics.json").read_text())["seconds"]
+    t = time.perf_counter()
+    run(["pretrain", "vila-p", "--init", str(tmp / "general"), "--captions", str(tmp / "comments_train.json"),
+         "--output", str(tmp / "vilap"), "--epochs", str(args.epochs), "--lr", str(args.lr),
+         "--lr-image", str(args.lr_image), "--overwrite", *common])
+    timing["vilap_seconds"] = round(time.perf_counter() - t, 1)
+    for stage in ("general", "vilap"):
+        run(["train", "vila-r", "--backbone", str(tmp / stage), "--dataset", str(world_dir), "--split", "train",
+             "--val-split", "val", "--output", str(tmp / f"vilar-{stage}"), "--no-cache", "-q", "--overwrite"])
+    test = [r for r in rows if r["split"] == "test"]
+    train = [r for r in rows if r["split"] == "train"]
+    tpaths = [str(world_dir / r["path"]) for r in test]
+    true = np.array([float(r["true_mean"]) for r in test])
+    mean = np.array([sum(k * int(r[f"score{k}"]) for k in range(1, 11)) / sum(int(r[f"score{k}"]) for k in range(1, 11))
+                     for r in test])
+    out = {"world": {k: world[k] for k in ("images", "sources", "splits")}, "data": data, "timing": timing,
+           "settings": {k: getattr(args, k) for k in ("n", "seed", "size", "general_epochs", "epochs", "lr",
+                                                    "lr_image", "batch_size")},
+           "test_images": len(test), "stages": {}}
+    scores, models = {}, {}
+    for stage in ("general", "vilap"):
+        m = photocritic.load(str(tmp / stage), precision="fp32")
+        models[stage] = m
+        zs = np.array([float(r) for r in m.score(tpaths, batch_size=64)])
+        from photocritic.methods.zeroshot import PromptSet
+
+        zw = np.array([float(r) for r in photocritic.load(str(tmp / stage), precision="fp32",
+                                                          prompts=PromptSet.from_dict(WORLD_PROMPTS))
+                       .score(tpaths, batch_size=64)])
+        vr = np.array([float(r) for r in photocritic.load(str(tmp / f"vilar-{stage}"), precision="fp32")
+                       .score(tpaths, batch_size=64)])
+        scores[stage] = (zs, vr, zw)
+        # attributes: zero-shot mAP, a prompt pair averaged per attribute
+        labels = np.array([[float(spec[0](r)) for spec in ATTRIBUTES.values()] for r in test])
+        emb = embed(m, tpaths)
+        prompts = [spec[1] for spec in ATTRIBUTES.values()]
+        text = m.text_embeddings([p for group in prompts for p in group])
+        att = ST.style_scores(emb, text, 2)
+        mp, aps = mean_average_precision(labels, att)
+        out["stages"][stage] = {
+            "zero_shot": {"srcc": srcc(zs, mean), "plcc": plcc(zs, mean), "srcc_true_mean": srcc(zs, true)},
+            "zero_shot_world_vocabulary": {"srcc": srcc(zw, mean), "plcc": plcc(zw, mean)},
+            "vila_r": {"srcc": srcc(vr, mean), "plcc": plcc(vr, mean)},
+            "attribute_map": mp, "attribute_ap": dict(zip(ATTRIBUTES, map(float, aps))),
+            "attribute_base_rates": dict(zip(ATTRIBUTES, map(float, labels.mean(0))))}
+        print(f"{stage}: {json.dumps({k: v for k, v in out['stages'][stage].items() if k != 'attribute_ap'})}",
+              flush=True)
+    out["zero_shot_gain"] = paired_gain(scores["vilap"][0], scores["general"][0], mean)
+    out["vila_r_gain"] = paired_gain(scores["vilap"][1], scores["general"][1], mean)
+    out["zero_shot_world_vocabulary_gain"] = paired_gain(scores["vilap"][2], scores["general"][2], mean)
+    # critiques against the nearest-neighbour retrieval baseline
+    vp = models["vilap"]
+    t = time.perf_counter()
+    crit = vp.critique(tpaths, max_tokens=64, batch_size=64)
+    gen_seconds = time.perf_counter() - t
+    cands = {Path(r["path"]).name: c.critique for r, c in zip(test, crit)}
+    refs = {Path(r["path"]).name: comments[Path(r["path"]).name] for r in test}
+    from photocritic.retrieval import exact_topk, normalise
+
+    tr_paths = [str(world_dir / r["path"]) for r in train]
+    sims, nearest = exact_topk(normalise(embed(vp, tr_paths)), normalise(embed(vp, tpaths)), 1)
+    nn = {Path(r["path"]).name: comments[Path(train[int(j[0])]["path"]).name][0] for r, j in zip(test, nearest)}
+    general_crit = {Path(r["path"]).name: c.critique for r, c in
+                    zip(test, models["general"].critique(tpaths, max_tokens=64, batch_size=64))}
+    out["critiques"] = {"vilap_greedy": caption_scores(refs, cands), "nearest_neighbour": caption_scores(refs, nn),
+                        "general_greedy": caption_scores(refs, general_crit),
+                        "generation_seconds": round(gen_seconds, 2),
+                        "distinct_critiques": len(set(cands.values())),
+                        "examples": [{"image": k, "critique": cands[k], "references": refs[k]}
+                                     for k in list(cands)[:8]]}
+    # does a critique name the edit applied?
+    naming = {}
+    for name, (test_fn, _, words, _) in ATTRIBUTES.items():
+        has = np.array([bool(test_fn(r)) for r in test])
+        said = np.array([any(w in caption_tokens(cands[Path(r["path"]).name]) for w in words) for r in test])
+        if has.sum() and (~has).sum():
+            naming[name] = {"images_with_edit": int(has.sum()), "named_when_applied": float(said[has].mean()),
+                            "named_otherwise": float(said[~has].mean())}
+    out["edit_naming"] = naming
+    out["edit_phrase_auc"] = phrase_auc(vp, tpaths, test)
+    applied = [v["named_when_applied"] for v in naming.values()]
+    other = [v["named_otherwise"] for v in naming.values()]
+    out["edit_naming_mean"] = {"named_when_applied": float(np.mean(applied)), "named_otherwise": float(np.mean(other))}
+    print(json.dumps({k: out[k] for k in ("zero_shot_gain", "zero_shot_world_vocabulary_gain", "vila_r_gain",
+                                          "edit_naming_mean")}), flush=True)
+    print(json.dumps({k: v for k, v in out["critiques"].items() if k != "examples"}), flush=True)
+    return out
+
+
+def speed(args, tmp: Path) -> dict:
+    """Steps/s: real loader vs in-memory tensors; tokens/s with and without the KV cache."""
+    from photocritic.data.synthetic import find_sources, synthesize
+    from photocritic.encoders import coca as C
+    from photocritic.training.pretrain import ImageComments, _forward, collate_pairs, pair_losses
+
+    world_dir = tmp / "speed-world"
+    n = 512
+    synthesize(world_dir, n, seed=1, sources=list(find_sources(debian=False)), min_sources=8)
+    comments = json.loads((world_dir / "comments.json").read_text())
+    names = sorted(comments)
+    tok = C.train_tokenizer([t for v in comments.values() for t in v])
+    ids = tuple(tok.convert_tokens_to_ids(t) for t in ("<bos>", "<eos>", "<pad>"))
+    out = {}
+    for size, bs, steps in (("tiny", 32, 16), ("small", 32, 12), ("vit-b-16", 16, 4)):
+        torch.manual_seed(0)
+        model = C.CoCa(C.random_config(size, len(tok), ids, gen_queries=16 if size != "vit-b-16" else 196))
+        pre = C.preprocess_of(model.config)
+        take = names[:bs * steps]
+        data = ImageComments([str(world_dir / "images" / k) for k in take], [comments[k] for k in take], pre,
+                             tok, model.config)
+        collate = collate_pairs(tok, model.config)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step(batch):
+            pixels, tid, mask, idx = batch
+            out_ = _forward(model, pixels, tid, mask, pre, "cpu", torch.ones(len(idx), dtype=torch.bool))
+            con, cap, _, _ = pair_losses(out_, 1, "cpu")
+            opt.zero_grad()
+            (con + 2 * cap).backward()
+            opt.step()
+
+        def loader():
+            return torch.utils.data.DataLoader(data, batch_size=bs, shuffle=False, num_workers=args.workers,
+                                               collate_fn=collate)
+
+        memory = [b for b in loader()]  # decoded once, kept as tensors
+        model.train()
+        step(memory[0])  # warm-up
+        rates = {"memory": [], "loader": []}
+        for _ in range(2 if size != "vit-b-16" else 1):  # interleaved rounds
+            t = time.perf_counter()
+            for b in memory:
+                step(b)
+            rates["memory"].append(len(memory) / (time.perf_counter() - t))
+            t = time.perf_counter()
+            k = 0
+            for b in loader():
+                step(b)
+                k += 1
+            rates["loader"].append(k / (time.perf_counter() - t))
+        mem_rate, load_rate = float(np.median(rates["memory"])), float(np.median(rates["loader"]))
+        model.eval()
+        px = pre.normalize(memory[0][0][:8])
+        gen = {}
+        for cache in (True, False):
+            model.generate(px, max_tokens=4, use_cache=cache)
+            t = time.perf_counter()
+            seqs = model.generate(px, max_tokens=64, use_cache=cache, stop_at_end=False)
+            sec = time.perf_counter() - t
+            gen["with_cache" if cache else "without_cache"] = sum(len(s) for s in seqs) / sec
+        out[size] = {"steps_per_s_loader": load_rate, "steps_per_s_memory": mem_rate,
+                     "loader_over_memory": load_rate / mem_rate, "batch_size": bs, "steps": steps,
+                     "image_size": model.config.vision["image_size"], "loader_workers": args.workers,
+                     "tokens_per_s_with_cache": gen["with_cache"], "tokens_per_s_without_cache": gen["without_cache"],
+                     "cache_speedup": gen["with_cache"] / gen["without_cache"], "generation_batch": 8,
+                     "tokens": 63}
+        print(size, json.dumps(out[size]), flush=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=3000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", default="small")
+    ap.add_argument("--general-epochs", type=int, default=25)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr-image", type=float, default=1e-4)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--part", choices=["all", "quality", "speed"], default="all")
+    ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--work", help="keep the world and models here (a second run reuses the world and "
+                                   "the general stage); default: a temporary folder")
+    args = ap.parse_args()
+    print(machine_line(), flush=True)
+    old = json.loads(Path(args.results).read_text()) if Path(args.results).exists() else {}
+    fields = {k: old[k] for k in ("quality", "speed") if k in old}
+    with tempfile.TemporaryDirectory(prefix="vilap-bench-") as tmp:
+        work = Path(args.work) if args.work else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        if args.part in ("all", "speed"):
+            fields["speed"] = speed(args, Path(tmp))
+        if args.part in ("all", "quality"):
+            fields["quality"] = quality(args, work)
+    write_results(args.results, **fields)
+    print(f"-> {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,175 @@
+"""Generated critiques: many images -> one aesthetic comment each, from a
+model that can generate (a VILA-P model; ``photocritic critique``), and
+their evaluation against reference comments (``photocritic eval --task
+captions``).
+
+Images are read and decoded exactly as for scoring (the same errors, the
+same statuses): a bad file gets a row with its status and message and every
+other file is critiqued.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from .data.images import DEFAULT_MAX_BYTES
+from .errors import UsageError
+
+
+@dataclass
+class CritiqueRow:
+    path: str
+    critique: str = ""
+    status: str = "pending"
+    error: str = ""
+
+    def as_dict(self, extra=()) -> dict:
+        return {"path": self.path, "critique": self.critique, "status": self.status, "error": self.error}
+
+
+def check_captioner(critic) -> None:
+    """A usage error (exit 2) unless ``critic``'s backbone can generate text."""
+    spec = critic.encoder_spec
+    if spec is None or spec.get("type") != "coca":
+        kind = "no image backbone" if spec is None else f"backbone {spec['type']}"
+        raise UsageError(f"model {critic.name} cannot generate critiques ({kind}; a VILA-P model from "
+                         f"`photocritic pretrain vila-p` can); with a model trained with --retrieve-comments, "
+                         f"--retrieve K shows the comments of similar images instead")
+
+
+def critique_inputs(critic, inputs, max_tokens: int = 64, beams: int = 1, batch_size: int = 16,
+                    workers: int | None = None, decode: str = "auto", max_bytes: int | None = DEFAULT_MAX_BYTES,
+                    progress: bool = False) -> list[CritiqueRow]:
+    """One :class:`CritiqueRow` per input (paths and/or PIL images), in order."""
+    from .models import PRECISIONS
+    from .pipeline import _name, _progress, decode_mode, decoded_batches, pil_batches
+
+    check_captioner(critic)
+    inputs = list(inputs)
+    rows = [CritiqueRow(path=f"<image {i}>" if isinstance(x, Image.Image) else _name(x))
+            for i, x in enumerate(inputs)]
+    pre = critic.preprocess
+    enc = critic.encoder
+    dtype = PRECISIONS[critic.precision]
+    bar = _progress(len(inputs), progress, desc="critiquing")
+
+    def generate(idx: list[int], pixels: torch.Tensor):
+        texts = enc.generate(pre.normalize(pixels).to(dtype), max_tokens=max_tokens, beams=beams)
+        for i, t in zip(idx, texts):
+            rows[i].critique, rows[i].status = t, "ok"
+        bar.update(len(idx))
+
+    try:
+        pil = [(i, x) for i, x in enumerate(inputs) if isinstance(x, Image.Image)]
+        files = [(i, os.fspath(x)) for i, x in enumerate(inputs) if isinstance(x, (str, os.PathLike))]
+        for i, x in enumerate(inputs):
+            if not isinstance(x, (Image.Image, str, os.PathLike)):
+                rows[i].status, rows[i].error = "not_image", f"input {i}: a {type(x).__name__} is neither a path nor a PIL image"
+                bar.update(1)
+        def failed(i, exc):
+            rows[i].status, rows[i].error = exc.kind, exc.message
+            bar.update(1)
+
+        for good, pixels in pil_batches(pil, pre, batch_size, [r.path for r in rows], failed):
+            generate(good, pixels)
+        loader = decoded_batches([p for _, p in files], pre, batch_size, decode_mode(decode, critic.device), workers,
+                                 max_bytes)
+        for batch in loader:
+            for j, kind, msg in batch["errors"]:
+                rows[files[j][0]].status, rows[files[j][0]].error = kind, msg
+                bar.update(1)
+            if batch["pixels"] is not None:
+                generate([files[j][0] for j in batch["index"]], batch["pixels"])
+    except BaseException as exc:
+        for r in rows:
+            if r.status == "pending":
+                r.status, r.error = "interrupted", f"{r.path}: not critiqued: the run was stopped"
+        exc.partial_rows = rows
+        raise
+    finally:
+        bar.close()
+    return rows
+
+
+_PUNCT = re.compile(r"[^\w\s']")
+
+
+def caption_tokens(text: str) -> str:
+    """Lower-cased words without punctuation, space-separated: how both
+    candidates and references are tokenised before BLEU/ROUGE-L/CIDEr-D
+    (the COCO toolkit's PTB tokenizer drops punctuation likewise)."""
+    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+
+
+def caption_scores(refs: dict[str, list[str]], cands: dict[str, str]) -> dict:
+    """BLEU-1..4, ROUGE-L and CIDEr-D of one candidate per id against its references."""
+    from .metrics import caption_metrics
+
+    keys = [k for k in cands if refs.get(k)]
+    r = {k: [caption_tokens(t) for t in refs[k]] for k in keys}
+    c = {k: [caption_tokens(cands[k])] for k in keys}
+    out = caption_metrics(r, c) if len(keys) >= 2 else {}
+    out["n"] = len(keys)
+    return out
+
+
+def evaluate_captions(critic, ds, comments: dict[str, list[str]], output, max_tokens: int = 64, beams: int = 1,
+                      batch_size: int = 16, progress: bool = False, decode: str = "auto",
+                      workers: int | None = None, split_info: dict | None = None) -> dict:
+    """Generate a critique for every image of ``ds`` that has reference
+    comments and score them against those references (BLEU-1..4, ROUGE-L,
+    CIDEr-D); writes ``metrics.json``, ``critiques.jsonl`` and ``report.md``
+    to ``output``."""
+    import json
+    import time
+    from pathlib import Path
+
+    from .evaluation import json_safe
+
+    check_captioner(critic)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    if ds.root is None:
+        raise UsageError(f"dataset {ds.name} has no image folder: pass --images DIR")
+    refs = {i: [t for t in comments.get(i, []) if t.strip()] for i in ds.ids}
+    with_refs = [k for k, i in enumerate(ds.ids) if refs[i]]
+    if len(with_refs) < 2:
+        raise UsageError(f"only {len(with_refs)} images of {ds.name} have reference comments in --comments "
+                         f"(the ids must match the dataset's)")
+    paths = ds.image_paths()
+    exists = [k for k in with_refs if os.path.exists(paths[k])]
+    t0 = time.perf_counter()
+    rows = critique_inputs(critic, [paths[k] for k in exists], max_tokens=max_tokens, beams=beams,
+                           batch_size=batch_size, progress=progress, decode=decode, workers=workers)
+    seconds = time.perf_counter() - t0
+    cands = {ds.ids[k]: r.critique for k, r in zip(exists, rows) if r.status == "ok"}
+    res = caption_scores(refs, cands)
+    failed = [r for r in rows if r.status != "ok"]
+    res.update(model=critic.name, dataset=ds.name, split=split_info, images_listed=len(ds),
+               images_with_references=len(with_refs), images_missing=len(with_refs) - len(exists),
+               images_failed=len(failed), failed_examples=[r.error for r in failed[:10]],
+               decoding="greedy" if beams == 1 else f"beam search, {beams} beams", max_tokens=max_tokens,
+               seconds=round(seconds, 2))
+    res = json_safe(res)
+    (out / "metrics.json").write_text(json.dumps(res, indent=2, allow_nan=False) + "\n")
+    with open(out / "critiques.jsonl", "w", encoding="utf-8") as fh:
+        for k, r in zip(exists, rows):
+            fh.write(json.dumps({"image_id": ds.ids[k], "path": r.path, "critique": r.critique,
+                                 "status": r.status, "error": r.error, "references": refs[ds.ids[k]]},
+                                ensure_ascii=False) + "\n")
+    lines = [f"# Critiques of `{critic.name}` on `{ds.name}`", "",
+             f"{res['n']} images critiqued ({res['decoding']}, at most {max_tokens} tokens) in {seconds:.1f} s; "
+             f"{res['images_missing']} missing on disk, {len(failed)} failed to load (excluded).", "",
+             "| metric | value |", "|---|---|"]
+    for key in ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider"):
+        if key in res:
+            lines.append(f"| {key} | {res[key]:.4f} |")
+    lines += ["", "Candidates and references are lower-cased with punctuation removed; CIDEr is CIDEr-D "
+                  "(document frequencies from these references).", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return res
