@@ -145,6 +145,48 @@ def write_captions(world: Path, rows: list[dict], comments: dict, out: Path) -> 
                                       for v in generic.values())}
 
 
+def oracle_contrastive(rows: list[dict], batch: int = 64, sims: int = 400) -> dict:
+    """How much a single comment can tell about its image in this world: the
+    text-to-image InfoNCE loss (batches of ``batch``) of the Bayes oracle
+    that knows every image's true attribute qualities and the comment
+    generator (:func:`photocritic.data.synthetic.make_comments`), against
+    chance, log(batch). A comment's phrase, opener and closer depend only on
+    its (attribute, praise or criticism) type, so the oracle's likelihood
+    ratio is that of the type; each image's type distribution is estimated
+    by ``sims`` draws of the generator."""
+    from photocritic.data.synthetic import ATTRIBUTES as ATTRS
+
+    rng = np.random.default_rng(0)
+    visual = ATTRS[:5]
+    types = [(a, g) for a in ATTRS for g in (True, False)] + [("noise", None)]
+    index = {t: k for k, t in enumerate(types)}
+    probs = []
+    for r in rows:
+        q = {a: (float(r[a]) - 1) / 9 for a in ATTRS}
+        ext = np.array([abs(q[a] - 0.6) + 0.05 for a in visual])
+        counts = np.full(len(types), 0.5)
+        for _ in range(sims):
+            n = int(rng.integers(1, 6))
+            kinds = [str(rng.choice(["content", "emotion"]))] if rng.random() < 0.6 else []
+            while len(kinds) < n:
+                kinds.append(str(rng.choice(visual, p=ext / ext.sum())))
+            attr = kinds[int(rng.integers(len(kinds)))]  # one of the image's comments
+            if rng.random() < 0.10:
+                counts[index[("noise", None)]] += 1
+                continue
+            good = (q[attr] > 0.6) != (rng.random() < 0.15)
+            counts[index[(attr, bool(good))]] += 1
+        probs.append(counts / counts.sum())
+    probs = np.array(probs)
+    losses = []
+    for s in range(0, len(rows) - batch + 1, batch):
+        pb = probs[s:s + batch]
+        drawn = np.array([rng.choice(len(types), p=p) for p in pb])
+        log_lik = np.log(pb[:, drawn])  # [image j, comment i]
+        losses.append(float(np.mean(np.log(np.exp(log_lik).sum(0)) - np.diag(log_lik))))
+    return {"oracle_loss": float(np.mean(losses)), "chance": float(np.log(batch)), "batch": batch}
+
+
 @torch.no_grad()
 def phrase_auc(model, paths: list[str], rows: list[dict]) -> dict:
     """Per attribute: the AUC with which the captioner's log-probability of
@@ -243,7 +285,8 @@ def quality(args, tmp: Path) -> dict:
     t = time.perf_counter()
     run(["pretrain", "vila-p", "--init", str(tmp / "general"), "--captions", str(tmp / "comments_train.json"),
          "--output", str(tmp / "vilap"), "--epochs", str(args.epochs), "--lr", str(args.lr),
-         "--lr-image", str(args.lr_image), "--overwrite", *common])
+         "--lr-image", str(args.lr_image), "--alpha", str(args.alpha), "--beta", str(args.beta), "--overwrite",
+         *common])
     timing["vilap_seconds"] = round(time.perf_counter() - t, 1)
     for stage in ("general", "vilap"):
         run(["train", "vila-r", "--backbone", str(tmp / stage), "--dataset", str(world_dir), "--split", "train",
@@ -256,7 +299,7 @@ def quality(args, tmp: Path) -> dict:
                      for r in test])
     out = {"world": {k: world[k] for k in ("images", "sources", "splits")}, "data": data, "timing": timing,
            "settings": {k: getattr(args, k) for k in ("n", "seed", "size", "general_epochs", "epochs", "lr",
-                                                    "lr_image", "batch_size")},
+                                                    "lr_image", "alpha", "beta", "batch_size")},
            "test_images": len(test), "stages": {}}
     scores, models = {}, {}
     for stage in ("general", "vilap"):
@@ -318,6 +361,7 @@ def quality(args, tmp: Path) -> dict:
             naming[name] = {"images_with_edit": int(has.sum()), "named_when_applied": float(said[has].mean()),
                             "named_otherwise": float(said[~has].mean())}
     out["edit_naming"] = naming
+    out["comment_information"] = oracle_contrastive(test)
     out["edit_phrase_auc"] = phrase_auc(vp, tpaths, test)
     applied = [v["named_when_applied"] for v in naming.values()]
     other = [v["named_otherwise"] for v in naming.values()]
@@ -408,6 +452,10 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--lr-image", type=float, default=1e-4)
+    ap.add_argument("--alpha", type=float, default=1.0, help="VILA-P's contrastive weight")
+    ap.add_argument("--beta", type=float, default=2.0, help="VILA-P's captioning weight")
+    ap.add_argument("--variant", help="store the quality figures under quality_variants[NAME] (a run with "
+                                      "other VILA-P settings), keeping the main ones")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--part", choices=["all", "quality", "speed"], default="all")
@@ -417,14 +465,18 @@ def main() -> int:
     args = ap.parse_args()
     print(machine_line(), flush=True)
     old = json.loads(Path(args.results).read_text()) if Path(args.results).exists() else {}
-    fields = {k: old[k] for k in ("quality", "speed") if k in old}
+    fields = {k: old[k] for k in ("quality", "speed", "quality_variants") if k in old}
     with tempfile.TemporaryDirectory(prefix="vilap-bench-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         if args.part in ("all", "speed"):
             fields["speed"] = speed(args, Path(tmp))
         if args.part in ("all", "quality"):
-            fields["quality"] = quality(args, work)
+            res = quality(args, work)
+            if args.variant:
+                fields.setdefault("quality_variants", {})[args.variant] = res
+            else:
+                fields["quality"] = res
     write_results(args.results, **fields)
     print(f"-> {args.results}")
     return 0
