@@ -376,7 +376,7 @@ def speed(args, tmp: Path) -> dict:
     """Steps/s: real loader vs in-memory tensors; tokens/s with and without the KV cache."""
     from photocritic.data.synthetic import find_sources, synthesize
     from photocritic.encoders import coca as C
-    from photocritic.training.pretrain import ImageComments, _forward, collate_pairs, pair_losses
+    from photocritic.training.pretrain import EpochBatches, ImageComments, _forward, collate_pairs, pair_losses
 
     world_dir = tmp / "speed-world"
     n = 512
@@ -404,11 +404,17 @@ def speed(args, tmp: Path) -> dict:
             (con + 2 * cap).backward()
             opt.step()
 
-        def loader():
-            return torch.utils.data.DataLoader(data, batch_size=bs, shuffle=False, num_workers=args.workers,
-                                               collate_fn=collate)
+        # the pretraining loader: one DataLoader with a persistent decoding worker for every epoch
+        sampler = EpochBatches()
+        sampler.batches = [list(range(k, k + bs)) for k in range(0, len(take), bs)]
+        real = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=args.workers,
+                                           collate_fn=collate, persistent_workers=args.workers > 0)
 
-        memory = [b for b in loader()]  # decoded once, kept as tensors
+        def loader():
+            sampler.epoch += 1
+            return real
+
+        memory = [b for b in loader()]  # decoded once, kept as tensors (this pass also starts the worker)
         model.train()
         step(memory[0])  # warm-up
         rates = {"memory": [], "loader": []}

@@ -296,6 +296,21 @@ def test_pretrain_resume_is_bit_for_bit(tiny_clip_dir, world, tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert _pretrain([*common, "--output", str(tmp_path / "straight"), "--epochs", "2"]) != 0  # not empty
+    # one persistent decoding worker for both epochs draws the same comments as decoding in-process
+    assert main(["pretrain", "vila-p", *common, "-q", "--precision", "fp32", "--workers", "1", "--output",
+                 str(tmp_path / "worker"), "--epochs", "2"]) == 0
+    c = load_file(str(tmp_path / "worker" / "coca" / "model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], c[k]), k
+    # the comment an image is paired with is drawn anew each epoch, from the key's epoch
+    from photocritic.training.pretrain import ImageComments
+
+    ids = list(json.loads((tmp_path / "c.json").read_text()))
+    data = ImageComments([str(world / "images" / i) for i in ids], [comments[i] for i in ids], None, None, None)
+    many = [i for i, k in enumerate(ids) if len(set(comments[k])) > 2]
+    assert any(data.text(i, 1) != data.text(i, 2) for i in many)
+    data.preprocess = C.preprocess_of(C.read_coca_config(tmp_path / "worker" / "coca")[0])
+    assert all(data[(e, i)][1] == data.text(i, e) for e in (1, 2, 3) for i in many[:3])
 
 
 def test_random_init_trains_a_tokenizer_on_the_comments(world, tmp_path):
@@ -312,6 +327,11 @@ def test_random_init_trains_a_tokenizer_on_the_comments(world, tmp_path):
     assert len(ids) < len("too dark, honestly!")  # merges were learnt
     rows = photocritic.load(out).critique([str(next((world / "images").glob("*.jpg")))], max_tokens=5)
     assert rows[0].status == "ok"
+    # a bad --init is a usage error before anything is written
+    bad = tmp_path / "bad"
+    assert _pretrain(["--init", "random:huge", "--captions", str(world / "comments.json"), "--images",
+                      str(world / "images"), "--output", str(bad)]) == 2
+    assert not bad.exists()
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,

@@ -92,16 +92,37 @@ class ImageComments(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.paths)
 
-    def text(self, i: int) -> str:
+    def text(self, i: int, epoch: int | None = None) -> str:
         options = self.comments[i]
-        return options[int(np.random.default_rng([self.seed, self.epoch, i]).integers(len(options)))]
+        epoch = self.epoch if epoch is None else epoch
+        return options[int(np.random.default_rng([self.seed, epoch, i]).integers(len(options)))]
 
-    def __getitem__(self, i):
+    def __getitem__(self, key):
+        """``key``: an index (this dataset's ``epoch``), or (epoch, index) as
+        :class:`EpochBatches` yields them to persistent workers."""
+        epoch, i = key if isinstance(key, tuple) else (None, key)
         try:
             pixels = decode_for(read_bytes(self.paths[i]), self.preprocess, self.paths[i])
         except ImageError:
             return None
-        return torch.from_numpy(np.array(pixels)), self.text(i), i
+        return torch.from_numpy(np.array(pixels)), self.text(i, epoch), i
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """The batches of the current epoch as lists of (epoch, index): set
+    ``batches`` and ``epoch`` before each pass. A DataLoader iterates its
+    batch sampler in the main process, so one loader with persistent
+    workers serves every epoch (no worker start per epoch)."""
+
+    def __init__(self):
+        self.batches, self.epoch = [], 0
+
+    def __iter__(self):
+        for b in self.batches:
+            yield [(self.epoch, i) for i in b]
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def collate_pairs(tokenizer, config):
@@ -333,10 +354,13 @@ def pretrain(cfg: PretrainConfig, log=None):
     ck = output / CHECKPOINT
     if cfg.resume and not (ck / "state.pt").exists():
         raise DataError(f"--resume: {output} has no checkpoint to resume from")
-    if main:  # the data checks passed: only now is --overwrite carried out
+    if main:
+        # the starting point (and the tokenizer), which every process loads; built before --overwrite
+        # empties anything, so a bad --init leaves the output as it was
+        initial = None if cfg.resume else build_initial(cfg, [t for group in texts for t in group])
         prepare_output(output, cfg.overwrite, cfg.resume, clear=True)
-        if not cfg.resume:  # the starting point (and the tokenizer), which every process loads
-            C.save_coca(*build_initial(cfg, [t for group in texts for t in group]), ck / "init")
+        if initial is not None:
+            C.save_coca(*initial, ck / "init")
     acc.wait_for_everyone()
     model, tok = C.load_coca(ck / "init")
     model.float()
@@ -368,14 +392,14 @@ def pretrain(cfg: PretrainConfig, log=None):
     vdata = ImageComments([paths[k] for k in va], [texts[k] for k in va], pre, tok, model.config, cfg.seed)
     collate = collate_pairs(tok, model.config)
     workers = cfg.workers if cfg.workers is not None else min(4, max(0, (os.cpu_count() or 2) // 2))
+    sampler = EpochBatches()
+    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                                         persistent_workers=workers > 0)
     t0 = time.perf_counter()
     steps, unreadable = 0, 0
     for epoch in range(start_epoch, cfg.epochs + 1):
         plan = _plan(len(data), cfg.batch_size, cfg.seed, epoch, rank, world, cfg.accumulate)
-        data.epoch = epoch
-        flat = [m for step in plan for m in step if m]
-        loader = torch.utils.data.DataLoader(data, batch_sampler=flat, num_workers=workers,
-                                             collate_fn=collate, persistent_workers=False)
+        sampler.epoch, sampler.batches = epoch, [m for step in plan for m in step if m]
         it = iter(loader)
         net.train()
         sums = {"contrastive": 0.0, "tok": 0.0, "n_tok": 0, "micro": 0}
