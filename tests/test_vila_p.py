@@ -389,3 +389,16 @@ def test_initialisation_from_siglip_keeps_its_image_tower(tiny_siglip_dir):
         torch.testing.assert_close(model.encode_image(px)["embedding"], ref.encode(px).pooled, rtol=0, atol=1e-5)
     torch.testing.assert_close(model.text_projection.weight, ref.model.text_model.head.weight)
     assert len(model.generate(px, max_tokens=5)) == 2
+
+
+def test_tower_keys_load_across_transformers_layouts(tiny_coca):
+    """transformers 4 nests a vision tower's weights under vision_model.,
+    version 5 does not: either layout loads into the other."""
+    state = tiny_coca.state_dict()
+    nested = {("vision.vision_model." + k[len("vision."):] if k.startswith("vision.") else k): v
+              for k, v in state.items()}
+    assert C.fit_tower_keys(nested, state.keys()).keys() == state.keys()
+    tower = tiny_coca.vision.state_dict()
+    assert C.fit_tower_keys({"vision_model." + k: v for k, v in tower.items()}, tower.keys()).keys() == tower.keys()
+    flat_expected = {k[len("vision_model."):] if k.startswith("vision_model.") else k for k in tower}
+    assert C.fit_tower_keys({"vision_model." + k: v for k, v in tower.items()}, flat_expected).keys() == flat_expected

@@ -182,6 +182,23 @@ class AttentionalPooler(nn.Module):
         return self.attn(q, self.ln_k(context), key_mask=key_mask)
 
 
+def fit_tower_keys(state: dict, expected) -> dict:
+    """``state`` with its vision-tower keys named as ``expected`` names them.
+    transformers 5 flattened ``CLIPVisionModel`` / ``SiglipVisionModel``
+    (``embeddings...``); version 4 nests them (``vision_model.embeddings...``),
+    so a tower or a CoCa saved under one loads under the other."""
+    expected = set(expected)
+    out = {}
+    for key, value in state.items():
+        if key not in expected:
+            candidates = [key.replace("vision_model.", "", 1), "vision_model." + key]
+            if key.startswith("vision."):
+                candidates.append("vision.vision_model." + key[len("vision."):])
+            key = next((c for c in candidates if c in expected), key)
+        out[key] = value
+    return out
+
+
 def _vision_classes(kind: str):
     if kind == "clip":
         from transformers import CLIPVisionConfig, CLIPVisionModel
@@ -465,7 +482,8 @@ def from_clip(name: str, gen_queries: int = 196, max_length: int = 64, multimoda
     hf = _load_pretrained(AutoModel.from_pretrained, name)
     tok = _load_pretrained(AutoTokenizer.from_pretrained, name)
     model = CoCa(config)
-    model.vision.load_state_dict(hf.vision_model.state_dict())
+    tower = model.vision
+    tower.load_state_dict(fit_tower_keys(hf.vision_model.state_dict(), tower.state_dict()))
     text = hf.text_model
     with torch.no_grad():
         if config.vision_projection:
@@ -550,9 +568,9 @@ def load_coca(directory: str | Path, tuned: str | None = None) -> tuple[CoCa, ob
     directory = Path(directory)
     config, meta = read_coca_config(directory)
     model = CoCa(config)
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    model.load_state_dict(fit_tower_keys(load_file(str(directory / "model.safetensors")), model.state_dict()))
     if tuned:
-        model.vision.load_state_dict(load_file(tuned))
+        model.vision.load_state_dict(fit_tower_keys(load_file(tuned), model.vision.state_dict()))
     model.eval()
     return model, load_tokenizer(directory, meta)
 
