@@ -285,7 +285,8 @@ def quality(args, tmp: Path) -> dict:
     t = time.perf_counter()
     run(["pretrain", "vila-p", "--init", str(tmp / "general"), "--captions", str(tmp / "comments_train.json"),
          "--output", str(tmp / "vilap"), "--epochs", str(args.epochs), "--lr", str(args.lr),
-         "--lr-image", str(args.lr_image), "--alpha", str(args.alpha), "--beta", str(args.beta), "--overwrite",
+         "--lr-image", str(args.lr_image), "--alpha", str(args.alpha), "--beta", str(args.beta),
+         "--lr-temperature", str(args.lr_temperature), "--overwrite",
          *common])
     timing["vilap_seconds"] = round(time.perf_counter() - t, 1)
     for stage in ("general", "vilap"):
@@ -299,7 +300,8 @@ def quality(args, tmp: Path) -> dict:
                      for r in test])
     out = {"world": {k: world[k] for k in ("images", "sources", "splits")}, "data": data, "timing": timing,
            "settings": {k: getattr(args, k) for k in ("n", "seed", "size", "general_epochs", "epochs", "lr",
-                                                    "lr_image", "alpha", "beta", "batch_size")},
+                                                    "lr_image", "alpha", "beta", "lr_temperature",
+                                                    "batch_size")},
            "test_images": len(test), "stages": {}}
     scores, models = {}, {}
     for stage in ("general", "vilap"):
@@ -459,6 +461,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--lr-image", type=float, default=1e-4)
     ap.add_argument("--alpha", type=float, default=1.0, help="VILA-P's contrastive weight")
+    ap.add_argument("--lr-temperature", type=float, default=0.01, help="VILA-P's temperature rate")
     ap.add_argument("--beta", type=float, default=2.0, help="VILA-P's captioning weight")
     ap.add_argument("--variant", help="store the quality figures under quality_variants[NAME] (a run with "
                                       "other VILA-P settings), keeping the main ones")
