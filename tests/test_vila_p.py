@@ -16,6 +16,7 @@ from PIL import Image
 
 from photocritic.cli import main
 from photocritic.encoders import coca as C
+from photocritic.encoders.base import fit_tower_keys
 from photocritic.losses import caption_loss, contrastive_loss
 
 from conftest import write_broken_files, write_style_lists
@@ -391,14 +392,25 @@ def test_initialisation_from_siglip_keeps_its_image_tower(tiny_siglip_dir):
     assert len(model.generate(px, max_tokens=5)) == 2
 
 
-def test_tower_keys_load_across_transformers_layouts(tiny_coca):
+def test_tower_keys_load_across_transformers_layouts(tiny_coca, tiny_clip_dir, tmp_path):
     """transformers 4 nests a vision tower's weights under vision_model.,
     version 5 does not: either layout loads into the other."""
     state = tiny_coca.state_dict()
     nested = {("vision.vision_model." + k[len("vision."):] if k.startswith("vision.") else k): v
               for k, v in state.items()}
-    assert C.fit_tower_keys(nested, state.keys()).keys() == state.keys()
+    assert fit_tower_keys(nested, state.keys()).keys() == state.keys()
     tower = tiny_coca.vision.state_dict()
-    assert C.fit_tower_keys({"vision_model." + k: v for k, v in tower.items()}, tower.keys()).keys() == tower.keys()
+    assert fit_tower_keys({"vision_model." + k: v for k, v in tower.items()}, tower.keys()).keys() == tower.keys()
     flat_expected = {k[len("vision_model."):] if k.startswith("vision_model.") else k for k in tower}
-    assert C.fit_tower_keys({"vision_model." + k: v for k, v in tower.items()}, flat_expected).keys() == flat_expected
+    assert fit_tower_keys({"vision_model." + k: v for k, v in tower.items()}, flat_expected).keys() == flat_expected
+    # a fine-tuned CLIP tower saved with version 4's nested keys loads into version 5's tower
+    from safetensors.torch import save_file
+
+    from photocritic.encoders.hf import HFVisionLanguageEncoder
+
+    plain = HFVisionLanguageEncoder(str(tiny_clip_dir))
+    moved = {k: v + 0.01 for k, v in plain.model.vision_model.state_dict().items()}
+    save_file({"vision_model." + k: v.contiguous() for k, v in moved.items()}, str(tmp_path / "tower.safetensors"))
+    tuned = HFVisionLanguageEncoder(str(tiny_clip_dir), tuned=str(tmp_path / "tower.safetensors"))
+    for k, v in tuned.model.vision_model.state_dict().items():
+        torch.testing.assert_close(v, moved[k])

@@ -129,6 +129,23 @@ class ModelNotAvailableError(PhotocriticError, RuntimeError):
     exit_code = EXIT_MODEL
 
 
+def fit_tower_keys(state: dict, expected) -> dict:
+    """``state`` with its vision-tower keys named as ``expected`` names them.
+    transformers 5 flattened ``CLIPVisionModel`` / ``SiglipVisionModel``
+    (``embeddings...``); version 4 nests them (``vision_model.embeddings...``),
+    so weights saved under one load under the other (a fine-tuned tower, a CoCa)."""
+    expected = set(expected)
+    out = {}
+    for key, value in state.items():
+        if key not in expected:
+            candidates = [key.replace("vision_model.", "", 1), "vision_model." + key]
+            if key.startswith("vision."):
+                candidates.append("vision.vision_model." + key[len("vision."):])
+            key = next((c for c in candidates if c in expected), key)
+        out[key] = value
+    return out
+
+
 def tuned_suffix(weights: str | None) -> str:
     """The encoder-id suffix of a fine-tuned tower: a digest of its weights
     file, so that a fine-tuned backbone never shares cache entries with the

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import EncoderOutput, ModelNotAvailableError, Preprocess, WrappedModel, tuned_suffix
+from .base import EncoderOutput, ModelNotAvailableError, Preprocess, WrappedModel, fit_tower_keys, tuned_suffix
 
 COCA_FORMAT = "photocritic-coca"
 COCA_FILE = "coca.json"
@@ -180,23 +180,6 @@ class AttentionalPooler(nn.Module):
     def forward(self, context: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         q = self.ln_q(self.query).unsqueeze(0).expand(context.shape[0], -1, -1)
         return self.attn(q, self.ln_k(context), key_mask=key_mask)
-
-
-def fit_tower_keys(state: dict, expected) -> dict:
-    """``state`` with its vision-tower keys named as ``expected`` names them.
-    transformers 5 flattened ``CLIPVisionModel`` / ``SiglipVisionModel``
-    (``embeddings...``); version 4 nests them (``vision_model.embeddings...``),
-    so a tower or a CoCa saved under one loads under the other."""
-    expected = set(expected)
-    out = {}
-    for key, value in state.items():
-        if key not in expected:
-            candidates = [key.replace("vision_model.", "", 1), "vision_model." + key]
-            if key.startswith("vision."):
-                candidates.append("vision.vision_model." + key[len("vision."):])
-            key = next((c for c in candidates if c in expected), key)
-        out[key] = value
-    return out
 
 
 def _vision_classes(kind: str):

@@ -20,7 +20,7 @@ import torch
 
 from torch import nn
 
-from .base import EncoderOutput, ModelNotAvailableError, Preprocess, WrappedModel, tuned_suffix
+from .base import EncoderOutput, ModelNotAvailableError, Preprocess, WrappedModel, fit_tower_keys, tuned_suffix
 
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -176,7 +176,8 @@ class HFVisionLanguageEncoder(WrappedModel):
         if tuned:  # a fine-tuned vision tower (photocritic train finetune)
             from safetensors.torch import load_file
 
-            self.model.vision_model.load_state_dict(load_file(tuned))
+            tower = self.model.vision_model
+            tower.load_state_dict(fit_tower_keys(load_file(tuned), tower.state_dict()))
             self.id += tuned_suffix(tuned)
         self.prelogits_dim = int(config.vision_config.hidden_size)
         self.dim = int(getattr(config, "projection_dim", None) or config.vision_config.hidden_size)
