@@ -47,7 +47,7 @@ def critique_inputs(critic, inputs, max_tokens: int = 64, beams: int = 1, batch_
                     progress: bool = False) -> list[CritiqueRow]:
     """One :class:`CritiqueRow` per input (paths and/or PIL images), in order."""
     from .models import PRECISIONS
-    from .pipeline import _name, _progress, decode_mode, decoded_batches, pil_batches
+    from .pipeline import _name, _progress, decode_mode, decoded_batches, pil_batches, split_inputs
 
     check_captioner(critic)
     inputs = list(inputs)
@@ -65,12 +65,11 @@ def critique_inputs(critic, inputs, max_tokens: int = 64, beams: int = 1, batch_
         bar.update(len(idx))
 
     try:
-        pil = [(i, x) for i, x in enumerate(inputs) if isinstance(x, Image.Image)]
-        files = [(i, os.fspath(x)) for i, x in enumerate(inputs) if isinstance(x, (str, os.PathLike))]
-        for i, x in enumerate(inputs):
-            if not isinstance(x, (Image.Image, str, os.PathLike)):
-                rows[i].status, rows[i].error = "not_image", f"input {i}: a {type(x).__name__} is neither a path nor a PIL image"
-                bar.update(1)
+        pil, files, others = split_inputs(inputs)
+        for i, message in others:
+            rows[i].status, rows[i].error = "not_image", message
+            bar.update(1)
+
         def failed(i, exc):
             rows[i].status, rows[i].error = exc.kind, exc.message
             bar.update(1)

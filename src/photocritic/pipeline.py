@@ -132,6 +132,19 @@ def _hash_one(path: str, max_bytes: int | None = DEFAULT_MAX_BYTES):
         return None, exc.kind, exc.message
 
 
+def split_inputs(inputs) -> tuple[list, list, list]:
+    """(index, PIL image), (index, path) and (index, "not an image" message) of ``inputs``."""
+    pil_items, path_items, others = [], [], []
+    for i, x in enumerate(inputs):
+        if isinstance(x, Image.Image):
+            pil_items.append((i, x))
+        elif isinstance(x, (str, os.PathLike)):
+            path_items.append((i, os.fspath(x)))
+        else:
+            others.append((i, f"input {i}: a {type(x).__name__} is neither a path nor a PIL image"))
+    return pil_items, path_items, others
+
+
 def pil_batches(items, pre, batch_size: int, names: list[str], failed):
     """(indices, uint8 pixel batch) of in-memory ``(index, PIL image)``
     items; an image that cannot be prepared goes to ``failed(index, ImageError)``."""
@@ -287,16 +300,10 @@ def _score_into(rows, stats, bar, critic, inputs, batch_size, cache, workers, mo
         bar.update(len(targets))
 
     # In-memory images: no file, no cache; preprocess here, one failed row per bad image.
-    pil_items, path_items = [], []
-    for i, x in enumerate(inputs):
-        if isinstance(x, Image.Image):
-            pil_items.append((i, x))
-        elif isinstance(x, (str, os.PathLike)):
-            path_items.append((i, os.fspath(x)))
-        else:
-            fail(rows[i], "not_image", f"input {i}: a {type(x).__name__} is neither a path nor a "
-                                       f"PIL image")
-            bar.update(1)
+    pil_items, path_items, others = split_inputs(inputs)
+    for i, message in others:
+        fail(rows[i], "not_image", message)
+        bar.update(1)
     pre = critic.preprocess
     def pil_failed(i, exc):
         fail(rows[i], exc.kind, exc.message)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,20 +86,19 @@ class ImageComments(torch.utils.data.Dataset):
     def __init__(self, paths, comments, preprocess, tokenizer, config, seed: int = 0):
         self.paths, self.comments = paths, comments
         self.preprocess, self.tokenizer, self.config = preprocess, tokenizer, config
-        self.seed, self.epoch = seed, 0
+        self.seed = seed
 
     def __len__(self):
         return len(self.paths)
 
-    def text(self, i: int, epoch: int | None = None) -> str:
+    def text(self, i: int, epoch: int = 0) -> str:
         options = self.comments[i]
-        epoch = self.epoch if epoch is None else epoch
         return options[int(np.random.default_rng([self.seed, epoch, i]).integers(len(options)))]
 
     def __getitem__(self, key):
-        """``key``: an index (this dataset's ``epoch``), or (epoch, index) as
-        :class:`EpochBatches` yields them to persistent workers."""
-        epoch, i = key if isinstance(key, tuple) else (None, key)
+        """``key``: (epoch, index) as :class:`EpochBatches` yields them to
+        persistent workers, or an index (epoch 0: validation)."""
+        epoch, i = key if isinstance(key, tuple) else (0, key)
         try:
             pixels = decode_for(read_bytes(self.paths[i]), self.preprocess, self.paths[i])
         except ImageError:
@@ -180,15 +178,12 @@ def pair_losses(out: dict, world: int, device) -> tuple[torch.Tensor, torch.Tens
         return con, cap, float(tok_sum.detach()), n_tok
     import torch.distributed as dist
 
-    n = torch.tensor([len(img)], device=device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    width = int(max(s.item() for s in sizes))
+    width = int(max(n.item() for n in _gather_plain(torch.tensor([len(img)], device=device), world)))
     rank = dist.get_rank()
     pad_valid = _pad_rows(valid.to(torch.long), width)
     g_img = _GatherWithGrad.apply(_pad_rows(img.float(), width))
     g_txt = _GatherWithGrad.apply(_pad_rows(txt.float(), width))
-    g_valid = torch.cat([p for p in _gather_plain(pad_valid, world)]).bool()
+    g_valid = torch.cat(_gather_plain(pad_valid, world)).bool()
     con = contrastive_loss(g_img, g_txt, out["logit_scale"], valid=g_valid,
                            rows=slice(rank * width, (rank + 1) * width))
     total_tok = torch.tensor([float(n_tok)], device=device)
@@ -203,24 +198,6 @@ def _gather_plain(x, world):
     parts = [torch.empty_like(x) for _ in range(world)]
     dist.all_gather(parts, x.contiguous())
     return parts
-
-
-def _plan(n: int, global_batch: int, seed: int, epoch: int, rank: int, world: int, accumulate: int):
-    """Per step, this process's ``accumulate`` micro-batches of indices (some
-    may be empty: every process runs the same number of micro-batches, as
-    the loss gathers across them). A last batch smaller than the number of
-    processes is left out of that epoch."""
-    from .trainer import epoch_order
-
-    order = epoch_order(n, seed, epoch)
-    plan = []
-    for s in range(0, n, global_batch):
-        batch = order[s:s + global_batch]
-        if len(batch) < world:
-            break
-        mine = batch.tensor_split(world)[rank]
-        plan.append([m.tolist() for m in mine.tensor_split(accumulate)])
-    return plan
 
 
 def find_pairs(comments: dict, images: Path) -> tuple[list[str], list[str], list[list[str]], dict]:
@@ -300,20 +277,17 @@ def blank_batch(pre, config):
 def validation_losses(model, data, pre, device, batch_size: int, alpha: float, beta: float) -> dict:
     """Contrastive loss (over batches of ``batch_size``) and captioning loss
     per token on the held-out pairs; every process computes the same."""
-    from ..encoders.coca import tokenize
-
     model.eval()
+    collate = collate_pairs(data.tokenizer, data.config)
     con_sum, n_con, tok_sum, n_tok = 0.0, 0, 0.0, 0
     for s in range(0, len(data), batch_size):
-        items = [data[i] for i in range(s, min(s + batch_size, len(data)))]
-        items = [it for it in items if it is not None]
-        if len(items) < 2:
+        batch = collate([data[i] for i in range(s, min(s + batch_size, len(data)))])
+        if batch is None or len(batch[3]) < 2:
             continue
-        ids, mask = tokenize(data.tokenizer, [it[1] for it in items], data.config)
-        out = model(pre.normalize(torch.stack([it[0] for it in items])).to(device), ids.to(device),
-                    mask.to(device))
-        con_sum += float(contrastive_loss(out["image"], out["text"], out["logit_scale"])) * len(items)
-        n_con += len(items)
+        pixels, ids, mask, idx = batch
+        out = _forward(model, pixels, ids, mask, pre, device, torch.ones(len(idx), dtype=torch.bool))
+        con_sum += float(contrastive_loss(out["image"], out["text"], out["logit_scale"])) * len(idx)
+        n_con += len(idx)
         tok_sum += float(caption_loss(out["logits"], out["labels"], reduction="sum"))
         n_tok += int((out["labels"] != -100).sum())
     con = con_sum / max(n_con, 1)
@@ -329,7 +303,7 @@ def pretrain(cfg: PretrainConfig, log=None):
     from ..device import resolve_precision
     from ..encoders import coca as C
     from .run import prepare_output, val_ids
-    from .trainer import _null, _state_rng, atomic_save
+    from .trainer import _null, _Shard, _state_rng, atomic_save, epoch_order, loader_workers
 
     log = log or (lambda m: None)
     output = Path(cfg.output)
@@ -391,14 +365,15 @@ def pretrain(cfg: PretrainConfig, log=None):
     data = ImageComments([paths[k] for k in tr], [texts[k] for k in tr], pre, tok, model.config, cfg.seed)
     vdata = ImageComments([paths[k] for k in va], [texts[k] for k in va], pre, tok, model.config, cfg.seed)
     collate = collate_pairs(tok, model.config)
-    workers = cfg.workers if cfg.workers is not None else min(4, max(0, (os.cpu_count() or 2) // 2))
+    workers = loader_workers(cfg.workers)
     sampler = EpochBatches()
     loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                                          persistent_workers=workers > 0)
     t0 = time.perf_counter()
     steps, unreadable = 0, 0
     for epoch in range(start_epoch, cfg.epochs + 1):
-        plan = _plan(len(data), cfg.batch_size, cfg.seed, epoch, rank, world, cfg.accumulate)
+        plan = [micro for _, micro in _Shard(epoch_order(len(data), cfg.seed, epoch), cfg.batch_size, rank, world,
+                                             cfg.accumulate, keep_empty=True).plan]
         sampler.epoch, sampler.batches = epoch, [m for step in plan for m in step if m]
         it = iter(loader)
         net.train()

@@ -114,16 +114,21 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 class _Shard(torch.utils.data.Sampler):
     """This process's part of each global batch, micro-batched: yields lists
     of indices. With N processes, an epoch's last batch of fewer than N
-    images is left out of that epoch (the order changes every epoch)."""
+    images is left out of that epoch (the order changes every epoch).
+    ``keep_empty``: keep a process's empty micro-batches in ``plan``, so that
+    every process runs ``accumulate`` of them per step (for losses that
+    gather across processes in every micro-batch)."""
 
-    def __init__(self, order: torch.Tensor, global_batch: int, rank: int, world: int, accumulate: int):
+    def __init__(self, order: torch.Tensor, global_batch: int, rank: int, world: int, accumulate: int,
+                 keep_empty: bool = False):
         self.plan = []
         for s in range(0, len(order), global_batch):
             batch = order[s:s + global_batch]
             if len(batch) < world:  # a last batch too small to give every process an image:
                 break               # skipped (a process without one would stall the others)
             mine = batch.tensor_split(world)[rank]
-            self.plan.append((len(batch), [m.tolist() for m in mine.tensor_split(accumulate) if len(m)]))
+            self.plan.append((len(batch), [m.tolist() for m in mine.tensor_split(accumulate)
+                                           if keep_empty or len(m)]))
 
     def __iter__(self):
         for _, micro in self.plan:
@@ -131,6 +136,12 @@ class _Shard(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return sum(len(m) for _, m in self.plan)
+
+
+def loader_workers(workers: int | None) -> int:
+    """Decoding workers of a training DataLoader: ``workers``, else half the
+    cores, at most 4 (none on one core)."""
+    return workers if workers is not None else min(4, max(0, (os.cpu_count() or 2) // 2))
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -198,7 +209,7 @@ def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: lis
     q_train = train_set.distribution[tr_idx]
     data = ImageRatings(tr_paths, q_train, pre, augment=method.augment, seed=method.seed)
     vdata = ImageRatings(va_paths, val_set.distribution[va_idx], pre)
-    workers = method.workers if method.workers is not None else min(4, max(0, (os.cpu_count() or 2) // 2))
+    workers = loader_workers(method.workers)
     world, rank = acc.num_processes, acc.process_index
     max_epochs = cfg["epochs"] or method.epochs or 10 ** 9
     t0 = time.perf_counter()
