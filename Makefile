@@ -36,6 +36,8 @@ bench: $(STAMP) sources
 	  --param weight_decay=0.05
 	$(PY) benchmarks/lite_pairs.py
 	$(PY) benchmarks/vilap.py
+	$(PY) benchmarks/multiattr.py --part frozen
+	$(PY) benchmarks/multiattr.py --part trainable --epochs 4
 
 # Rebuild the default `lite` model from the synthetic world (configs/lite.yaml).
 LITE_WORLD := build/lite-world

@@ -141,6 +141,24 @@ def test_kv_cache_generation_equals_recomputation(tiny_coca):
 
 
 @torch.no_grad()
+def test_generation_from_a_prefix_continues_it(tiny_coca):
+    """The prefix is forced (with and without the cache alike) and the first
+    free token is the argmax after BOS + prefix, computed without generate."""
+    px = torch.randn(2, 3, 64, 64)
+    prefix = [5, 7]
+    fast = tiny_coca.generate(px, max_tokens=12, prefix=prefix)
+    assert fast == tiny_coca.generate(px, max_tokens=12, prefix=prefix, use_cache=False)
+    assert all(s[:2] == prefix and len(s) > 2 for s in fast)
+    kv = tiny_coca.image_kv(tiny_coca.encode_image(px)["generative"])
+    states = tiny_coca._embed_tokens(torch.tensor([[1, *prefix]] * 2))
+    for layer in tiny_coca.unimodal:
+        states = layer(states)
+    assert [s[2] for s in fast] == tiny_coca.decode(states, kv)[:, -1].argmax(-1).tolist()
+    beams = tiny_coca.generate(px, max_tokens=12, prefix=prefix, beams=3)
+    assert all(s[:2] == prefix for s in beams)
+
+
+@torch.no_grad()
 def test_beam_search_with_every_beam_kept_is_exhaustive_search():
     """Vocabulary 5, at most 3 tokens, 125 beams: beam search keeps every
     sequence, so it must find the best length-normalised log-probability of
@@ -262,6 +280,19 @@ def test_the_vilap_directory_scores_critiques_and_is_a_backbone(vilap, world, tm
     assert main(["styles", "--model", str(vilap), "--styles", str(lists), "--images", str(world / "images"),
                  "--output", str(tmp_path / "st"), "-q", "--no-cache"]) == 0
     assert json.loads((tmp_path / "st" / "styles.json").read_text())["n"] == 6
+
+
+def test_explain_with_a_vilap_generates_a_description_per_attribute(vilap, world):
+    import photocritic
+    from photocritic.data.attributes import DEFAULT_ATTRIBUTES
+
+    paths = sorted(str(p) for p in (world / "images").glob("*.jpg"))[:2]
+    rows = photocritic.load(str(vilap), precision="fp32").explain(paths, max_tokens=20)
+    assert rows.source == "generated" and [r.status for r in rows] == ["ok", "ok"]
+    for r in rows:
+        assert set(r.attributes) == set(DEFAULT_ATTRIBUTES)  # zero-shot good/bad prompts in its space
+        for a in DEFAULT_ATTRIBUTES:
+            assert r.descriptions[a].startswith("the " + a.replace("_", " ")), r.descriptions[a]
 
 
 def test_eval_captions_scores_generated_critiques(vilap, world, tmp_path):

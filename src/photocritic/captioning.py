@@ -47,7 +47,7 @@ def critique_inputs(critic, inputs, max_tokens: int = 64, beams: int = 1, batch_
                     progress: bool = False) -> list[CritiqueRow]:
     """One :class:`CritiqueRow` per input (paths and/or PIL images), in order."""
     from .models import PRECISIONS
-    from .pipeline import _name, _progress, decode_mode, decoded_batches, pil_batches, split_inputs
+    from .pipeline import _name, each_batch
 
     check_captioner(critic)
     inputs = list(inputs)
@@ -56,42 +56,14 @@ def critique_inputs(critic, inputs, max_tokens: int = 64, beams: int = 1, batch_
     pre = critic.preprocess
     enc = critic.encoder
     dtype = PRECISIONS[critic.precision]
-    bar = _progress(len(inputs), progress, desc="critiquing")
 
     def generate(idx: list[int], pixels: torch.Tensor):
         texts = enc.generate(pre.normalize(pixels).to(dtype), max_tokens=max_tokens, beams=beams)
         for i, t in zip(idx, texts):
             rows[i].critique, rows[i].status = t, "ok"
-        bar.update(len(idx))
 
-    try:
-        pil, files, others = split_inputs(inputs)
-        for i, message in others:
-            rows[i].status, rows[i].error = "not_image", message
-            bar.update(1)
-
-        def failed(i, exc):
-            rows[i].status, rows[i].error = exc.kind, exc.message
-            bar.update(1)
-
-        for good, pixels in pil_batches(pil, pre, batch_size, [r.path for r in rows], failed):
-            generate(good, pixels)
-        loader = decoded_batches([p for _, p in files], pre, batch_size, decode_mode(decode, critic.device), workers,
-                                 max_bytes)
-        for batch in loader:
-            for j, kind, msg in batch["errors"]:
-                rows[files[j][0]].status, rows[files[j][0]].error = kind, msg
-                bar.update(1)
-            if batch["pixels"] is not None:
-                generate([files[j][0] for j in batch["index"]], batch["pixels"])
-    except BaseException as exc:
-        for r in rows:
-            if r.status == "pending":
-                r.status, r.error = "interrupted", f"{r.path}: not critiqued: the run was stopped"
-        exc.partial_rows = rows
-        raise
-    finally:
-        bar.close()
+    each_batch(critic, inputs, rows, generate, batch_size=batch_size, workers=workers, decode=decode,
+               max_bytes=max_bytes, progress=progress, desc="critiquing", verb="critiqued")
     return rows
 
 

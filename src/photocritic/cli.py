@@ -303,6 +303,38 @@ def _critique_generated(args, paths) -> int:
     return EXIT_OK
 
 
+def _cmd_explain(args) -> int:
+    from .explaining import columns, format_explanations, write_html
+
+    _check_paths(args.paths)
+    paths = _listed_images(args.paths, args.recursive)
+    if args.output:
+        check_output(args.output)
+    critic = _load(args)
+    try:
+        rows = critic.explain(paths, batch_size=args.batch_size, workers=args.workers, progress=not args.quiet,
+                              decode=args.decode, max_bytes=args.max_file_size, describe=not args.no_descriptions,
+                              max_tokens=args.max_tokens)
+    except KeyboardInterrupt as exc:
+        rows = getattr(exc, "partial_rows", None)
+        if rows is not None and args.output:
+            written = write_rows(rows, args.output, columns=columns(rows[0].names if rows else ()))
+            exc.note = f"interrupted; the {len(rows)} rows (unfinished ones marked interrupted) are in {written}"
+        raise
+    written = None
+    if args.output:
+        written = write_rows(rows, args.output, columns=columns(rows.names))
+    if args.html:
+        write_html(rows, args.html)
+    print(format_explanations(rows, width=args.max_chars or 60))
+    failed = sum(r.status != "ok" for r in rows)
+    print(f"photocritic: {len(rows)} images, {len(rows) - failed} explained ({len(rows.names)} attributes, "
+          f"descriptions: {rows.source or 'none'}), {failed} failed"
+          + (f" -> {written}" if written else "") + (f", page {args.html}" if args.html else "")
+          + _warning_note(), file=sys.stderr)
+    return EXIT_OK
+
+
 def _score_embeddings(args) -> int:
     """Apply a model's head to precomputed embeddings (no image is read)."""
     from .data.embeddings import read_embeddings
@@ -629,7 +661,7 @@ def _cmd_train(args) -> int:
                                              "seed", "device", "precision", "resume", "overwrite",
                                              "cache", "no_cache", "workers", "quiet", "group_by", "name",
                                              "description", "half", "comments", "inputs", "text_encoder",
-                                             "retrieve_comments")}
+                                             "retrieve_comments", "attribute_labels", "attribute_names")}
     options["params"] = params
     train(options, args.config)
     return EXIT_OK
@@ -645,6 +677,17 @@ def _cmd_pretrain(args) -> int:
     fields = set(PretrainConfig.__dataclass_fields__)
     cfg = PretrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
     pretrain(cfg, log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
+    return EXIT_OK
+
+
+def _cmd_pretrain_multiattr(args) -> int:
+    from .training.multiattr import MultiAttrConfig, pretrain_multiattr
+
+    if not 0 <= args.val_fraction < 1:
+        raise UsageError(f"--val-fraction {args.val_fraction}: give a share in [0, 1)")
+    fields = set(MultiAttrConfig.__dataclass_fields__)
+    cfg = MultiAttrConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    pretrain_multiattr(cfg, log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
     return EXIT_OK
 
 
@@ -749,11 +792,11 @@ def _label_scale(text: str) -> str:
 
 
 def _add_run_options(p: argparse.ArgumentParser, model_default: str | None = "lite",
-                     prompts: bool = True) -> None:
+                     prompts: bool = True, model_help: str | None = None) -> None:
     """Options shared by every command that scores images."""
     if model_default is None:
-        p.add_argument("--model", required=True,
-                       help="a zero-shot model: CLIP/SigLIP preset, hub id or directory")
+        p.add_argument("--model", required=True, help=model_help or
+                       "a zero-shot model: CLIP/SigLIP preset, hub id or directory")
     else:
         p.add_argument("--model", default=model_default,
                        help="preset name, model directory, or CLIP/SigLIP hub id/directory")
@@ -857,6 +900,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help="bootstrap resamples for the 95%% CIs (0: none)")
     _add_run_options(ev)
     ev.set_defaults(func=_cmd_eval)
+
+    ex = sub_parser("explain", help="per-attribute scores and descriptions of each image, plus the overall score",
+                    description="Per attribute (composition, lighting, colour, ...) a score from 1 to 10 and "
+                                "the best-matching description, plus the overall score. Attribute scores come "
+                                "from a model trained with `train attributes`, a `pretrain multiattr` model, or "
+                                "zero-shot good/bad prompts in a CLIP/SigLIP/VILA-P space; descriptions are "
+                                "retrieved from a multi-attribute model's training descriptions, or generated by "
+                                "a VILA-P model. Prints a table; --output writes .csv/.jsonl/.parquet with a "
+                                "column per attribute, --html a page with each photo and its attribute bars.")
+    ex.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    ex.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
+    ex.add_argument("--output", "-o", help="also write the rows to FILE (.csv, .jsonl or .parquet): path, score, "
+                                           "one column per attribute and per attribute's description, status, error")
+    ex.add_argument("--html", metavar="FILE", help="also write a page with each photo, its bars and descriptions")
+    ex.add_argument("--no-descriptions", action="store_true", help="scores only (no retrieval or generation)")
+    ex.add_argument("--max-tokens", type=_int_at_least(1), default=24,
+                    help="length of a generated description (VILA-P), its prefix included")
+    ex.add_argument("--max-chars", type=_int_at_least(0), default=60,
+                    help="shorten descriptions on the terminal to this many characters (0: no limit)")
+    _add_run_options(ex, model_default=None, prompts=False,
+                     model_help="a model with attribute scores (train attributes, pretrain multiattr) or a "
+                                "CLIP/SigLIP/VILA-P model (zero-shot attribute prompts)")
+    ex.set_defaults(func=_cmd_explain)
 
     cr = sub_parser("critique", help="write an aesthetic critique of each image (VILA-P), or show the "
                                      "comments of the most similar images",
@@ -988,6 +1054,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--retrieve-comments", type=int, metavar="K",
                     help="mmlq: an image without comments gets those of its K nearest training images "
                          "(image embeddings of --backbone); the bank is kept in the model for scoring")
+    tr.add_argument("--attribute-labels", metavar="PATH",
+                    help="attributes: per-image attribute scores (1-10): a .csv with an id/path column and one "
+                         "column per attribute (the synthetic world's labels.csv), or {id: {attribute: score}} "
+                         ".json/.jsonl")
+    tr.add_argument("--attribute-names", metavar="A,B,...",
+                    help="attributes: which columns are attributes (default: those of composition, "
+                         "depth_of_field, lighting, colour, technical_quality, content, emotion present)")
     tr.add_argument("--name", help="the model's name in its config.json (default: the --output folder's)")
     tr.add_argument("--description", help="the model's description in its config.json")
     tr.add_argument("--half", action="store_true", default=None,
@@ -1001,13 +1074,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quiet", "-q", action="store_true", default=None, help="no progress")
     tr.set_defaults(func=_cmd_train)
 
-    pt = sub_parser("pretrain", help="vision-language aesthetic pretraining on image-comment pairs (VILA-P)",
-                    description="Pretrain a CoCa (VILA-P, Ke et al. 2023) on images and their comments: "
-                                "contrastive + captioning loss. The --output directory scores zero-shot "
-                                "(--model DIR, any --prompts), is a --backbone for `photocritic train`, "
-                                "classifies styles (`photocritic styles`) and writes critiques "
-                                "(`photocritic critique`).")
-    pt.add_argument("method", choices=["vila-p"], help="the pretraining method")
+    pre = sub_parser("pretrain", help="aesthetic pretraining: vila-p (image-comment pairs) or multiattr "
+                                      "(per-attribute descriptions)")
+    psub = pre.add_subparsers(dest="method", metavar="METHOD", required=True)
+    pt = psub.add_parser("vila-p", formatter_class=_Formatter,
+                         help="VILA-P: a CoCa pretrained on image-comment pairs",
+                         description="Pretrain a CoCa (VILA-P, Ke et al. 2023) on images and their comments: "
+                                     "contrastive + captioning loss. The --output directory scores zero-shot "
+                                     "(--model DIR, any --prompts), is a --backbone for `photocritic train`, "
+                                     "classifies styles (`photocritic styles`) and writes critiques "
+                                     "(`photocritic critique`).")
     pt.add_argument("--init", required=True,
                     help="the general image-text checkpoint to start from: a CLIP/SigLIP directory, hub id "
                          "or backbone preset (clip-vit-b-16 ...), a VILA-P/CoCa directory, or random:tiny / random:vit-b-16 (random "
@@ -1049,6 +1125,61 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--name", help="the model's name in its config.json")
     pt.add_argument("--quiet", "-q", action="store_true", help="no progress")
     pt.set_defaults(func=_cmd_pretrain)
+
+    ma = psub.add_parser("multiattr", formatter_class=_Formatter,
+                         help="multi-attribute contrastive pretraining on per-attribute descriptions",
+                         description="Multi-attribute contrastive pretraining (after Huang et al., TPAMI 2024): "
+                                     "the --init tower's features pass through adapters and "
+                                     "per-attribute fusion into one embedding space per attribute, matched "
+                                     "to the attribute descriptions by InfoNCE, with a semantic affinity "
+                                     "loss that keeps the tower's content. The --output directory gives "
+                                     "zero-shot attribute scores (score, explain) and is a --backbone for "
+                                     "`photocritic train` (attributes, linear, ...).")
+    ma.add_argument("--init", required=True, help="the image tower: a backbone preset (efficientnet-lite0, "
+                                                  "clip-vit-b-16 ...), a CLIP/SigLIP or VILA-P directory, or a hub id")
+    ma.add_argument("--attributes", required=True,
+                    help="descriptions per image and attribute: {id: {attribute: text | [texts]}} .json, "
+                         ".jsonl, or a .csv with one column per attribute")
+    ma.add_argument("--images", required=True, help="folder holding <id>.jpg (or .png ...) of the described images")
+    ma.add_argument("--output", required=True, help="folder for the model (must be empty, or --overwrite)")
+    ma.add_argument("--text-encoder", default="minilm",
+                    help="the frozen description encoder: minilm, mpnet, a directory or a hub id")
+    ma.add_argument("--tower", choices=["frozen", "trainable"], default="frozen",
+                    help="keep the --init tower frozen (adapters on its features, extracted once) or train "
+                         "it too (on decoded images every step; slow on a CPU)")
+    ma.add_argument("--lr-tower", type=float, help="learning rate of a trainable tower (default: --lr / 100)")
+    ma.add_argument("--spaces", choices=["multi", "single"], default="multi",
+                    help="one embedding space per attribute, or one space for all descriptions joined "
+                         "(the same parameters; the ablation)")
+    ma.add_argument("--affinity", type=float, default=1.0,
+                    help="weight of the semantic affinity loss (0: off)")
+    ma.add_argument("--fusion", choices=["auto", "tokens", "pooled"], default="auto",
+                    help="fuse attributes with the tower's tokens (attention pooling) or its pooled "
+                         "feature only (auto: tokens where the tower has them)")
+    ma.add_argument("--space-dim", type=_int_at_least(2), default=64, help="width of each attribute space")
+    ma.add_argument("--adapter-dim", type=_int_at_least(1), default=128, help="bottleneck of the adapters")
+    ma.add_argument("--hidden", type=_int_at_least(1), default=256, help="width of the fusion layers")
+    ma.add_argument("--epochs", type=_int_at_least(1), default=20, help="epochs")
+    ma.add_argument("--batch-size", type=_int_at_least(2), default=128,
+                    help="images per step (the contrastive loss's negatives)")
+    ma.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    ma.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
+    ma.add_argument("--warmup-steps", type=_int_at_least(0), default=20,
+                    help="steps over which the rate rises linearly from 0 (then constant)")
+    ma.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out, by id")
+    ma.add_argument("--seed", type=int, default=0, help="seed of the split, the initialisation and the batches")
+    ma.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or mps")
+    ma.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="bf16 for the tower's features and autocast (auto: where bf16 is native)")
+    ma.add_argument("--workers", type=_int_at_least(0), help="decoding workers")
+    mg = ma.add_mutually_exclusive_group()
+    mg.add_argument("--cache", help="feature store file (default: the embedding cache)")
+    mg.add_argument("--no-cache", action="store_true", help="keep the tower's features in memory only")
+    ma.add_argument("--resume", action="store_true", help="continue from the last epoch's checkpoint")
+    ma.add_argument("--overwrite", action="store_true", help="replace what --output holds")
+    ma.add_argument("--name", help="the model's name in its config.json")
+    ma.add_argument("--quiet", "-q", action="store_true", help="no progress")
+    ma.set_defaults(func=_cmd_pretrain_multiattr)
 
     md = sub_parser("models", help="list the named presets")
     md.set_defaults(func=_cmd_models)

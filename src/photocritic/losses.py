@@ -97,3 +97,89 @@ def coca_loss(contrastive: torch.Tensor, captioning: torch.Tensor, alpha: float 
     """CoCa's objective as VILA-P weighs it: alpha * contrastive + beta * captioning
     (alpha = 1, beta = 2 in Ke et al., CVPR 2023)."""
     return alpha * contrastive + beta * captioning
+
+
+def _own_rows(n: int, rows: slice | None, device) -> torch.Tensor:
+    mine = torch.ones(n, dtype=torch.bool, device=device)
+    if rows is not None:
+        mine[:] = False
+        mine[rows] = True
+    return mine
+
+
+def attribute_contrastive_loss(image: torch.Tensor, text: torch.Tensor, mask: torch.Tensor,
+                               logit_scale: torch.Tensor, text_ids: torch.Tensor | None = None,
+                               rows: slice | None = None) -> torch.Tensor:
+    """The multi-attribute contrastive loss (after Huang et al., TPAMI 2024,
+    whose equations are not in our sources; this form is our choice): one
+    symmetric InfoNCE per attribute space k over the images that have a
+    description of k, averaged over every present (image, attribute) pair:
+
+        L = 1/|M| * sum_k sum_{i: m_ik} 1/2 [ -log sum_{j in P_k(i)} softmax_j(t_k x_ik.y_jk)
+                                             -log sum_{j in P_k(i)} softmax_j(t_k y_ik.x_jk) ]
+
+    ``image`` and ``text`` are (N, K, d) embeddings (L2-normalised here),
+    ``mask`` (N, K) marks present attributes (M is the set of present pairs;
+    a missing attribute is neither a term nor a candidate, so it contributes
+    nothing), ``logit_scale`` one t_k per space (K,) or one for all. The
+    candidates j run over the images with attribute k present. P_k(i), the
+    positives, are the images whose description of k has the same
+    ``text_ids[:, k]`` as i's (the same text): templated or repeated
+    descriptions are not pushed apart as negatives. Without ``text_ids``,
+    P_k(i) = {i} and each space's term is :func:`contrastive_loss`.
+    ``rows``: this process's slice of the (gathered) batch; the outer sums
+    run over it, |M| and the candidates over the whole batch, so the shares
+    of all processes add up to L.
+    """
+    x = torch.nn.functional.normalize(image.float(), dim=-1)
+    y = torch.nn.functional.normalize(text.float(), dim=-1)
+    n, k = mask.shape
+    mask = mask.bool()
+    scale = logit_scale.float().reshape(-1)
+    scale = scale.expand(k) if scale.numel() == 1 else scale
+    mine = _own_rows(n, rows, x.device)
+    total = x.new_zeros(())
+    for a in range(k):
+        m = mask[:, a]
+        if not bool(m.any()):
+            continue
+        logits = scale[a] * x[:, a] @ y[:, a].t()
+        pair = m[:, None] & m[None, :]
+        logits = logits.masked_fill(~pair, float("-inf"))
+        if text_ids is None:
+            pos = torch.eye(n, dtype=torch.bool, device=x.device)
+        else:
+            pos = text_ids[:, a][:, None] == text_ids[:, a][None, :]
+        pos = pos & pair
+        lse_row = torch.logsumexp(logits, dim=1)
+        lse_col = torch.logsumexp(logits, dim=0)
+        pos_row = torch.logsumexp(logits.masked_fill(~pos, float("-inf")), dim=1)
+        pos_col = torch.logsumexp(logits.masked_fill(~pos, float("-inf")), dim=0)
+        keep = m & mine
+        total = total + ((lse_row - pos_row)[keep].sum() + (lse_col - pos_col)[keep].sum()) / 2
+    return total / mask.sum().clamp(min=1)
+
+
+def semantic_affinity_loss(features: torch.Tensor, initial: torch.Tensor, valid: torch.Tensor | None = None,
+                           rows: slice | None = None) -> torch.Tensor:
+    """The semantic affinity loss (our form; Huang et al. name the loss, not
+    its equation): the mean squared difference between the batch's cosine
+    affinity matrices of the learnt image features f and of the frozen
+    initial (general-domain) features g,
+
+        L_aff = 1/(V(V-1)) * sum_{i != j} ( cos(f_i, f_j) - cos(g_i, g_j) )^2
+
+    over the V valid images. It keeps which images look alike to the general
+    model (their content) while letting each feature move: it is invariant
+    to rotating or rescaling the features, unlike a distance to g itself.
+    ``rows``: this process's slice of the gathered batch (the shares add up
+    to L_aff)."""
+    f = torch.nn.functional.normalize(features.float(), dim=-1)
+    g = torch.nn.functional.normalize(initial.float(), dim=-1)
+    n = len(f)
+    valid = torch.ones(n, dtype=torch.bool, device=f.device) if valid is None else valid.bool()
+    off = valid[:, None] & valid[None, :] & ~torch.eye(n, dtype=torch.bool, device=f.device)
+    mine = _own_rows(n, rows, f.device)
+    diff = (f @ f.t() - g @ g.t()) ** 2
+    v = valid.sum()
+    return (diff * (off & mine[:, None])).sum() / (v * (v - 1)).clamp(min=1)

@@ -38,7 +38,7 @@ from .scoremap import ScoreMap
 FORMAT = "photocritic-model"
 VERSION = 2
 #: image views each backbone type provides
-BACKBONE_VIEWS = ("image.pooled", "image.prelogits", "image.tokens")
+BACKBONE_VIEWS = ("image.pooled", "image.prelogits", "image.tokens", "image.attributes")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 #: How each zero-shot rule classifies binary (1 = good); regression heads use score > 5.
@@ -66,7 +66,11 @@ def build_encoder(spec: dict, device: str = "cpu"):
         from .encoders.coca import CoCaEncoder
 
         return CoCaEncoder(spec["name"], device=device, tuned=spec.get("weights"))
-    raise ValueError(f"unknown encoder type {kind!r} (known: efficientnet-lite0, hf, coca)")
+    if kind == "multiattr":
+        from .encoders.multiattr import MultiAttrEncoder
+
+        return MultiAttrEncoder(spec["name"], device=device, tuned=spec.get("weights"))
+    raise ValueError(f"unknown encoder type {kind!r} (known: efficientnet-lite0, hf, coca, multiattr)")
 
 
 def encoder_identity(spec: dict):
@@ -89,6 +93,10 @@ def encoder_identity(spec: dict):
         from .encoders.coca import coca_identity
 
         return coca_identity(spec["name"], spec.get("weights"))
+    if spec["type"] == "multiattr":
+        from .encoders.multiattr import multiattr_identity
+
+        return multiattr_identity(spec["name"])
     raise ValueError(f"unknown encoder type {spec['type']!r}")
 
 
@@ -233,14 +241,23 @@ class Critic:
     # -- computation -----------------------------------------------------
     def embed(self, pixels_uint8: torch.Tensor) -> np.ndarray:
         """uint8 NHWC batch -> float32 (N, D) features of this model's view."""
+        return self.view_of(self.encode_pixels(pixels_uint8))
+
+    def encode_pixels(self, pixels_uint8: torch.Tensor):
+        """uint8 NHWC batch -> the encoder's whole output (every view)."""
         x = self.preprocess.normalize(pixels_uint8).to(PRECISIONS[self.precision])
-        out = self.encoder.encode(x)
+        return self.encoder.encode(x)
+
+    def view_of(self, out) -> np.ndarray:
+        """This model's view of an encoder output, float32 on the CPU."""
         if self.view == "image.pooled":
             return out.pooled.float().cpu().numpy()
         if self.view == "image.prelogits":
             return out.extras["prelogits"].float().cpu().numpy()
         if self.view == "image.tokens":  # (N, T, C); goes to a TokenStore
             return out.tokens.float().cpu().numpy()
+        if self.view == "image.attributes":  # (N, K d): the attribute spaces, each normalised
+            return out.extras["attributes"].float().cpu().numpy()
         raise ValueError(f"unknown image view {self.view}")
 
     def _head(self):
@@ -334,14 +351,17 @@ class Critic:
     @property
     def extra_columns(self) -> tuple[str, ...]:
         """Output columns beyond path/score/status/error/cached."""
+        if isinstance(self.head, Method) and self.head.has_attributes:  # a column per attribute
+            return tuple(self.head.attributes)
         if isinstance(self.head, Method) and self.head.has_distribution:
             return ("distribution",)
         return ("context_class",) if self.prompts is not None and self.prompts.rule == "context" else ()
 
     def outputs_from_embeddings(self, embeddings: np.ndarray) -> dict:
         """``score`` (1-10), ``binary`` (the method's own rule, 1 = good),
-        for distribution methods ``distribution`` (N, 10) and, for the
-        context rule, ``context_class`` per embedding. A model without a
+        for distribution methods ``distribution`` (N, 10), for methods with
+        attribute scores ``attributes`` (N, A) and ``attribute_names``, and,
+        for the context rule, ``context_class`` per embedding. A model without a
         method (feature extraction) gives NaN scores."""
         head = self._head()
         if head is None:
@@ -357,6 +377,8 @@ class Critic:
         out = {"score": scores, "binary": (scores > 5.0).astype(np.int64)}
         if pred.distribution is not None:
             out["distribution"] = pred.distribution
+        if pred.attributes is not None:
+            out["attributes"], out["attribute_names"] = pred.attributes, list(head.attributes)
         return out
 
     def score(self, inputs, batch_size: int = 32, cache: EmbeddingCache | str | None = None,
@@ -424,6 +446,23 @@ class Critic:
         return critique_inputs(self, inputs, max_tokens=max_tokens, beams=beams, batch_size=batch_size,
                                workers=workers, decode=decode, progress=progress,
                                max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes)
+
+    def explain(self, inputs, batch_size: int = 16, workers: int | None = None, progress: bool = False,
+                decode: str = "auto", max_bytes: int | None = None, describe: bool = True,
+                max_tokens: int = 24):
+        """Per-attribute scores (1-10) and the best-matching description of
+        each attribute, plus the overall score: one
+        :class:`~photocritic.explaining.ExplainRow` per input (see
+        :func:`photocritic.explaining.explain_inputs` for where scores and
+        descriptions come from). A bad file gets its status, never an exception."""
+        from .data.images import DEFAULT_MAX_BYTES
+        from .explaining import explain_inputs
+
+        if isinstance(inputs, (str, Path, Image.Image)):
+            inputs = [inputs]
+        return explain_inputs(self, list(inputs), batch_size=batch_size, workers=workers, progress=progress,
+                              decode=decode, max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
+                              describe=describe, max_tokens=max_tokens)
 
     def _score_tokens(self, inputs, comments, retrieve, cache, ids, bank_from_inputs=False, **kw):
         from .errors import UsageError
@@ -523,8 +562,9 @@ class Critic:
         backbone = None if config["backbone"] is None else dict(config["backbone"])
         if backbone is not None and backbone.get("weights"):
             backbone["weights"] = str(directory / backbone["weights"])
-        if backbone is not None and backbone["type"] == "coca" and not Path(backbone["name"]).is_absolute():
-            backbone["name"] = str((directory / backbone["name"]).resolve())  # a VILA-P's own coca/
+        if backbone is not None and backbone["type"] in ("coca", "multiattr") \
+                and not Path(backbone["name"]).is_absolute():  # a VILA-P's own coca/, a multiattr/
+            backbone["name"] = str((directory / backbone["name"]).resolve())
         m = config["method"]
         prompts = head = None
         if m["type"] == "zeroshot":

@@ -55,6 +55,8 @@ class ScoreRow:
     context_class: str | None = None
     #: distribution methods only: the predicted 10-bin score distribution
     distribution: list[float] | None = None
+    #: methods with per-attribute scores: {attribute: score 1-10}
+    attributes: dict | None = None
 
     def __float__(self) -> float:
         return float(self.score)
@@ -62,8 +64,8 @@ class ScoreRow:
     def as_dict(self, extra: tuple[str, ...] = ()) -> dict:
         out = {"path": self.path, "score": None if math.isnan(self.score) else float(self.score),
                "status": self.status, "error": self.error, "cached": self.cached}
-        for name in extra:
-            out[name] = getattr(self, name)
+        for name in extra:  # an attribute's column is its score (None where the row failed)
+            out[name] = self.attributes.get(name) if self.attributes is not None else getattr(self, name, None)
         return out
 
 
@@ -143,6 +145,51 @@ def split_inputs(inputs) -> tuple[list, list, list]:
         else:
             others.append((i, f"input {i}: a {type(x).__name__} is neither a path nor a PIL image"))
     return pil_items, path_items, others
+
+
+def each_batch(critic, inputs: list, rows: list, handle, batch_size: int = 16, workers: int | None = None,
+               decode: str = "auto", max_bytes: int | None = DEFAULT_MAX_BYTES, progress: bool = False,
+               desc: str = "processing", verb: str = "processed") -> list:
+    """Decode ``inputs`` (paths and/or PIL images) for ``critic`` as scoring
+    does and call ``handle(indices, uint8 pixel batch)`` per batch, which
+    fills ``rows[i]`` (objects with ``path``, ``status``, ``error``). A bad
+    input gets its status and message in its row, never an exception; if the
+    run is stopped, the rows not reached are ``interrupted`` and the
+    exception carries them as ``partial_rows``."""
+    bar = _progress(len(inputs), progress, desc=desc)
+    try:
+        pil, files, others = split_inputs(inputs)
+        for i, message in others:
+            rows[i].status, rows[i].error = "not_image", message
+            bar.update(1)
+
+        def failed(i, exc):
+            rows[i].status, rows[i].error = exc.kind, exc.message
+            bar.update(1)
+
+        pre = critic.preprocess
+        for good, pixels in pil_batches(pil, pre, batch_size, [r.path for r in rows], failed):
+            handle(good, pixels)
+            bar.update(len(good))
+        loader = decoded_batches([p for _, p in files], pre, batch_size, decode_mode(decode, critic.device), workers,
+                                 max_bytes)
+        for batch in loader:
+            for j, kind, msg in batch["errors"]:
+                rows[files[j][0]].status, rows[files[j][0]].error = kind, msg
+                bar.update(1)
+            if batch["pixels"] is not None:
+                idx = [files[j][0] for j in batch["index"]]
+                handle(idx, batch["pixels"])
+                bar.update(len(idx))
+    except BaseException as exc:
+        for r in rows:
+            if r.status == "pending":
+                r.status, r.error = "interrupted", f"{r.path}: not {verb}: the run was stopped"
+        exc.partial_rows = rows
+        raise
+    finally:
+        bar.close()
+    return rows
 
 
 def pil_batches(items, pre, batch_size: int, names: list[str], failed):
@@ -274,6 +321,7 @@ def fill_rows(targets: list[ScoreRow], out: dict, cached: bool = False) -> None:
     classes = out.get("context_class")
     dist = out.get("distribution")
     binary = out.get("binary")
+    attributes, names = out.get("attributes"), out.get("attribute_names")
     for k, row in enumerate(targets):
         row.score, row.status, row.cached = float(out["score"][k]), "ok", cached
         if binary is not None:
@@ -282,6 +330,8 @@ def fill_rows(targets: list[ScoreRow], out: dict, cached: bool = False) -> None:
             row.context_class = classes[k]
         if dist is not None:
             row.distribution = [float(v) for v in dist[k]]
+        if attributes is not None:
+            row.attributes = {a: float(v) for a, v in zip(names, attributes[k])}
 
 
 def _score_into(rows, stats, bar, critic, inputs, batch_size, cache, workers, mode, max_bytes, progress):

@@ -22,6 +22,8 @@ METHOD_MODULES = {
     "finetune": "photocritic.methods.finetune",
     "zeroshot": "photocritic.methods.zeroshot",
     "mmlq": "photocritic.methods.mmlq",
+    "multiattr": "photocritic.methods.multiattr",
+    "attributes": "photocritic.methods.multiattr",
 }
 #: names older model directories used
 ALIASES = {"vila_r": "vila-r"}

@@ -72,9 +72,13 @@ def backbone_spec(name: str) -> dict:
         coca = _coca_of(path)
         if coca is not None:  # a VILA-P model directory (or its coca/ folder)
             return {"type": "coca", "name": str(coca)}
+        multi = _multiattr_of(path)
+        if multi is not None:  # a multi-attribute pretrained model (or its multiattr/ folder)
+            return {"type": "multiattr", "name": str(multi)}
         if not _is_hf_dir(path):
             raise UsageError(f"--backbone {name}: not a CLIP/SigLIP directory (no config.json with "
-                             f"model_type clip, siglip or siglip2) and not a VILA-P model")
+                             f"model_type clip, siglip or siglip2), not a VILA-P model and not a "
+                             f"multi-attribute pretrained model")
         return {"type": "hf", "name": str(path.resolve())}
     if path.exists():
         raise UsageError(f"--backbone {name}: a file; give a preset ({', '.join(BACKBONES)}), "
@@ -85,18 +89,29 @@ def backbone_spec(name: str) -> dict:
                      f"directory, or a hub id like openai/clip-vit-base-patch32")
 
 
+def encoder_class(spec: dict) -> type:
+    """The encoder class of a spec (imports it; loads no weights)."""
+    if spec["type"] == "efficientnet-lite0":
+        from .encoders.efficientnet import EfficientNetLite0Encoder as cls
+    elif spec["type"] == "coca":
+        from .encoders.coca import CoCaEncoder as cls
+    elif spec["type"] == "multiattr":
+        from .encoders.multiattr import MultiAttrEncoder as cls
+    else:
+        from .encoders.hf import HFVisionLanguageEncoder as cls
+    return cls
+
+
+def encoder_capabilities(spec: dict) -> frozenset:
+    return frozenset(encoder_class(spec).capabilities)
+
+
 def backbone_views(spec: dict) -> set[str]:
     """The views a backbone provides, from its encoder class's declared
     capabilities (no weights are loaded)."""
     from .encoders.base import views_of
 
-    if spec["type"] == "efficientnet-lite0":
-        from .encoders.efficientnet import EfficientNetLite0Encoder as cls
-    elif spec["type"] == "coca":
-        from .encoders.coca import CoCaEncoder as cls
-    else:
-        from .encoders.hf import HFVisionLanguageEncoder as cls
-    return views_of(cls.capabilities)
+    return views_of(encoder_capabilities(spec))
 
 
 def default_score_map(prompts: PromptSet) -> ScoreMap:
@@ -125,17 +140,31 @@ def zero_shot(name_or_dir: str, prompts: str | PromptSet = DEFAULT_ZERO_SHOT_PRO
                   description=f"zero-shot, rule {ps.rule}, prompt set {ps.name}", prompts=ps)
 
 
+def _inner_model(path: Path, kind: str, is_inner) -> Path | None:
+    """The folder of a ``kind`` backbone (a VILA-P's ``coca/``, a
+    multi-attribute model's ``multiattr/``) that a model directory names,
+    or ``path`` itself when ``is_inner(path)``; else None."""
+    if is_inner(path):
+        return path.resolve()
+    if is_model_dir(path):
+        backbone = json.loads((path / "config.json").read_text()).get("backbone") or {}
+        if backbone.get("type") == kind:
+            return (path / backbone["name"]).resolve()
+    return None
+
+
 def _coca_of(path: Path) -> Path | None:
     """The CoCa folder of a VILA-P model directory (or the folder itself), else None."""
     from .encoders.coca import is_coca_dir
 
-    if is_coca_dir(path):
-        return path.resolve()
-    if is_model_dir(path):
-        backbone = json.loads((path / "config.json").read_text()).get("backbone") or {}
-        if backbone.get("type") == "coca":
-            return (path / backbone["name"]).resolve()
-    return None
+    return _inner_model(path, "coca", is_coca_dir)
+
+
+def _multiattr_of(path: Path) -> Path | None:
+    """The ``multiattr/`` folder of a multi-attribute pretrained model directory (or the folder itself)."""
+    from .encoders.multiattr import is_multiattr_dir
+
+    return _inner_model(path, "multiattr", is_multiattr_dir)
 
 
 def _is_hf_dir(path: Path) -> bool:

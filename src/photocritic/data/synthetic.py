@@ -47,6 +47,18 @@ photo (noise). With probability 0.6 one comment speaks of the content or
 the mood, which the pixels reveal only partly - so comments carry
 information beyond the image.
 
+Attribute descriptions (``attributes.json``, ``{id: {attribute: text |
+[texts]}}``, the format :func:`photocritic.data.attributes.read_attributes`
+reads), written as a person checking a multimodal LLM's output would: for
+each of the seven attributes (each left out with probability 0.15, so that
+some are missing) a grade of its quality q plus N(0, 0.05) noise (excellent
+> 0.85 > good > 0.65 > fair > 0.45 > poor > 0.25 > very poor), in one of a
+few paraphrases, naming what causes it (the edits above their thresholds:
+"underexposed", "a tilted horizon", ...; the source photo's subject for
+content; the mood for emotion); with probability 0.2 two paraphrases. They
+are drawn from their own random stream, so adding them changed no other byte
+of the world.
+
 Splits are made by source photo (70% train, 10% val, 20% test of the
 sources): no photo is in two splits. The same seed gives the same bytes.
 """
@@ -58,6 +70,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,6 +324,79 @@ def make_comments(q: dict, rng: np.random.Generator) -> list[str]:
     return comments
 
 
+# -- attribute descriptions -----------------------------------------------------
+GRADES = ((0.85, ("excellent", "superb", "outstanding")), (0.65, ("good", "pleasing", "solid")),
+          (0.45, ("fair", "average", "acceptable")), (0.25, ("poor", "weak", "disappointing")),
+          (-1.0, ("very poor", "terrible", "awful")))
+NOUNS = {"composition": ("composition", "framing"), "depth_of_field": ("depth of field", "subject isolation"),
+         "lighting": ("lighting", "exposure"), "colour": ("colour", "colour rendition"),
+         "technical_quality": ("technical quality", "image quality"), "content": ("subject", "content"),
+         "emotion": ("mood", "emotional impact")}
+
+
+def subject_of(source_name: str) -> str:
+    """A readable subject from a source photo's name ("Infinite-Sea_by_Aury88" -> "infinite sea")."""
+    name = source_name.removeprefix("skimage-").split("_by_")[0]
+    name = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name)
+    return " ".join(re.split(r"[_\-\s]+", name)).lower().strip()
+
+
+def _causes(attr: str, e: dict, mood: float) -> list[str]:
+    """What makes an attribute what it is, from the edit strengths."""
+    out = []
+    if attr == "composition":
+        out += ["a tilted horizon"] if abs(e["tilt"]) > 4 else []
+        out += ["the subject is cut off at the edge"] if e["cut"] > 0.3 else []
+        out += ["an off-centre, unbalanced crop"] if e["offset"] > 0.5 else []
+        return out or ["level and well balanced"]
+    if attr == "depth_of_field":
+        return ["a soft, blurred background isolates the subject"] if e["dof"] > 0.3 else \
+            ["everything is in focus and the background competes"]
+    if attr == "lighting":
+        out += ["underexposed and dark"] if e["exposure"] < -0.6 else []
+        out += ["overexposed with blown highlights"] if e["exposure"] > 0.6 else []
+        out += ["flat, low contrast"] if np.log(e["contrast"]) < -0.2 else []
+        out += ["harsh, heavy contrast"] if np.log(e["contrast"]) > 0.2 else []
+        return out or ["balanced, natural exposure"]
+    if attr == "colour":
+        out += ["muted, washed-out colours"] if e["saturation"] < 0.7 else []
+        out += ["garish, oversaturated colours"] if e["saturation"] > 1.6 else []
+        out += ["a strong colour cast"] if e["cast"] > 0.06 else []
+        return out or ["natural, well balanced colours"]
+    if attr == "technical_quality":
+        out += ["blurry, out of focus"] if e["defocus"] > 0.3 else []
+        out += ["visible noise and grain"] if e["noise"] > 0.3 else []
+        out += ["lacking detail, as if upscaled"] if e["resolution"] > 0.3 else []
+        out += ["blocky compression artefacts"] if e["jpeg"] > 0.4 else []
+        return out or ["sharp and clean"]
+    if attr == "emotion":
+        return ["a calm, uplifting feeling"] if mood > 0.5 else ["a sombre, heavy feeling"]
+    return []
+
+
+def make_descriptions(q: dict, edits: dict, mood: float, subject: str, rng: np.random.Generator) -> dict:
+    """Attribute descriptions of one image (module docstring)."""
+    out = {}
+    for attr in ATTRIBUTES:
+        if rng.random() < 0.15:
+            continue
+        noisy = q[attr] + rng.normal(0, 0.05)
+        words = next(w for cut, w in GRADES if noisy > cut)
+        texts = []
+        for _ in range(2 if rng.random() < 0.2 else 1):
+            grade, noun = str(rng.choice(words)), str(rng.choice(NOUNS[attr]))
+            causes = _causes(attr, edits, mood)
+            if attr == "content":
+                texts.append(f"{grade} {noun}: the {subject}" if rng.random() < 0.5
+                             else f"the {subject} makes {'an' if grade[0] in 'aeiou' else 'a'} {grade} {noun}")
+            elif rng.random() < 0.5:
+                texts.append(f"{grade} {noun}, " + " and ".join(causes))
+            else:
+                texts.append(" and ".join(causes).capitalize() + f"; {grade} {noun} overall")
+        out[attr] = texts[0] if len(texts) == 1 else texts
+    return out
+
+
 # -- the world ------------------------------------------------------------------
 def split_sources(names: list[str], seed: int) -> dict[str, str]:
     """Source name -> split (70/10/20 of the sources, at least one each when there are 3+)."""
@@ -342,9 +428,10 @@ def _make_one(job):
     mu = true_mean(q)
     votes = vote_histogram(mu, rng)
     comments = make_comments(q, rng)
+    descriptions = make_descriptions(q, edits, mood, subject_of(source_name), np.random.default_rng([seed, i, 17]))
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=92)
-    return i, buf.getvalue(), edits, mood, q, mu, votes, comments
+    return i, buf.getvalue(), edits, mood, q, mu, votes, comments, descriptions
 
 
 def synthesize(output: str | Path, n: int, seed: int = 0, sources: list[Source] | None = None,
@@ -352,7 +439,8 @@ def synthesize(output: str | Path, n: int, seed: int = 0, sources: list[Source] 
     """Write ``n`` images with labels, attributes and comments to ``output``:
     ``images/<id>.jpg``, ``labels.csv`` (path, score1..score10, split,
     true_mean, the seven attribute scores, source, edit strengths),
-    ``comments.json`` (DPC style) and ``world.json`` (the recipe). Returns a summary."""
+    ``comments.json`` (DPC style), ``attributes.json`` (attribute
+    descriptions) and ``world.json`` (the recipe). Returns a summary."""
     sources = find_sources() if sources is None else sources
     if len(sources) < min_sources:
         raise ValueError(f"the synthetic world needs at least {min_sources} source photos; found "
@@ -386,11 +474,11 @@ def synthesize(output: str | Path, n: int, seed: int = 0, sources: list[Source] 
                 progress(1)
     header = (["path"] + [f"score{k}" for k in range(1, N_BINS + 1)] + ["split", "true_mean"]
               + list(ATTRIBUTES) + ["mood", "source"] + list(EDITS))
-    comments = {}
+    comments, described = {}, {}
     with open(output / "labels.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(header)
-        for i, data, edits, mood, q, mu, votes, texts in results:
+        for i, data, edits, mood, q, mu, votes, texts, descriptions in results:
             name = f"{i:06d}.jpg"
             (output / "images" / name).write_bytes(data)
             src = jobs[i][2]
@@ -398,7 +486,9 @@ def synthesize(output: str | Path, n: int, seed: int = 0, sources: list[Source] 
                         *(f"{1 + 9 * q[a]:.6f}" for a in ATTRIBUTES), f"{mood:.6f}", src,
                         *(f"{edits[k]:.6f}" for k in EDITS)])
             comments[name] = texts
+            described[name] = descriptions
     (output / "comments.json").write_text(json.dumps(comments, indent=1, ensure_ascii=False) + "\n")
+    (output / "attributes.json").write_text(json.dumps(described, indent=1, ensure_ascii=False) + "\n")
     counts = {s: sum(1 for j in jobs if split[j[2]] == s) for s, _ in SPLIT_SHARES}
     world = {"format": "photocritic-synthetic-world", "version": VERSION, "seed": seed, "n": n,
              "weights": WEIGHTS, "attributes": list(ATTRIBUTES), "edits": list(EDITS),

@@ -59,8 +59,9 @@ class Preprocess:
 #: What an encoder can do besides encoding images, declared per class:
 #: ``contrastive`` (image and text in one space, with a logit scale),
 #: ``text_tower`` (encodes text: the ``text.pooled`` view), ``token_text``
-#: (per-token text features: ``text.tokens``), ``captioner`` (generates text).
-CAPABILITIES = ("contrastive", "text_tower", "token_text", "captioner")
+#: (per-token text features: ``text.tokens``), ``captioner`` (generates text),
+#: ``attribute_spaces`` (per-attribute embeddings: ``image.attributes``).
+CAPABILITIES = ("contrastive", "text_tower", "token_text", "captioner", "attribute_spaces")
 
 
 def views_of(capabilities) -> set[str]:
@@ -70,6 +71,8 @@ def views_of(capabilities) -> set[str]:
         views.add("text.pooled")
     if "token_text" in capabilities:
         views.add("text.tokens")
+    if "attribute_spaces" in capabilities:
+        views.add("image.attributes")
     return views
 
 

@@ -285,14 +285,17 @@ class CoCa(nn.Module):
 
     @torch.no_grad()
     def generate(self, pixels: torch.Tensor, max_tokens: int = 64, beams: int = 1,
-                 use_cache: bool = True, stop_at_end: bool = True) -> list[list[int]]:
+                 use_cache: bool = True, stop_at_end: bool = True, prefix: list[int] | None = None) -> list[list[int]]:
         """Token ids (without BOS and end token) per image: greedy with
         ``beams`` = 1, else beam search (the highest sum of log-probabilities
         among finished beams, each beam's score divided by its length).
         ``use_cache=False`` reruns the decoder on the whole prefix at every
         step (the slow reference). ``stop_at_end=False`` never ends a
-        sequence (for timing a fixed number of tokens)."""
+        sequence (for timing a fixed number of tokens). ``prefix``: token ids
+        every text starts with (forced, their log-probabilities counted),
+        part of the ``max_tokens`` and of the result."""
         c = self.config
+        prefix = list(prefix or [])
         steps = max(0, min(max_tokens, c.max_length - 1))
         gen = self.encode_image(pixels)["generative"]
         n = len(pixels)
@@ -313,6 +316,9 @@ class CoCa(nn.Module):
             else:
                 logits = self._step(seq, 0, [None] * len(uni), [None] * len(multi), kv)
             logp = torch.log_softmax(logits.float(), -1)
+            if t < len(prefix):  # a forced token: the only choice
+                logp = torch.full_like(logp, -math.inf).index_copy_(1, torch.tensor([prefix[t]], device=logp.device),
+                                                                    logp[:, prefix[t]:prefix[t] + 1])
             if not stop_at_end:
                 logp[:, c.eos_id] = -math.inf
             # a finished sequence only extends with padding, at no cost
@@ -595,9 +601,12 @@ class CoCaEncoder(WrappedModel):
 
     @torch.inference_mode()
     def generate(self, pixels: torch.Tensor, max_tokens: int = 64, beams: int = 1,
-                 use_cache: bool = True) -> list[str]:
+                 use_cache: bool = True, prefix: str | None = None) -> list[str]:
+        """Critiques of a batch; with ``prefix``, each starts with that text
+        (e.g. "the lighting", to ask about one attribute)."""
+        ids = self.tokenizer([prefix], add_special_tokens=False)["input_ids"][0] if prefix else None
         seqs = self.model.generate(pixels.to(self.device), max_tokens=max_tokens, beams=beams,
-                                   use_cache=use_cache)
+                                   use_cache=use_cache, prefix=ids)
         return [" ".join(self.tokenizer.decode(s, skip_special_tokens=True).split()) for s in seqs]
 
     def tower(self) -> nn.Module:

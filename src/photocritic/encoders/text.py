@@ -161,6 +161,7 @@ class SentenceEncoder:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
         directory = str(directory)
         local = Path(directory).is_dir()
         try:

@@ -32,30 +32,40 @@ class Prediction:
     score: np.ndarray
     #: (N, 10) score distributions, for methods that predict one
     distribution: np.ndarray | None = None
+    #: (N, A) per-attribute scores (1-10), for methods that predict them
+    attributes: np.ndarray | None = None
 
 
 @dataclass
 class Targets:
     mean: np.ndarray
     distribution: np.ndarray | None = None
+    #: (N, A) per-attribute scores, NaN where an image has none (``--attribute-labels``)
+    attributes: np.ndarray | None = None
+    attribute_names: tuple = ()
 
     def __len__(self) -> int:
         return len(self.mean)
 
     def subset(self, idx) -> "Targets":
-        return Targets(self.mean[idx], None if self.distribution is None else self.distribution[idx])
+        return Targets(self.mean[idx], None if self.distribution is None else self.distribution[idx],
+                       None if self.attributes is None else self.attributes[idx], self.attribute_names)
 
 
 class Method:
     name = ""  # set by registry.register_method
     requires: tuple[str, ...] = ("image.pooled",)
     has_distribution = False
+    #: True for methods whose predictions carry per-attribute scores
+    has_attributes = False
     #: True for methods that train the image tower (fed images, not features)
     trains_backbone = False
     #: the validation metric early stopping watches, and whether lower is better
     monitor = ("srcc", False)
     #: fewest labelled training images fit() accepts
     min_train = 3
+    #: the command that trains it, when ``photocritic train`` does not (a pretrained model's scorer)
+    trained_by: str | None = None
 
     @classmethod
     def param_names(cls) -> list[str]:

@@ -303,7 +303,7 @@ def pretrain(cfg: PretrainConfig, log=None):
     from ..device import resolve_precision
     from ..encoders import coca as C
     from .run import prepare_output, val_ids
-    from .trainer import _null, _Shard, _state_rng, atomic_save, epoch_order, loader_workers
+    from .trainer import _null, _Shard, epoch_order, loader_workers
 
     log = log or (lambda m: None)
     output = Path(cfg.output)
@@ -416,27 +416,15 @@ def pretrain(cfg: PretrainConfig, log=None):
         if len(vdata) >= 2:
             row.update(validation_losses(core, vdata, pre, acc.device, cfg.batch_size, cfg.alpha, cfg.beta))
         row.update(train_seconds=round(t_train, 3), logit_scale=float(core.logit_scale.exp()))
-        rows.append(row)
-        watched = row.get("val_loss", row["train_loss"])
         say(f"epoch {epoch}: train loss {row['train_loss']:.4f}"
             + (f", val contrastive {row['val_contrastive']:.4f}, val captioning {row['val_captioning']:.4f}"
                if "val_loss" in row else ""))
-        if watched < best:
-            best, best_epoch = watched, epoch
-            if main:
-                atomic_save(core.state_dict(), ck / "best.pt")
-        if main:
-            atomic_save({"model": core.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                         "epoch": epoch, "best": best, "best_epoch": best_epoch, "rows": rows, "rng": _state_rng()},
-                        ck / "state.pt")
-        acc.wait_for_everyone()
+        best, best_epoch = close_epoch(acc, core, opt, sched, ck, rows, row, best, best_epoch)
     seconds = time.perf_counter() - t0
     acc.wait_for_everyone()
     if not main:
         return None
-    if (ck / "best.pt").exists():
-        core.load_state_dict(torch.load(ck / "best.pt", map_location="cpu", weights_only=True))
-    core.float().eval()
+    best_weights(core, ck)
     write_vilap_dir(output, core, tok, cfg)
     metrics = {"method": "vila-p", "init": cfg.init, "epochs": rows, "best_epoch": best_epoch,
                "processes": world, "precision": precision, "images": {"train": len(tr), "val": len(va)},
@@ -448,6 +436,35 @@ def pretrain(cfg: PretrainConfig, log=None):
     _plot(rows, output / "training.png")
     say(f"pretrained VILA-P: best epoch {best_epoch} -> {output}")
     return output
+
+
+def close_epoch(acc, core, opt, sched, ck: Path, rows: list, row: dict, best: float, best_epoch: int,
+                **extra) -> tuple[float, int]:
+    """End an epoch: append its row, keep the weights of the best epoch so
+    far (by validation loss, else training loss) in ``best.pt`` and
+    everything ``--resume`` needs in ``state.pt`` (the main process writes),
+    then wait for every process. Returns the new (best, best epoch)."""
+    from .trainer import _state_rng, atomic_save
+
+    rows.append(row)
+    watched = row.get("val_loss", row["train_loss"])
+    if watched < best:
+        best, best_epoch = watched, row["epoch"]
+        if acc.is_main_process:
+            atomic_save(core.state_dict(), ck / "best.pt")
+    if acc.is_main_process:
+        atomic_save({"model": core.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                     "epoch": row["epoch"], "best": best, "best_epoch": best_epoch, "rows": rows,
+                     "rng": _state_rng(), **extra}, ck / "state.pt")
+    acc.wait_for_everyone()
+    return best, best_epoch
+
+
+def best_weights(core, ck: Path) -> None:
+    """Load the best epoch's weights (where one was kept) into ``core``, in fp32, for inference."""
+    if (ck / "best.pt").exists():
+        core.load_state_dict(torch.load(ck / "best.pt", map_location="cpu", weights_only=True))
+    core.float().eval()
 
 
 def _reduce(acc, values: list[float]) -> list[float]:
@@ -476,20 +493,21 @@ def write_vilap_dir(output: Path, model, tokenizer, cfg: PretrainConfig) -> Path
     return output
 
 
-def _plot(rows: list[dict], path: Path) -> None:
+def _plot(rows: list[dict], path: Path, parts=("contrastive", "captioning"), title: str = "VILA-P") -> None:
+    """Train (and validation) loss per epoch of each loss part, side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, ax = plt.subplots(1, len(parts), figsize=(4.5 * len(parts), 3.2))
     ep = [r["epoch"] for r in rows]
     marker = "o" if len(rows) < 3 else None
-    for k, part in enumerate(("contrastive", "captioning")):
+    for k, part in enumerate(parts):
         ax[k].plot(ep, [r[f"train_{part}"] for r in rows], marker=marker, label="train")
         if all(f"val_{part}" in r for r in rows):
             ax[k].plot(ep, [r[f"val_{part}"] for r in rows], marker=marker, label="val")
-        ax[k].set(xlabel="epoch", ylabel=f"{part} loss", title=f"VILA-P {part}")
+        ax[k].set(xlabel="epoch", ylabel=f"{part} loss", title=f"{title} {part}")
         ax[k].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -31,7 +31,7 @@ DEFAULTS = {"split": None, "val_split": None, "images": None, "label_scale": Non
             "workers": None, "decode": "auto", "quiet": False, "extract_batch_size": 32,
             "val_fraction": 0.1, "group_by": None, "name": None, "description": None, "half": False,
             "comments": None, "inputs": None, "text_encoder": None, "backbone": None,
-            "retrieve_comments": None}
+            "retrieve_comments": None, "attribute_labels": None, "attribute_names": None}
 REQUIRED = ("method", "dataset", "output")
 #: options that are parameters of the methods that take them
 AS_PARAMS = ("inputs", "text_encoder", "retrieve_comments")
@@ -281,6 +281,10 @@ def train(options: dict, config_file: str | None = None, log=None) -> TrainResul
     from ..zoo import backbone_spec, backbone_views
 
     method = build_method(cfg)
+    if method.trained_by:
+        raise UsageError(f"{method.name} is not trained by `photocritic train`: use `{method.trained_by}`"
+                         + ("; per-attribute heads on such a model are `photocritic train attributes "
+                            "--backbone DIR`" if method.has_attributes else ""))
     reads_images = any(v.startswith("image.") for v in method.requires) or method.trains_backbone
     if reads_images and not cfg["backbone"]:
         raise UsageError(f"train {method.name} needs --backbone (on the command line or in --config)")
@@ -294,6 +298,10 @@ def train(options: dict, config_file: str | None = None, log=None) -> TrainResul
         notes.append(f"backbone {cfg['backbone']} has no text tower: VILA-R's anchor is learned "
                      f"(as with --no-anchor)")
         log(notes[-1])
+    if hasattr(method, "choose_view"):  # e.g. attributes: the attribute spaces where the backbone has them
+        method.choose_view(views)
+    if cfg["attribute_labels"] and not method.has_attributes:
+        raise UsageError(f"--attribute-labels trains per-attribute heads (train attributes), not {method.name}")
     lacking = [v for v in method.requires if v not in views]
     if lacking:
         raise ViewError(f"method {method.name} needs the view {', '.join(lacking)}, which backbone "
@@ -328,6 +336,8 @@ def train(options: dict, config_file: str | None = None, log=None) -> TrainResul
         vf, yv, info_v, _ = extract(cfg, spec, val_set, view, cache, log, critic, to=Path(work.name) / "val.npy")
         if method.texts():  # a VILA-R text anchor: text features, extracted like images
             xf["text.pooled"] = vf["text.pooled"] = critic.text_embeddings(method.texts(), cache=cache)
+        if cfg["attribute_labels"]:
+            attach_attributes(cfg, [(yt, info_t), (yv, info_v)], log)
     except BaseException:
         work.cleanup()
         raise
@@ -339,6 +349,31 @@ def train(options: dict, config_file: str | None = None, log=None) -> TrainResul
     finally:
         del xf, vf  # the memory maps, before their folder goes
         work.cleanup()
+
+
+def attach_attributes(cfg: dict, parts, log) -> None:
+    """Per-attribute scores of ``--attribute-labels`` onto each (targets,
+    info) part, in its image order (NaN where an image has none)."""
+    from ..data.attributes import read_attribute_scores
+    from ..data.ava import LabelFormatError
+
+    path = Path(cfg["attribute_labels"]).expanduser()
+    if not path.is_file():
+        raise UsageError(f"--attribute-labels {path}: no such file")
+    names = cfg["attribute_names"]
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    try:
+        names, scores = read_attribute_scores(path, names)
+    except LabelFormatError as exc:
+        raise DataError(str(exc)) from None
+    for targets, info in parts:
+        targets.attributes = np.array([[scores.get(i, {}).get(a, np.nan) for a in names] for i in info["ids"]],
+                                      dtype=np.float64).reshape(len(info["ids"]), len(names))
+        targets.attribute_names = tuple(names)
+    have = int(np.isfinite(parts[0][0].attributes).any(axis=1).sum())
+    log(f"attribute scores: {', '.join(names)} for {have} of {len(parts[0][1]['ids'])} training images "
+        f"from {path.name}")
 
 
 def _fit_and_save(cfg, spec, method, train_set, output, notes, log, val_how, tr, va, bank=None,
@@ -382,6 +417,8 @@ def _fit_and_save(cfg, spec, method, train_set, output, notes, log, val_how, tr,
                "final_val": final, "history": getattr(method, "history_", None),
                "train_images": info_t, "val_images": info_v, "validation": val_how,
                "fit_seconds": round(fit_seconds, 3), "notes": notes}
+    if method.has_attributes and yv.attributes is not None:
+        metrics["final_val_attributes"] = attribute_metrics(method.predict(vf).attributes, yv)
     if method.name == "linear":
         metrics["ridge_alpha"] = method.alpha_
         from ..methods.linear import plot_weights
@@ -391,6 +428,19 @@ def _fit_and_save(cfg, spec, method, train_set, output, notes, log, val_how, tr,
     log(f"trained {method.name}: val SRCC {final['srcc']:.3f}, PLCC {final['plcc']:.3f}"
         + (f", EMD {final['emd']:.4f}" if "emd" in final else "") + f" -> {output}")
     return TrainResult(output, metrics, cfg, notes)
+
+
+def attribute_metrics(pred: np.ndarray, targets: Targets) -> dict:
+    """SRCC and PLCC per attribute over the images with that attribute's score."""
+    from .. import metrics as M
+    from ..evaluation import safe_metric
+
+    out = {}
+    for a, name in enumerate(targets.attribute_names):
+        have = np.isfinite(targets.attributes[:, a])
+        out[name] = {"srcc": safe_metric(M.srcc, pred[have, a], targets.attributes[have, a]),
+                     "plcc": safe_metric(M.plcc, pred[have, a], targets.attributes[have, a]), "n": int(have.sum())}
+    return out
 
 
 def _extract_shard(cfg, spec, view, sets, rank: int, world: int, log) -> None:

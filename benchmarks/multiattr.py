@@ -1,0 +1,283 @@
+"""Multi-attribute contrastive pretraining on the synthetic aesthetic world
+(issue: multi-attribute aesthetics). The world is split by source photo
+(70/10/20); pretraining sees the training split's attribute descriptions
+only, and every figure is on the test photos.
+
+Tower: EfficientNet-Lite0 (frozen, its tokens fused per attribute), MiniLM
+for the descriptions. Pretrained models, each of the same size:
+
+* ``multi``: a space per attribute, semantic affinity weight 1;
+* ``multi, no affinity``: the same without the affinity loss;
+* ``single``: one space of 7 x the width on all descriptions joined, affinity 1.
+
+For each, and for the tower itself (no pretraining):
+
+* per-attribute SRCC against the true attribute scores: zero-shot from the
+  attribute spaces ("excellent lighting" / "very poor lighting" ...), and
+  with ``train attributes`` heads (training split's attribute scores);
+* overall SRCC with a ``linear`` head (ridge auto) on the pretrained image
+  features (``image.pooled``, f);
+* nearest-neighbour source-photo retrieval accuracy from f: for each test
+  image, whether its most similar other test image shows the same photo;
+* ``explain``: how often the lowest-scoring of the five edited attributes is
+  the one the edits damaged most (the lowest true quality), against chance
+  (1/5) and against always naming the most common one.
+
+Paired bootstrap 95 % CIs (1000 resamples of the test images) for the
+differences the checks compare.
+
+``--part trainable``: the affinity check where features can drift: the
+tower (EfficientNet-Lite0) trained too (``--tower trainable``, at
+``--lr-tower``), multi-space with and without the affinity loss; NN source
+accuracy, linear overall SRCC and heads from the trained features.
+
+    python benchmarks/multiattr.py [--part frozen|trainable] [--n 3000] [--epochs 12] [--work DIR]
+
+writes its part into benchmarks/results/multiattr.json (the other part's
+figures are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_line, write_results  # noqa: E402
+
+import photocritic  # noqa: E402
+from photocritic.data.datasets import load_dataset  # noqa: E402
+from photocritic.data.synthetic import ATTRIBUTES, find_sources, synthesize  # noqa: E402
+from photocritic.metrics import bootstrap_ci, srcc  # noqa: E402
+from photocritic.training.multiattr import MultiAttrConfig, pretrain_multiattr  # noqa: E402
+from photocritic.training.run import train  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "multiattr.json"
+VISUAL = ATTRIBUTES[:5]  # the attributes the edits act on
+TOWER = "efficientnet-lite0"
+
+
+def labels(world: Path) -> dict:
+    with open(world / "labels.csv", newline="") as fh:
+        return {Path(r["path"]).stem: r for r in csv.DictReader(fh)}
+
+
+def paired(fn, a: np.ndarray, b: np.ndarray, truth: np.ndarray) -> dict:
+    """fn(a) - fn(b) on the same test images, with a paired bootstrap CI."""
+    x = np.stack([a, b], 1)
+
+    def gain(x, t):
+        return fn(x[:, 0], t) - fn(x[:, 1], t)
+
+    lo, hi = bootstrap_ci(gain, x, truth, n_boot=1000, seed=0)
+    return {"value": round(float(gain(x, truth)), 4), "ci95": [round(lo, 4), round(hi, 4)]}
+
+
+def features(model_dir_or_backbone: str, paths: list[str], store: Path, view: str = "image.pooled") -> np.ndarray:
+    from photocritic.features import EmbeddingCache
+    from photocritic.models import Critic
+    from photocritic.scoremap import ScoreMap
+    from photocritic.zoo import backbone_spec
+
+    critic = Critic(backbone_spec(model_dir_or_backbone), None, ScoreMap()).configure(precision="fp32")
+    critic = critic.with_view(view)
+    with EmbeddingCache(store) as cache:
+        rows, emb = critic.embed_paths(paths, cache, batch_size=64)
+    assert all(r.status == "ok" for r in rows)
+    return np.asarray(emb, np.float64)
+
+
+def nn_source_accuracy(f: np.ndarray, sources: np.ndarray) -> tuple[float, np.ndarray]:
+    """Share of images whose most similar other image shows the same source photo."""
+    z = f / np.linalg.norm(f, axis=1, keepdims=True)
+    sims = z @ z.T
+    np.fill_diagonal(sims, -np.inf)
+    hit = sources[sims.argmax(1)] == sources
+    return float(hit.mean()), hit.astype(np.float64)
+
+
+def per_attribute(pred: np.ndarray, truth: np.ndarray) -> dict:
+    out = {a: round(srcc(pred[:, k], truth[:, k]), 4) for k, a in enumerate(ATTRIBUTES)}
+    out["mean"] = round(float(np.mean([out[a] for a in ATTRIBUTES])), 4)
+    return out
+
+
+def mean_attr_srcc(p: np.ndarray, t: np.ndarray) -> float:
+    return float(np.mean([srcc(p[:, k], t[:, k]) for k in range(t.shape[1])]))
+
+
+def explain_check(pred: np.ndarray, truth_q: np.ndarray) -> dict:
+    """Lowest predicted of the five visual attributes vs the lowest true quality."""
+    damaged = truth_q[:, :5].min(1) < 0.6  # at least one edit took an attribute below 0.6
+    want = truth_q[damaged, :5].argmin(1)
+    got = pred[damaged, :5].argmin(1)
+    counts = np.bincount(want, minlength=5)
+    hits = (got == want).astype(np.float64)
+    lo, hi = bootstrap_ci(lambda h, _t: float(np.mean(h)), hits, hits, n_boot=1000, seed=0)
+    return {"images": int(damaged.sum()), "named_right": round(float(hits.mean()), 4), "ci95": [round(lo, 4), round(hi, 4)],
+            "chance": 0.2, "majority": round(float(counts.max() / counts.sum()), 4),
+            "most_damaged_counts": dict(zip(VISUAL, counts.tolist()))}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=3000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--part", choices=["frozen", "trainable"], default="frozen")
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--lr-tower", type=float, default=1e-4, help="--part trainable: the tower's rate")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--work", help="a folder to keep (and reuse) the world and the feature store in")
+    ap.add_argument("--results", default=str(RESULTS))
+    args = ap.parse_args()
+    print(machine_line())
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="pc-multiattr-"))
+    world = work / "world"
+    if not (world / "attributes.json").exists():
+        t0 = time.perf_counter()
+        synthesize(world, args.n, seed=args.seed, sources=find_sources(), min_sources=30)
+        print(f"world: {args.n} images in {time.perf_counter() - t0:.0f} s")
+    store = work / "features.sqlite"
+    lab = labels(world)
+    ds = load_dataset(world)
+    test = ds.split("test")[0]
+    test_paths = test.image_paths()
+    test_ids = [Path(p).stem for p in test_paths]
+    true_attr = np.array([[float(lab[i][a]) for a in ATTRIBUTES] for i in test_ids])
+    true_q = (true_attr - 1) / 9
+    sources = np.array([lab[i]["source"] for i in test_ids])
+    train_ids = {i for i, r in lab.items() if r["split"] in ("train", "val")}
+    described = json.loads((world / "attributes.json").read_text())
+    seen = work / "attributes-train.json"  # pretraining never sees a test photo's descriptions
+    seen.write_text(json.dumps({k: v for k, v in described.items() if Path(k).stem in train_ids}))
+
+    if args.part == "trainable":
+        t = dict(tower="trainable", lr_tower=args.lr_tower)
+        variants = {"multi": dict(spaces="multi", affinity=1.0, **t),
+                    "multi, no affinity": dict(spaces="multi", affinity=0.0, **t)}
+    else:
+        variants = {"multi": dict(spaces="multi", affinity=1.0),
+                    "multi, no affinity": dict(spaces="multi", affinity=0.0),
+                    "single": dict(spaces="single", affinity=1.0)}
+    rows, preds = {}, {}
+    common = {"dataset": str(world), "split": "train", "val_split": "val", "cache": str(store), "quiet": True,
+              "seed": args.seed, "attribute_labels": str(world / "labels.csv")}
+    for name, opts in [("tower (no pretraining)", None)] + list(variants.items()):
+        t0 = time.perf_counter()
+        row: dict = {}
+        if opts is None:
+            backbone = TOWER
+        else:
+            backbone = str(work / f"pre-{args.part}-{name.replace(' ', '').replace(',', '-')}")
+            if (Path(backbone) / "config.json").exists():
+                shutil.rmtree(backbone)
+            pretrain_multiattr(MultiAttrConfig(init=TOWER, attributes=str(seen), images=str(world / "images"),
+                                               output=backbone, epochs=args.epochs, batch_size=args.batch_size,
+                                               seed=args.seed, cache=str(store), precision="fp32", quiet=True,
+                                               **opts))
+            m = json.loads((Path(backbone) / "metrics.json").read_text())
+            row.update(best_epoch=m["best_epoch"], pretrain_seconds=m["seconds"],
+                       params=sum(int(np.prod(v.shape)) for v in _state(backbone).values()))
+            model = photocritic.load(backbone, precision="fp32")
+            ex = model.explain(test_paths, describe=False)
+            zs = np.array([[r.attributes[a] for a in ATTRIBUTES] for r in ex])
+            row["zero_shot_attribute_srcc"] = per_attribute(zs, true_attr)
+            preds[name, "zero-shot"] = zs
+            row["explain_zero_shot"] = explain_check(zs, true_q)
+        heads = work / f"heads-{args.part}-{len(rows)}"
+        train({**common, "method": "attributes", "backbone": backbone, "output": str(heads), "overwrite": True},
+              log=lambda m: None)
+        ex = photocritic.load(str(heads), precision="fp32").explain(test_paths, describe=False)
+        hp = np.array([[r.attributes[a] for a in ATTRIBUTES] for r in ex])
+        row["heads_attribute_srcc"] = per_attribute(hp, true_attr)
+        row["explain_heads"] = explain_check(hp, true_q)
+        preds[name, "heads"] = hp
+        lin = work / f"linear-{args.part}-{len(rows)}"
+        train({**common, "attribute_labels": None, "method": "linear", "backbone": backbone, "output": str(lin),
+               "overwrite": True, "params": {"ridge": "auto", "view": "image.pooled"}}, log=lambda m: None)
+        got = photocritic.load(str(lin), precision="fp32").score(test_paths, cache=str(store))
+        overall = np.array([r.score for r in got])
+        row["linear_overall_srcc"] = round(srcc(overall, test.mean), 4)
+        preds[name, "linear"] = overall
+        f = features(backbone, test_paths, store)
+        row["nn_source_accuracy"], preds[name, "nn"] = nn_source_accuracy(f, sources)
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        rows[name] = row
+        print(f"{name:<24} heads mean SRCC {row['heads_attribute_srcc']['mean']:.3f}"
+              + (f"  zero-shot {row['zero_shot_attribute_srcc']['mean']:.3f}" if opts else "")
+              + f"  linear {row['linear_overall_srcc']:.3f}  NN-source {row['nn_source_accuracy']:.3f}"
+              + f"  explain {row['explain_heads']['named_right']:.3f}  ({row['seconds']:.0f} s)", flush=True)
+
+    def cmp(a, b, kind):
+        if kind == "nn":
+            return paired(lambda x, _t: float(np.mean(x)), preds[a, kind], preds[b, kind], preds[a, kind])
+        if kind == "linear":
+            return paired(srcc, preds[a, kind], preds[b, kind], test.mean)
+        return paired(mean_attr_srcc, preds[a, kind], preds[b, kind], true_attr)
+
+    comparisons = {
+        "affinity - none, NN source accuracy": cmp("multi", "multi, no affinity", "nn"),
+        "affinity - none, heads mean attribute SRCC": cmp("multi", "multi, no affinity", "heads"),
+        "affinity - none, linear overall SRCC": cmp("multi", "multi, no affinity", "linear"),
+        "multi - tower, heads mean attribute SRCC": cmp("multi", "tower (no pretraining)", "heads"),
+        "multi - tower, linear overall SRCC": cmp("multi", "tower (no pretraining)", "linear"),
+    }
+    r = rows
+    visual = lambda row: all(row[a] > 0 for a in VISUAL)  # noqa: E731
+    checks = {
+        "affinity raises NN source accuracy":
+            r["multi"]["nn_source_accuracy"] > r["multi, no affinity"]["nn_source_accuracy"],
+        "at an equal or better aesthetic SRCC (linear overall)":
+            r["multi"]["linear_overall_srcc"] >= r["multi, no affinity"]["linear_overall_srcc"],
+    }
+    if args.part == "frozen":
+        comparisons.update({
+            "multi - single, zero-shot mean attribute SRCC": cmp("multi", "single", "zero-shot"),
+            "multi - single, heads mean attribute SRCC": cmp("multi", "single", "heads"),
+            "multi - single, linear overall SRCC": cmp("multi", "single", "linear")})
+        checks = {
+            "the five visible attributes correlate with their true values (SRCC > 0; heads and zero-shot, multi)":
+                visual(r["multi"]["heads_attribute_srcc"]) and visual(r["multi"]["zero_shot_attribute_srcc"]),
+            "multi beats single on mean per-attribute SRCC (zero-shot)":
+                r["multi"]["zero_shot_attribute_srcc"]["mean"] > r["single"]["zero_shot_attribute_srcc"]["mean"],
+            "multi beats single on mean per-attribute SRCC (heads)":
+                r["multi"]["heads_attribute_srcc"]["mean"] > r["single"]["heads_attribute_srcc"]["mean"],
+            "multi beats single on the overall score with a linear head":
+                r["multi"]["linear_overall_srcc"] > r["single"]["linear_overall_srcc"],
+            **checks,
+            "explain names the damaged attribute more often than chance (heads on multi; CI above 0.2)":
+                r["multi"]["explain_heads"]["ci95"][0] > 0.2,
+            "explain names the damaged attribute more often than chance (zero-shot multi; CI above 0.2)":
+                r["multi"]["explain_zero_shot"]["ci95"][0] > 0.2,
+        }
+    for k, v in comparisons.items():
+        print(f"{k:<52} {v['value']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]")
+    for k, v in checks.items():
+        print(f"{'PASS' if v else 'FAIL'}  {k}")
+    results = Path(args.results)
+    kept = json.loads(results.read_text()).get("parts", {}) if results.exists() else {}
+    kept[args.part] = {"epochs": args.epochs, "batch_size": args.batch_size, "date": time.strftime("%Y-%m-%d"),
+                       **({"lr_tower": args.lr_tower} if args.part == "trainable" else {}),
+                       "results": rows, "comparisons": comparisons, "checks": checks}
+    write_results(results, world={"images": args.n, "seed": args.seed, "test_images": len(test_paths)},
+                  tower=TOWER, text_encoder="minilm", parts=kept)
+    print(f"wrote {args.results}")
+    return 0
+
+
+def _state(directory: str) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(directory) / "multiattr" / "net.safetensors"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
