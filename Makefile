@@ -37,7 +37,7 @@ bench: $(STAMP) sources
 	$(PY) benchmarks/lite_pairs.py
 	$(PY) benchmarks/vilap.py
 	$(PY) benchmarks/multiattr.py --part frozen
-	$(PY) benchmarks/multiattr.py --part trainable --epochs 4
+	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500
 
 # Rebuild the default `lite` model from the synthetic world (configs/lite.yaml).
 LITE_WORLD := build/lite-world
