@@ -246,6 +246,24 @@ def test_pretrained_directory_scores_explains_and_serves_as_a_backbone(multiattr
         assert [r[a] for a in DEFAULT_ATTRIBUTES] == pytest.approx([e.attributes[a] for a in DEFAULT_ATTRIBUTES],
                                                                    abs=1e-5)
     assert scored[2]["status"] == "not_image" and scored[2]["lighting"] is None
+    # eval reports SRCC per attribute, as scipy computes it from the predictions
+    from scipy.stats import spearmanr
+
+    ev = tmp_path / "ev"
+    assert main(["eval", "--model", str(heads), "--dataset", str(world), "--split", "test", "--attribute-labels",
+                 str(world / "labels.csv"), "--output", str(ev), "--no-cache", "--precision", "fp32", "-q",
+                 "--bootstrap", "50"]) == 0
+    rep = json.loads((ev / "metrics.json").read_text())["attributes"]
+    test = sorted(str(p) for p in world.glob("images/*.jpg") if p.stem in
+                  {line.split(",")[0][7:-4] for line in (world / "labels.csv").read_text().splitlines()[1:]
+                   if ",test," in line})
+    ex = photocritic.load(str(heads), precision="fp32").explain(test, describe=False)
+    header = (world / "labels.csv").read_text().splitlines()[0].split(",")
+    truth = {line.split(",")[0][7:-4]: line.split(",") for line in (world / "labels.csv").read_text().splitlines()[1:]}
+    want = spearmanr([r.attributes["colour"] for r in ex],
+                     [float(truth[os.path.basename(r.path)[:-4]][header.index("colour")]) for r in ex]).statistic
+    assert rep["colour"]["n"] == len(test) and rep["colour"]["srcc"] == pytest.approx(want, abs=1e-6)
+    assert "| colour |" in (ev / "report.md").read_text()
     lin = tmp_path / "lin"
     assert main(["train", "linear", "--backbone", str(multiattr_dir), "--dataset", str(world), "--split", "train",
                  "--output", str(lin), "--cache", str(store), "--precision", "fp32", "-q"]) == 0

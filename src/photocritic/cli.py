@@ -607,15 +607,27 @@ def _cmd_eval(args) -> int:
     try:
         res = evaluate(critic, ds, args.output, info, cache=cache, batch_size=args.batch_size,
                        progress=not args.quiet, n_boot=args.bootstrap, decode=args.decode,
-                       seed=args.seed, workers=args.workers, comments=comments)
+                       seed=args.seed, workers=args.workers, comments=comments,
+                       attribute_labels=_attribute_labels_option(args.attribute_labels))
     finally:
         if cache is not None:
             cache.close()
     keys = [k for k in ("n", "srcc", "plcc", "accuracy", "emd") if k in res]
+    if res.get("attributes"):
+        print(json.dumps({a: {"srcc": m["srcc"], "n": m["n"]} for a, m in res["attributes"].items()}))
     print(json.dumps({k: res[k] for k in keys}))
     print(f"photocritic: evaluated {res['n']} images ({res['images_missing']} missing, "
           f"{res['images_failed']} failed) -> {args.output}" + _warning_note(), file=sys.stderr)
     return EXIT_OK
+
+
+def _attribute_labels_option(path):
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UsageError(f"--attribute-labels {p}: no such file")
+    return p
 
 
 def _eval_captions(args, critic, ds, info, comments) -> int:
@@ -891,6 +903,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", "-o", required=True, help="folder for the report")
     ev.add_argument("--comments", metavar="PATH", help="user comments, for models that read them (mmlq); "
                                                        "with --task captions, the reference comments")
+    ev.add_argument("--attribute-labels", metavar="PATH",
+                    help="a model with attribute scores (train attributes, pretrain multiattr): per-image "
+                         "attribute scores (as train's); SRCC and PLCC per attribute in the report")
     ev.add_argument("--task", choices=["scores", "captions"], default="scores",
                     help="scores: predicted scores against the labels; captions: generated critiques "
                          "(VILA-P) against the reference comments (BLEU-1..4, ROUGE-L, CIDEr-D)")

@@ -146,17 +146,43 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _attribute_metrics(names: list[str], rows, truth: dict, n_boot: int, seed: int) -> dict:
+    """SRCC (with a bootstrap CI) and PLCC of each attribute's predicted
+    score against its label, over the scored images that have that label."""
+    out = {}
+    for a in names:
+        pairs = [(r.attributes[a], truth[i][a]) for i, r in rows
+                 if r.attributes and a in truth.get(i, {})]
+        p, t = (np.array(v, dtype=np.float64) for v in zip(*pairs)) if pairs else (np.zeros(0), np.zeros(0))
+        m = {"n": len(p), "srcc": safe_metric(M.srcc, p, t), "plcc": safe_metric(M.plcc, p, t)}
+        if len(p) >= 3 and n_boot:
+            m["srcc_ci95"] = list(M.bootstrap_ci(M.srcc, p, t, n_boot=n_boot, seed=seed))
+        out[a] = m
+    return out
+
+
 def evaluate(critic, ds: LabelledSet, output: str | Path, split_info: dict | None = None,
              cache=None, batch_size: int = 32, progress: bool = False, n_boot: int = 1000,
-             decode: str = "auto", seed: int = 0, workers: int | None = None, comments=None) -> dict:
+             decode: str = "auto", seed: int = 0, workers: int | None = None, comments=None,
+             attribute_labels: str | Path | None = None) -> dict:
     """Score ``ds`` with ``critic`` and write the evaluation to ``output``.
 
     Accuracy uses the method's own binary rule (:attr:`Critic.binary_rule`),
     named in the report. Metrics that cannot be computed are ``null`` in
     metrics.json, with the reason under ``notes``. ``comments``: for models
     that read comments (MMLQ), ``{id: [text, ...]}`` or a comments file; a
-    comments-only model opens no image (the dataset needs none)."""
+    comments-only model opens no image (the dataset needs none).
+    ``attribute_labels`` (a model with attribute scores): per-image attribute
+    scores (:func:`~photocritic.data.attributes.read_attribute_scores`);
+    SRCC and PLCC per attribute go under ``attributes``."""
     out = Path(output)
+    attr_names = list(getattr(critic.head, "attributes", []) or []) if attribute_labels else []
+    if attribute_labels and not getattr(critic.head, "has_attributes", False):
+        raise ValueError(f"--attribute-labels: model {critic.name} has no attribute scores")
+    if attribute_labels:
+        from .data.attributes import read_attribute_scores
+
+        _, attr_truth = read_attribute_scores(attribute_labels, attr_names)
     out.mkdir(parents=True, exist_ok=True)
     tokens = getattr(critic, "reads_tokens", False)
     no_images = tokens and critic.encoder_spec is None
@@ -203,6 +229,9 @@ def evaluate(critic, ds: LabelledSet, output: str | Path, split_info: dict | Non
                 res[key] = report[key]
     if ds.dropped:
         res["labels_dropped"] = ds.dropped
+    if attribute_labels:
+        res["attributes"] = _attribute_metrics(attr_names, [(ds.ids[i], r) for i, r in ok], attr_truth,
+                                               n_boot, seed)
     res = json_safe(res)
     (out / "metrics.json").write_text(json.dumps(res, indent=2, allow_nan=False) + "\n")
     extra = ["context_class"] if any(r.context_class for _, r in ok) else []
@@ -235,6 +264,14 @@ def evaluate(critic, ds: LabelledSet, output: str | Path, split_info: dict | Non
               "n/a means it could not be computed (see notes).", ""]
     if ds.scale:
         lines += [f"Labels were on the {ds.scale} scale and mapped linearly to 1–10.", ""]
+    if res.get("attributes"):
+        lines += ["Per attribute (images with that attribute's score):", "",
+                  "| attribute | n | SRCC | 95% CI | PLCC |", "|---|---|---|---|---|"]
+        for name, m in res["attributes"].items():
+            ci = m.get("srcc_ci95") or [None, None]
+            ci_text = "" if None in ci else f"{ci[0]:.4f} – {ci[1]:.4f}"
+            lines.append(f"| {name} | {m['n']} | {_fmt(m['srcc'])} | {ci_text} | {_fmt(m['plcc'])} |")
+        lines.append("")
     for note in res.get("notes", []):
         lines.append(f"- note: {note}")
     if res.get("notes"):
