@@ -146,18 +146,18 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _attribute_metrics(names: list[str], rows, truth: dict, n_boot: int, seed: int) -> dict:
-    """SRCC (with a bootstrap CI) and PLCC of each attribute's predicted
-    score against its label, over the scored images that have that label."""
+def attribute_metrics(pred: np.ndarray, truth: np.ndarray, names, n_boot: int = 0, seed: int = 0) -> dict:
+    """SRCC and PLCC of each attribute's predicted score (``pred`` (N, A))
+    against its label (``truth`` (N, A), NaN where an image has none), over
+    the images with that label; with ``n_boot``, a bootstrap CI of the SRCC."""
     out = {}
-    for a in names:
-        pairs = [(r.attributes[a], truth[i][a]) for i, r in rows
-                 if r.attributes and a in truth.get(i, {})]
-        p, t = (np.array(v, dtype=np.float64) for v in zip(*pairs)) if pairs else (np.zeros(0), np.zeros(0))
-        m = {"n": len(p), "srcc": safe_metric(M.srcc, p, t), "plcc": safe_metric(M.plcc, p, t)}
+    for a, name in enumerate(names):
+        have = np.isfinite(truth[:, a])
+        p, t = np.asarray(pred[have, a], np.float64), np.asarray(truth[have, a], np.float64)
+        m = {"srcc": safe_metric(M.srcc, p, t), "plcc": safe_metric(M.plcc, p, t), "n": int(have.sum())}
         if len(p) >= 3 and n_boot:
             m["srcc_ci95"] = list(M.bootstrap_ci(M.srcc, p, t, n_boot=n_boot, seed=seed))
-        out[a] = m
+        out[name] = m
     return out
 
 
@@ -230,8 +230,11 @@ def evaluate(critic, ds: LabelledSet, output: str | Path, split_info: dict | Non
     if ds.dropped:
         res["labels_dropped"] = ds.dropped
     if attribute_labels:
-        res["attributes"] = _attribute_metrics(attr_names, [(ds.ids[i], r) for i, r in ok], attr_truth,
-                                               n_boot, seed)
+        ids = [ds.ids[i] for i, _ in ok]
+        res["attributes"] = attribute_metrics(
+            np.array([[r.attributes[a] for a in attr_names] for _, r in ok], np.float64),
+            np.array([[attr_truth.get(i, {}).get(a, np.nan) for a in attr_names] for i in ids], np.float64),
+            attr_names, n_boot, seed)
     res = json_safe(res)
     (out / "metrics.json").write_text(json.dumps(res, indent=2, allow_nan=False) + "\n")
     extra = ["context_class"] if any(r.context_class for _, r in ok) else []

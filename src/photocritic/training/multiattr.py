@@ -122,10 +122,10 @@ class DescriptionTable:
         return idx, mask
 
 
-def tower_features(cfg: MultiAttrConfig, spec: dict, paths: list[str], use_tokens: bool, session, log,
+def tower_features(cfg: MultiAttrConfig, spec: dict, paths: list[str], use_tokens: bool, session,
                    view: str = "image.pooled"):
-    """(pooled (N, C), tokens (N, T, Ct) or None, rows kept, failure counts,
-    the tower) through the scoring pipeline and the feature store of
+    """(pooled (N, C), tokens (N, T, Ct) or None, rows kept, failure counts)
+    of the tower through the scoring pipeline and the feature store of
     ``session`` (a :func:`~photocritic.features.token_session`'s (token
     store, path)); unreadable images are left out and counted."""
     store, path = session
@@ -153,13 +153,7 @@ def tower_features(cfg: MultiAttrConfig, spec: dict, paths: list[str], use_token
         trow = tok_critic.score([paths[k] for k in ok], cache=store, **kw)
         got = store.get_many(list(dict.fromkeys(r.content_hash for r in trow)), tok_critic.encoder_key())
         tokens = np.stack([np.asarray(got[r.content_hash], np.float32) for r in trow])
-    return np.asarray(pooled, np.float32), tokens, ok, failed, critic
-
-
-def _gathered(x: torch.Tensor, world: int, width: int) -> torch.Tensor:
-    from .pretrain import _GatherWithGrad, _pad_rows
-
-    return _GatherWithGrad.apply(_pad_rows(x, width))
+    return np.asarray(pooled, np.float32), tokens, ok, failed
 
 
 class TowerNet(torch.nn.Module):
@@ -180,7 +174,7 @@ def _net_of(model) -> MultiAttrNet:
 
 def batch_losses(model, batch: dict, cfg: MultiAttrConfig, world: int, device) -> tuple:
     """This process's shares of the global contrastive and affinity losses."""
-    from .pretrain import _gather_plain, _pad_rows
+    from .pretrain import _gather_plain, _pad_rows, gather_rows, shard_layout
 
     f, e, y = model(batch["input"], batch.get("tokens"), batch["text"])
     net = _net_of(model)
@@ -191,21 +185,14 @@ def batch_losses(model, batch: dict, cfg: MultiAttrConfig, world: int, device) -
         con = attribute_contrastive_loss(e, y, mask, scale, ids)
         aff = semantic_affinity_loss(f, p) if cfg.affinity > 0 else f.new_zeros(())
         return con, aff
-    import torch.distributed as dist
-
-    width = int(max(t.item() for t in _gather_plain(torch.tensor([len(f)], device=device), world)))
-    rank = dist.get_rank()
-    valid = torch.cat(_gather_plain(_pad_rows(torch.ones(len(f), dtype=torch.long, device=device), width),
-                                    world)).bool()
+    width, valid, rows = shard_layout(torch.ones(len(f), dtype=torch.bool, device=device), world, device)
     g_mask = torch.cat(_gather_plain(_pad_rows(mask.long(), width), world)).bool() & valid[:, None]
     g_ids = torch.cat(_gather_plain(_pad_rows(ids, width), world))
-    rows = slice(rank * width, (rank + 1) * width)
-    con = attribute_contrastive_loss(_gathered(e, world, width), _gathered(y, world, width), g_mask, scale,
-                                     g_ids, rows=rows)
+    con = attribute_contrastive_loss(gather_rows(e, width), gather_rows(y, width), g_mask, scale, g_ids, rows=rows)
     aff = f.new_zeros(())
     if cfg.affinity > 0:
         g_p = torch.cat(_gather_plain(_pad_rows(p.float(), width), world))
-        aff = semantic_affinity_loss(_gathered(f, world, width), g_p, valid=valid, rows=rows)
+        aff = semantic_affinity_loss(gather_rows(f, width), g_p, valid=valid, rows=rows)
     return con, aff
 
 
@@ -322,8 +309,8 @@ def pretrain_multiattr(cfg: MultiAttrConfig, log=None):
     store_path = None if cfg.no_cache else (cfg.cache or default_cache_path())
     with token_session(store_path) as session:
         with acc.main_process_first():  # the main process extracts, the others read the store
-            pooled, tokens, ok, failed, critic = tower_features(
-                cfg if main else _quiet(cfg), spec, paths, use_tokens, session, say,
+            pooled, tokens, ok, failed = tower_features(
+                cfg if main else _quiet(cfg), spec, paths, use_tokens, session,
                 view="image.prelogits" if trainable else "image.pooled")
     if len(ok) < 4:
         raise DataError(f"only {len(ok)} of the described images could be read ({failed})")

@@ -178,18 +178,32 @@ def pair_losses(out: dict, world: int, device) -> tuple[torch.Tensor, torch.Tens
         return con, cap, float(tok_sum.detach()), n_tok
     import torch.distributed as dist
 
-    width = int(max(n.item() for n in _gather_plain(torch.tensor([len(img)], device=device), world)))
-    rank = dist.get_rank()
-    pad_valid = _pad_rows(valid.to(torch.long), width)
-    g_img = _GatherWithGrad.apply(_pad_rows(img.float(), width))
-    g_txt = _GatherWithGrad.apply(_pad_rows(txt.float(), width))
-    g_valid = torch.cat(_gather_plain(pad_valid, world)).bool()
-    con = contrastive_loss(g_img, g_txt, out["logit_scale"], valid=g_valid,
-                           rows=slice(rank * width, (rank + 1) * width))
+    width, g_valid, rows = shard_layout(valid, world, device)
+    con = contrastive_loss(gather_rows(img, width), gather_rows(txt, width), out["logit_scale"], valid=g_valid,
+                           rows=rows)
     total_tok = torch.tensor([float(n_tok)], device=device)
     dist.all_reduce(total_tok)
     cap = tok_sum / total_tok.clamp(min=1)[0]
     return con, cap, float(tok_sum.detach()), n_tok
+
+
+def shard_layout(valid: torch.Tensor, world: int, device) -> tuple[int, torch.Tensor, slice]:
+    """How a batch split over processes is gathered: every process's rows
+    padded to the widest share (``width``) and concatenated in rank order;
+    the global mask of real rows (``valid`` is this process's), and this
+    process's slice of the gathered rows."""
+    import torch.distributed as dist
+
+    width = int(max(n.item() for n in _gather_plain(torch.tensor([len(valid)], device=device), world)))
+    g_valid = torch.cat(_gather_plain(_pad_rows(valid.to(torch.long), width), world)).bool()
+    rank = dist.get_rank()
+    return width, g_valid, slice(rank * width, (rank + 1) * width)
+
+
+def gather_rows(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Every process's rows of ``x`` (float, padded to ``width``), gathered
+    with their gradients (:class:`_GatherWithGrad`)."""
+    return _GatherWithGrad.apply(_pad_rows(x.float(), width))
 
 
 def _gather_plain(x, world):

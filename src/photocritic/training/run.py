@@ -418,7 +418,10 @@ def _fit_and_save(cfg, spec, method, train_set, output, notes, log, val_how, tr,
                "train_images": info_t, "val_images": info_v, "validation": val_how,
                "fit_seconds": round(fit_seconds, 3), "notes": notes}
     if method.has_attributes and yv.attributes is not None:
-        metrics["final_val_attributes"] = attribute_metrics(method.predict(vf).attributes, yv)
+        from ..evaluation import attribute_metrics
+
+        metrics["final_val_attributes"] = attribute_metrics(method.predict(vf).attributes, yv.attributes,
+                                                            yv.attribute_names)
     if method.name == "linear":
         metrics["ridge_alpha"] = method.alpha_
         from ..methods.linear import plot_weights
@@ -428,19 +431,6 @@ def _fit_and_save(cfg, spec, method, train_set, output, notes, log, val_how, tr,
     log(f"trained {method.name}: val SRCC {final['srcc']:.3f}, PLCC {final['plcc']:.3f}"
         + (f", EMD {final['emd']:.4f}" if "emd" in final else "") + f" -> {output}")
     return TrainResult(output, metrics, cfg, notes)
-
-
-def attribute_metrics(pred: np.ndarray, targets: Targets) -> dict:
-    """SRCC and PLCC per attribute over the images with that attribute's score."""
-    from .. import metrics as M
-    from ..evaluation import safe_metric
-
-    out = {}
-    for a, name in enumerate(targets.attribute_names):
-        have = np.isfinite(targets.attributes[:, a])
-        out[name] = {"srcc": safe_metric(M.srcc, pred[have, a], targets.attributes[have, a]),
-                     "plcc": safe_metric(M.plcc, pred[have, a], targets.attributes[have, a]), "n": int(have.sum())}
-    return out
 
 
 def _extract_shard(cfg, spec, view, sets, rank: int, world: int, log) -> None:
