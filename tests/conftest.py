@@ -1,5 +1,8 @@
 import io
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,26 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PHOTOCRITIC_SHARED", REPO.parent / "shared"))
+
+
+TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
+needs_torchrun = pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
+                                    reason="torchrun is not installed beside this python")
+
+
+def run_processes(args: list[str], procs: int, cwd, **env) -> None:
+    """``photocritic ARGS`` as ``procs`` data-parallel processes: one is the
+    plain in-process run (torchrun would add only its start-up), more go
+    through torchrun with one thread each (``env``: extra variables for them)."""
+    from photocritic.cli import main
+
+    if procs == 1:
+        assert main([str(a) for a in args]) == 0
+        return
+    cmd = [TORCHRUN, "--nproc_per_node", str(procs), "-m", "photocritic", *map(str, args)]
+    res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, capture_output=True, text=True,
+                         timeout=300, cwd=cwd)
+    assert res.returncode == 0, res.stderr[-3000:]
 
 
 @pytest.fixture(scope="session")

@@ -2,14 +2,11 @@
 
 import csv
 import json
-import os
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import needs_torchrun, run_processes
 
 import photocritic
 from photocritic.cli import main
@@ -207,28 +204,20 @@ def test_non_utf8_comments_name_the_file_and_line(tmp_path):
         read_comments(tmp_path / "txt")
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
-                    reason="torchrun is not installed beside this python")
+@needs_torchrun
 def test_two_processes_train_mmlq_to_the_same_weights(comment_world, tiny_text, tmp_path):
     """torchrun with 2 CPU processes and the same global batch: the weights
     of one process (dropout 0: its masks are drawn per process)."""
     from safetensors.torch import load_file
 
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    env = {**os.environ, "PHOTOCRITIC_CACHE": str(tmp_path / "c.sqlite"), "OMP_NUM_THREADS": "1"}
     outs = []
     for procs in (1, 2):
         out = tmp_path / f"mmlq-{procs}"
-        cmd = [torchrun, "--nproc_per_node", str(procs), "-m", "photocritic", "train", "mmlq", "--inputs",
-               "comments", "--dataset", str(comment_world), "--comments", str(comment_world / "comments.json"),
-               "--text-encoder", str(tiny_text), "--split", "train", "--val-split", "val", "--epochs", "3",
-               "--batch-size", "16", "--param", "width=16", "--param", "heads=2", "--param", "dropout=0",
-               "--output", str(out), "-q"]
-        if procs == 1:  # one process is the plain in-process run (torchrun adds only its start-up)
-            assert main(cmd[cmd.index("photocritic") + 1:]) == 0
-        else:
-            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-            assert res.returncode == 0, res.stderr[-3000:]
+        run_processes(["train", "mmlq", "--inputs",
+                       "comments", "--dataset", str(comment_world), "--comments", str(comment_world / "comments.json"),
+                       "--text-encoder", str(tiny_text), "--split", "train", "--val-split", "val", "--epochs", "3",
+                       "--batch-size", "16", "--param", "width=16", "--param", "heads=2", "--param", "dropout=0",
+                       "--output", str(out), "-q"], procs, tmp_path, PHOTOCRITIC_CACHE=str(tmp_path / "c.sqlite"))
         outs.append(out)
     a, b = (load_file(str(o / "model.safetensors")) for o in outs)
     assert a.keys() == b.keys() and len(a) > 10

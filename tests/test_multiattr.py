@@ -3,12 +3,11 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import needs_torchrun, run_processes
 
 from photocritic.cli import main
 from photocritic.losses import attribute_contrastive_loss, contrastive_loss, semantic_affinity_loss
@@ -324,13 +323,10 @@ def test_resume_continues_bit_for_bit(world, few, tiny_clip_dir, tiny_text, stor
     assert _pretrain(base[:-2] + ["--output", tmp_path / "b", "--epochs", 3, "--resume", "--spaces", "single"]) == 2
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
-                    reason="torchrun is not installed beside this python")
+@needs_torchrun
 def test_two_processes_pretrain_the_same_weights(world, few, tiny_clip_dir, tiny_text, tmp_path):
     from safetensors.torch import load_file
 
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     imgs = tmp_path / "images"
     imgs.mkdir()
     names = sorted(json.loads(few.read_text()))
@@ -341,16 +337,11 @@ def test_two_processes_pretrain_the_same_weights(world, few, tiny_clip_dir, tiny
     outs = []
     for procs in (1, 2):
         out = tmp_path / f"p{procs}"
-        cmd = [torchrun, "--nproc_per_node", str(procs), "-m", "photocritic", "pretrain", "multiattr", "--init",
-               str(tiny_clip_dir), "--attributes", str(few), "--images", str(imgs),
-               "--output", str(out), "--text-encoder", str(tiny_text), "--epochs", "2", "--batch-size", "25",
-               "--cache", str(tmp_path / "store.sqlite"), "--precision", "fp32", "--space-dim", "8",
-               "--hidden", "16", "--adapter-dim", "8", "--workers", "0", "-q"]
-        if procs == 1:  # one process is the plain in-process run (torchrun adds only its start-up)
-            assert main(cmd[cmd.index("photocritic") + 1:]) == 0
-        else:
-            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-            assert res.returncode == 0, res.stderr[-3000:]
+        run_processes(["pretrain", "multiattr", "--init",
+                       str(tiny_clip_dir), "--attributes", str(few), "--images", str(imgs),
+                       "--output", str(out), "--text-encoder", str(tiny_text), "--epochs", "2", "--batch-size", "25",
+                       "--cache", str(tmp_path / "store.sqlite"), "--precision", "fp32", "--space-dim", "8",
+                       "--hidden", "16", "--adapter-dim", "8", "--workers", "0", "-q"], procs, tmp_path)
         outs.append(out)
     a, b = (load_file(str(o / "multiattr" / "net.safetensors")) for o in outs)
     for k in a:

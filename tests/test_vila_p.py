@@ -6,8 +6,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ from photocritic.encoders import coca as C
 from photocritic.encoders.base import fit_tower_keys
 from photocritic.losses import caption_loss, contrastive_loss
 
-from conftest import write_broken_files, write_style_lists
+from conftest import needs_torchrun, run_processes, write_broken_files, write_style_lists
 
 
 # -- losses, by hand ---------------------------------------------------------------------------
@@ -366,15 +364,12 @@ def test_random_init_trains_a_tokenizer_on_the_comments(world, tmp_path):
     assert not bad.exists()
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
-                    reason="torchrun is not installed beside this python")
+@needs_torchrun
 def test_two_processes_pretrain_the_same_weights(tiny_clip_dir, world, tmp_path):
     """2 processes = 1 process with the same global batch; the world has
     unreadable images, so a process meets batches with none readable."""
     from safetensors.torch import load_file
 
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     imgs = tmp_path / "images"
     shutil.copytree(world / "images", imgs)
     comments = json.loads((world / "comments.json").read_text())
@@ -385,15 +380,10 @@ def test_two_processes_pretrain_the_same_weights(tiny_clip_dir, world, tmp_path)
     outs = []
     for procs in (1, 2):
         out = tmp_path / f"p{procs}"
-        cmd = [torchrun, "--nproc_per_node", str(procs), "-m", "photocritic", "pretrain", "vila-p", "--init",
-               str(tiny_clip_dir), "--captions", str(tmp_path / "c.json"), "--images", str(imgs), "--output",
-               str(out), "--epochs", "2", "--batch-size", "6", "--gen-queries", "4", "--precision", "fp32",
-               "--workers", "0", "-q", "--lr", "1e-3", "--warmup-steps", "3"]
-        if procs == 1:  # one process is the plain in-process run (torchrun adds only its start-up)
-            assert main(cmd[cmd.index("photocritic") + 1:]) == 0
-        else:
-            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-            assert res.returncode == 0, res.stderr[-3000:]
+        run_processes(["pretrain", "vila-p", "--init",
+                       str(tiny_clip_dir), "--captions", str(tmp_path / "c.json"), "--images", str(imgs), "--output",
+                       str(out), "--epochs", "2", "--batch-size", "6", "--gen-queries", "4", "--precision", "fp32",
+                       "--workers", "0", "-q", "--lr", "1e-3", "--warmup-steps", "3"], procs, tmp_path)
         outs.append(out)
     a, b = (load_file(str(o / "coca" / "model.safetensors")) for o in outs)
     # A key projection's bias adds the same q.b to every key's logit, which the softmax
