@@ -67,6 +67,26 @@ def tiny_text(tmp_path_factory):
     return d
 
 
+def train_cli(args, store):
+    """`photocritic train ARGS` in-process, on the session's feature store, in fp32."""
+    from photocritic.cli import main
+
+    return main(["train", *args, "--cache", str(store), "-q", "--precision", "fp32"])
+
+
+@pytest.fixture(scope="session")
+def trained(world, store, tmp_path_factory):
+    """Every frozen method trained once on EfficientNet-Lite0 features (one extraction)."""
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for method, extra in (("linear", []), ("linear-pooled", ["--ridge", "auto", "--param", "view=image.pooled"]),
+                          ("nima", []), ("mlp", []), ("vila-r", [])):
+        out[method] = root / method
+        assert train_cli([method.split("-pooled")[0], "--backbone", "efficientnet-lite0", "--dataset", str(world),
+                       "--split", "train", "--val-split", "val", "--output", str(out[method]), *extra], store) == 0
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never touch the user's real cache; never try the network for models."""

@@ -17,30 +17,13 @@ from photocritic.cli import main
 from photocritic.data.synthetic import find_sources, synthesize
 from photocritic.methods.base import Targets
 
-from conftest import SHARED
+from conftest import SHARED, train_cli as _train
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def skimage_sources():
     return [s for s in find_sources(debian=False)]
-
-
-def _train(args, store):
-    return main(["train", *args, "--cache", str(store), "-q", "--precision", "fp32"])
-
-
-@pytest.fixture(scope="session")
-def trained(world, store, tmp_path_factory):
-    """Every frozen method trained once on EfficientNet-Lite0 features (one extraction)."""
-    root = tmp_path_factory.mktemp("models")
-    out = {}
-    for method, extra in (("linear", []), ("linear-pooled", ["--ridge", "auto", "--param", "view=image.pooled"]),
-                          ("nima", []), ("mlp", []), ("vila-r", [])):
-        out[method] = root / method
-        assert _train([method.split("-pooled")[0], "--backbone", "efficientnet-lite0", "--dataset", str(world),
-                       "--split", "train", "--val-split", "val", "--output", str(out[method]), *extra], store) == 0
-    return out
 
 
 #: Test-split SRCC floors on the 300-image, 8-photo world (an untrained head

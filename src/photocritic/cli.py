@@ -335,6 +335,45 @@ def _cmd_explain(args) -> int:
     return EXIT_OK
 
 
+def _cmd_export(args) -> int:
+    import warnings as _w
+
+    from . import load
+    from .onnx_export import export_onnx
+
+    if Path(args.output).suffix.lower() != ".onnx":
+        raise UsageError(f"--output {args.output}: --format onnx writes an .onnx file")
+    if str(args.model).lower().endswith(".onnx"):
+        raise UsageError(f"--model {args.model} is already an ONNX file")
+    critic = load(args.model, precision="fp32", prompts=args.prompts)
+    with _w.catch_warnings():
+        _w.filterwarnings("ignore", module=r"torch\.onnx.*")
+        _w.filterwarnings("ignore", message=r".*(TracerWarning|Converting a tensor|traced|trace might not).*")
+        import torch
+
+        _w.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        meta = export_onnx(critic, args.output, opset=args.opset)
+    size = Path(args.output).stat().st_size
+    print(f"photocritic: {args.model} ({meta['method']} on {meta['encoder']}) -> {args.output} "
+          f"({size / 1e6:.1f} MB, outputs: {', '.join(json.loads(meta['outputs']))}); feed it "
+          f"{json.loads(meta['preprocess'])['crop'] or json.loads(meta['preprocess'])['resize']}px RGB uint8 "
+          f"as its metadata says", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_report(args) -> int:
+    from .report import write_report
+
+    if Path(args.output).suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--output {args.output}: report writes an .html page")
+    got = write_report(args.results, args.output, title=args.title, thumb=args.thumbnail_size,
+                       max_thumbnails=args.max_thumbnails)
+    attrs = f", {len(got['attributes'])} attribute columns" if got["attributes"] else ""
+    print(f"photocritic: {got['rows']} rows ({got['scored']} scored, {got['failed']} failed{attrs}) -> "
+          f"{args.output} ({got['bytes'] / 1e6:.1f} MB)", file=sys.stderr)
+    return EXIT_OK
+
+
 def _score_embeddings(args) -> int:
     """Apply a model's head to precomputed embeddings (no image is read)."""
     from .data.embeddings import read_embeddings
@@ -960,6 +999,32 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cut each printed comment to this many characters (0: whole)")
     _add_run_options(cr, model_default=None, prompts=False)
     cr.set_defaults(func=_cmd_critique)
+
+    xp = sub_parser("export", help="write a model as one ONNX graph (image tower + method + score map)",
+                    description="Export a model for other runtimes: uint8 RGB pixels (N, H, W, 3), resized and "
+                                "centre-cropped as the file's metadata says (photocritic.preprocess), in; the "
+                                "1-10 score (and the 10-bin distribution for distribution methods) out. "
+                                "`photocritic score --model FILE.onnx` runs it with onnxruntime. Methods that "
+                                "read comments or give per-attribute scores are refused (exit 2).")
+    xp.add_argument("--model", "-m", required=True, help="a preset, model directory or CLIP/SigLIP directory")
+    xp.add_argument("--format", choices=["onnx"], default="onnx", help="the export format")
+    xp.add_argument("--output", "-o", required=True, help="the file to write (.onnx)")
+    xp.add_argument("--prompts", help="zero-shot models: the prompt set (name or JSON file)")
+    xp.add_argument("--opset", type=_int_at_least(13), default=17, help="the ONNX opset")
+    xp.set_defaults(func=_cmd_export)
+
+    rp = sub_parser("report", help="a self-contained HTML page from a results file",
+                    description="One HTML file with no outside references: a contact sheet of thumbnails "
+                                "sorted by score, a histogram of the scores, per-attribute bars where the "
+                                "results have attribute columns, and the failed files with their reasons. "
+                                "Reads what score or explain wrote (.csv, .jsonl or .parquet).")
+    rp.add_argument("results", help="a results file (.csv, .jsonl or .parquet)")
+    rp.add_argument("--output", "-o", required=True, help="the page to write (.html)")
+    rp.add_argument("--title", help="the page's title (default: from the file name)")
+    rp.add_argument("--thumbnail-size", type=_int_at_least(16), default=200, help="longest side of a thumbnail, px")
+    rp.add_argument("--max-thumbnails", type=_int_at_least(0), default=1000,
+                    help="thumbnails for the best N files; the rest are listed in a table")
+    rp.set_defaults(func=_cmd_report)
 
     dt = sub_parser("data", help="inspect data sets")
     dsub = dt.add_subparsers(dest="data_command", required=True)

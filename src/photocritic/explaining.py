@@ -204,20 +204,9 @@ def format_explanations(rows: ExplainRows, width: int = 60) -> str:
 def write_html(rows: ExplainRows, path, thumb: int = 240) -> None:
     """A self-contained page: each photo (an inline thumbnail), its overall
     score, its attribute bars and descriptions; failed files listed."""
-    import base64
-    import io
     from pathlib import Path
 
-    def thumbnail(p: str) -> str:
-        try:
-            with Image.open(p) as im:
-                im = im.convert("RGB")
-                im.thumbnail((thumb, thumb))
-                buf = io.BytesIO()
-                im.save(buf, "JPEG", quality=80)
-            return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-        except Exception:  # noqa: BLE001 - a row whose thumbnail fails still shows its numbers
-            return ""
+    from .report import thumbnail_uri
 
     cards = []
     for r in sorted((r for r in rows if r.status == "ok"), key=lambda r: -r.score):
@@ -230,7 +219,7 @@ def write_html(rows: ExplainRows, path, thumb: int = 240) -> None:
             bars.append(f'<div class="attr"><span class="name">{html.escape(a.replace("_", " "))}</span>'
                         f'<span class="{cls}" style="width:{pct:.0f}%"></span><span class="val">{v:.1f}</span>'
                         f'<div class="desc">{html.escape(r.descriptions.get(a, ""))}</div></div>')
-        src = thumbnail(r.path)
+        src = thumbnail_uri(r.path, thumb)
         img = f'<img src="{src}" alt="{html.escape(r.path)}">' if src else '<div class="noimg">no preview</div>'
         cards.append(f'<div class="card">{img}<div class="info"><div class="path">{html.escape(r.path)}</div>'
                      f'<div class="overall">overall {r.score:.2f}</div>{"".join(bars)}</div></div>')

@@ -200,6 +200,12 @@ def load(name_or_dir: str | Path = "lite", device: str = "cpu", precision: str =
         critic = Critic.load(preset["dir"])
     elif preset is not None:
         critic = zero_shot(weights or preset["hub"], prompts or preset["prompts"], label=name)
+    elif path.suffix.lower() == ".onnx" and path.is_file():  # photocritic export --format onnx
+        from .onnx_export import OnnxCritic
+
+        if prompts is not None:
+            raise ValueError(f"--prompts applies to zero-shot models; {name} is an exported ONNX scorer")
+        return OnnxCritic(path, device=device)
     elif path.is_dir() and is_model_dir(path):
         critic = Critic.load(path)
     elif path.is_dir() and _is_hf_dir(path):

@@ -91,6 +91,18 @@ class Method:
     def state_dict(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    #: why ``export_module`` refuses (``photocritic export`` prints it)
+    not_exportable = "its prediction is not written as one torch module"
+
+    def export_module(self, features: dict) -> torch.nn.Module:
+        """A torch module from this method's image view (N, ...) to its raw
+        score (N,), or to ``(raw score, distribution (N, 10))`` for
+        distribution methods, for ``photocritic export``. ``features`` holds
+        the method's non-image inputs (``text.pooled``, ``logit_scale``)."""
+        from ..errors import UsageError
+
+        raise UsageError(f"method {self.name} cannot be exported to ONNX: {self.not_exportable}")
+
     def meta(self) -> dict:
         """JSON-able facts (shapes) that ``load_state`` needs besides the params."""
         return {}

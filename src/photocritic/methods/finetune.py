@@ -21,7 +21,7 @@ from torch import nn
 
 from ..registry import register_method
 from .base import Prediction, TorchHead
-from .nima import mean_score
+from .nima import MeanAndDistribution, mean_score
 
 
 class SoftmaxHead(nn.Module):
@@ -62,3 +62,6 @@ class Finetune(TorchHead):
     def predict(self, features) -> Prediction:
         p = self.forward_batches(np.asarray(features["image.prelogits"]))
         return Prediction(mean_score(p).numpy(), p.numpy())
+
+    def export_module(self, features):
+        return MeanAndDistribution(self.module)

@@ -77,6 +77,21 @@ class RidgePath:
         return self.basis @ (f * self.proj), self.intercept
 
 
+class _AffineScore(torch.nn.Module):
+    """((x - mean) / std) @ coef + intercept, for export."""
+
+    def __init__(self, mean, std, coef, intercept):
+        super().__init__()
+        f = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
+        self.register_buffer("mean", f(mean))
+        self.register_buffer("std", f(std))
+        self.register_buffer("coef", f(coef))
+        self.register_buffer("intercept", f(intercept).reshape(()))
+
+    def forward(self, x):
+        return ((x.reshape(x.shape[0], -1).float() - self.mean) / self.std) @ self.coef + self.intercept
+
+
 @register_method("linear")
 class LinearProbe(Method):
 
@@ -124,6 +139,9 @@ class LinearProbe(Method):
         for s, zc in z.chunks():
             out[s:s + len(zc)] = zc @ self.coef_ + self.intercept_
         return Prediction(out)
+
+    def export_module(self, features):
+        return _AffineScore(self.mean_, self.std_, self.coef_, self.intercept_)
 
     def feature_importance(self) -> np.ndarray:
         """The probe's weight per feature in units of that feature's standard

@@ -62,3 +62,6 @@ class LaionMLP(TorchHead):
 
     def predict(self, features) -> Prediction:
         return Prediction(self.forward_batches(np.asarray(features["image.pooled"])).numpy())
+
+    def export_module(self, features):
+        return self.module

@@ -138,6 +138,7 @@ def pad_batch(rows: list, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tens
 @register_method("mmlq")
 class MMLQ(TorchHead):
     has_distribution = True
+    not_exportable = "it reads comments (text tokens), which a single image graph has no input for"
     monitor = ("emd", True)
     #: set by `photocritic train` under torchrun: gradients summed across processes
     data_parallel = False

@@ -206,6 +206,7 @@ class AttributeZeroShot(Method):
     embeddings are stored with it, so scoring needs no text encoder."""
 
     requires = ("image.attributes",)
+    not_exportable = "per-attribute outputs are not part of the ONNX export (score and distribution only)"
     has_attributes = True
     trained_by = "photocritic pretrain multiattr --init MODEL --attributes PATH --images DIR --output DIR"
 
@@ -256,6 +257,8 @@ class AttributeHeads(Method):
     ``view`` (default ``image.pooled``). Images without a score for an
     attribute are left out of that attribute's fit. Scores are clipped to
     1-10."""
+
+    not_exportable = "per-attribute outputs are not part of the ONNX export (score and distribution only)"
 
     has_attributes = True
     min_train = 3

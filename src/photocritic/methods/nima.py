@@ -40,6 +40,19 @@ def mean_score(p: torch.Tensor) -> torch.Tensor:
     return p @ BINS.to(p.device, p.dtype)
 
 
+class MeanAndDistribution(nn.Module):
+    """A distribution head as one graph: (mean score, distribution)."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+        self.register_buffer("bins", BINS.clone())
+
+    def forward(self, x: torch.Tensor):
+        p = self.head(x)
+        return p @ self.bins, p
+
+
 @register_method("nima")
 class Nima(TorchHead):
     has_distribution = True
@@ -80,3 +93,6 @@ class Nima(TorchHead):
     def predict(self, features) -> Prediction:
         p = self.forward_batches(np.asarray(features[self.view]))
         return Prediction(mean_score(p).numpy(), p.numpy())
+
+    def export_module(self, features):
+        return MeanAndDistribution(self.module)

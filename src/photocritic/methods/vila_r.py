@@ -192,6 +192,9 @@ class VilaR(Method):
         with torch.inference_mode():
             return Prediction(self.module(as_tensor(features["image.pooled"])).numpy())
 
+    def export_module(self, features):
+        return self.module
+
     def meta(self) -> dict:
         return {"dim": self.module.dim}
 

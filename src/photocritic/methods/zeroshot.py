@@ -197,6 +197,28 @@ def shipped_prompt_sets() -> list[str]:
 # -- the method -----------------------------------------------------------------
 
 
+class _ZeroShotModule(torch.nn.Module):
+    """A prompt rule with its text embeddings as constants, for export."""
+
+    def __init__(self, rule: str, prepared: dict):
+        super().__init__()
+        self.rule = rule
+        self.scale = float(prepared.get("scale", 1.0))
+        if rule in ("antonym", "ensemble"):
+            self.register_buffer("pos", prepared["pos"].reshape(-1, prepared["pos"].shape[-1]).clone())
+            self.register_buffer("neg", prepared["neg"].reshape(-1, prepared["neg"].shape[-1]).clone())
+        else:
+            self.register_buffer("texts", prepared["texts"].clone())
+            self.register_buffer("weights", prepared["weights"].float().clone())
+
+    def forward(self, x):
+        if self.rule == "antonym":
+            return antonym_score(x, self.pos, self.neg, self.scale)
+        if self.rule == "ensemble":
+            return weighted_sum(x, torch.cat([self.pos, self.neg]), [1.0, -1.0])
+        return (_unit(x) @ _unit(self.texts).T) @ self.weights
+
+
 @register_method("zeroshot")
 class ZeroShot(Method):
     """Scores image embeddings with a prompt set's rule; nothing to train.
@@ -259,6 +281,15 @@ class ZeroShot(Method):
         else:
             out = weighted_sum(x, p["texts"], p["weights"])
         return Prediction(out.numpy())
+
+    def export_module(self, features):
+        if self.prompts.rule == "context":
+            from ..errors import UsageError
+
+            raise UsageError("method zeroshot with the context rule cannot be exported to ONNX: its "
+                             "nearest-class output is a string; use another prompt set")
+        p = self._prepared(features)
+        return _ZeroShotModule(self.prompts.rule, p)
 
     @torch.inference_mode()
     def predict_binary(self, features) -> np.ndarray:
