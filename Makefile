@@ -4,13 +4,25 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.photocritic-installed
 
-.PHONY: run test bench lite sources clean
+.PHONY: run test bench lite sources browser clean
 
+# Debian's chromium for the web page's browser test is installed beside pip
+# (in the background, where we are root with apt-get); without it that test
+# skips and says why. `make browser` installs it alone.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@{ $(MAKE) --no-print-directory browser > $(VENV)/browser-install.log 2>&1 & }; \
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0 && \
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'; rc=$$?; wait; \
+	tail -n 1 $(VENV)/browser-install.log; exit $$rc
 	touch $(STAMP)
+
+browser:
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } && \
+	  echo "chromium: installed $$(command -v chromium)" || echo "chromium: could not be installed"; \
+	else echo "chromium: not installed (as root: apt-get install chromium); the browser test will skip"; fi
 
 run: $(STAMP)
 	$(VENV)/bin/photocritic score examples --model lite --output results/examples.csv --table
@@ -38,6 +50,8 @@ bench: $(STAMP) sources
 	$(PY) benchmarks/vilap.py
 	$(PY) benchmarks/multiattr.py --part frozen
 	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500
+	$(PY) benchmarks/serve.py
+	$(PY) benchmarks/ray.py
 
 # Rebuild the default `lite` model from the synthetic world (configs/lite.yaml).
 LITE_WORLD := build/lite-world

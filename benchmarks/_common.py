@@ -8,7 +8,9 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 
 def machine_line() -> str:
@@ -31,3 +33,34 @@ def write_results(path: str | Path, **fields) -> None:
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"), **fields}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def make_jpegs(folder: Path, n: int, seed: int = 0) -> list[str]:
+    """n distinct 1024x768 JPEGs: random crops of four real photos that scikit-image ships."""
+    import skimage.data as sk
+
+    sources = [Image.fromarray(getattr(sk, name)()).convert("RGB")
+               for name in ("astronaut", "coffee", "chelsea", "rocket")]
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        src = sources[i % len(sources)]
+        w, h = src.size
+        f = rng.uniform(0.7, 1.0)
+        cw, ch = int(w * f), int(h * f)
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        im = src.crop((x0, y0, x0 + cw, y0 + ch)).resize((1024, 768), Image.Resampling.BICUBIC)
+        p = folder / f"img{i:05d}.jpg"
+        im.save(p, quality=90)
+        paths.append(str(p))
+    return paths
+
+
+def photo_folder(prefix: str, n: int) -> tuple[Path, list[str]]:
+    """Print the machine line; a new temp folder with ``n`` photos in ``photos/`` (:func:`make_jpegs`)."""
+    import tempfile
+
+    print(machine_line())
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    return work, make_jpegs(work / "photos", n)

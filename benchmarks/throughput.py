@@ -34,37 +34,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 import photocritic
-from _common import machine_line, write_results
+from _common import machine_line, make_jpegs, write_results
 from photocritic.data.images import decode_for
 from photocritic.encoders.tiny import save_random_clip
 from photocritic.features import EmbeddingCache
 from photocritic.models import PRECISIONS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "throughput.json"
-
-
-def make_jpegs(folder: Path, n: int, seed: int = 0) -> list[str]:
-    import skimage.data as sk
-
-    sources = [Image.fromarray(getattr(sk, name)()).convert("RGB")
-               for name in ("astronaut", "coffee", "chelsea", "rocket")]
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        src = sources[i % len(sources)]
-        w, h = src.size
-        f = rng.uniform(0.7, 1.0)
-        cw, ch = int(w * f), int(h * f)
-        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        im = src.crop((x0, y0, x0 + cw, y0 + ch)).resize((1024, 768), Image.Resampling.BICUBIC)
-        p = folder / f"img{i:05d}.jpg"
-        im.save(p, quality=90)
-        paths.append(str(p))
-    return paths
 
 
 def encoder_only(model, paths: list[str], batch_size: int) -> float:

@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 import pytest
 
 from photocritic.features import EmbeddingCache
@@ -94,6 +95,19 @@ def test_cache_reused_and_duplicates_computed_once(tmp_path, lite):
         assert np.corrcoef([r.score for r in first], [r.score for r in third])[0, 1] > 0.95
     finally:
         lite.configure(precision="fp32")
+
+
+def test_precision_round_trip_keeps_the_weights(lite):
+    """bf16 and back to fp32 gives the fp32 scores exactly (the weights are
+    loaded again, not cast back from their bf16 rounding)."""
+    x = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    before = lite.embed(x)
+    lite.configure(precision="bf16")
+    try:
+        assert np.abs(lite.embed(x) - before).max() > 1e-3
+    finally:
+        lite.configure(precision="fp32")
+    np.testing.assert_array_equal(lite.embed(x), before)
 
 
 def test_sigkill_then_rerun_computes_only_the_rest(tmp_path):

@@ -1,10 +1,7 @@
 """Trainable methods, `photocritic train`, model directories v2, the synthetic world."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +14,7 @@ from photocritic.cli import main
 from photocritic.data.synthetic import find_sources, synthesize
 from photocritic.methods.base import Targets
 
-from conftest import SHARED, train_cli as _train
+from conftest import SHARED, needs_torchrun, run_processes, train_cli as _train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -416,8 +413,7 @@ def test_finetune_resume_is_bit_for_bit(tiny_clip_dir, clip_world, store, tmp_pa
     assert np.argsort([r.score for r in a_rows]).tolist() == np.argsort([r.score for r in b_rows]).tolist()
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
-                    reason="torchrun is not installed beside this python")
+@needs_torchrun
 def test_two_processes_train_the_same_weights(tiny_clip_dir, clip_world, tmp_path):
     """nima and finetune under torchrun with 2 processes give 1 process's
     weights. The fine-tune's world has unreadable training images and
@@ -425,8 +421,6 @@ def test_two_processes_train_the_same_weights(tiny_clip_dir, clip_world, tmp_pat
     readable image and must still join the other's gradient all-reduce."""
     import csv
 
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    env = {**os.environ, "PHOTOCRITIC_CACHE": str(tmp_path / "c.sqlite"), "OMP_NUM_THREADS": "1"}
     broken = tmp_path / "broken-world"
     shutil.copytree(clip_world, broken)
     train_imgs = [r["path"] for r in csv.DictReader(open(broken / "labels.csv")) if r["split"] == "train"]
@@ -441,10 +435,8 @@ def test_two_processes_train_the_same_weights(tiny_clip_dir, clip_world, tmp_pat
             full = [a if a != "X" else str(out) for a in args]
             if "--output" not in full:
                 full += ["--output", str(out)]
-            cmd = [torchrun, "--nproc_per_node", str(procs), "-m", "photocritic", "train", *full, "-q",
-                   "--precision", "fp32"]
-            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-            assert res.returncode == 0, res.stderr[-2000:]
+            run_processes(["train", *full, "-q", "--precision", "fp32"], procs, tmp_path,
+                          PHOTOCRITIC_CACHE=str(tmp_path / "c.sqlite"))
             outs.append(out)
         if args[0] == "nima":
             from safetensors.torch import load_file

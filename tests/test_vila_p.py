@@ -438,3 +438,33 @@ def test_tower_keys_load_across_transformers_layouts(tiny_coca, tiny_clip_dir, t
     tuned = HFVisionLanguageEncoder(str(tiny_clip_dir), tuned=str(tmp_path / "tower.safetensors"))
     for k, v in tuned.model.vision_model.state_dict().items():
         torch.testing.assert_close(v, moved[k])
+
+
+def test_serve_critiques_as_the_api_does(init_dir, world):
+    """`POST /critique` on a VILA-P model: the same critiques as `critique`,
+    a broken upload reported in its row, /models saying it can critique."""
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    import photocritic
+    from photocritic.serving import create_app
+
+    critic = photocritic.load(str(init_dir), precision="fp32")
+    paths = sorted((world / "images").glob("*.jpg"))[:3]
+    pngs = []
+    for p in paths:  # lossless uploads: the server sees exactly the pixels the API sees
+        buf = io.BytesIO()
+        Image.open(p).convert("RGB").save(buf, "PNG")
+        pngs.append(buf.getvalue())
+    ref = critic.critique([Image.open(io.BytesIO(b)) for b in pngs], max_tokens=12)
+    with TestClient(create_app(critic)) as c:
+        assert c.get("/models").json()["models"][0]["critique"] is True
+        r = c.post("/critique?max_tokens=12", files=[("files", (f"{k}.png", b, "image/png")) for k, b in enumerate(pngs)]
+                   + [("files", ("bad.jpg", b"no", "image/jpeg"))])
+        assert r.status_code == 200
+        rows = r.json()["rows"]
+    assert [x["critique"] for x in rows[:3]] == [x.critique for x in ref]
+    assert all(x["status"] == "ok" and x["critique"] for x in rows[:3])
+    assert rows[3]["path"] == "bad.jpg" and rows[3]["status"] == "not_image"

@@ -138,6 +138,8 @@ def format_table(rows, extra: tuple[str, ...] = ()) -> str:
 def _cmd_score(args) -> int:
     if args.embeddings:
         return _score_embeddings(args)
+    if args.engine == "ray":
+        return _score_ray(args)
     comments = _read_comments_option(args.comments)
     critic = None
     if comments is not None:  # a comments-only model scores ids: it opens no image
@@ -172,6 +174,31 @@ def _cmd_score(args) -> int:
             cache.close()
     stats = rows.stats
     _finish(args, rows, stats, critic.extra_columns)
+    return EXIT_OK
+
+
+def _score_ray(args) -> int:
+    from .engine_ray import score_with_ray
+
+    if not args.paths:
+        raise UsageError("give image files, folders, lists of paths or .tar shards to score")
+    if not args.output or Path(args.output).suffix.lower() in OUTPUT_FORMATS:
+        raise UsageError("--engine ray writes a folder of Parquet shards: give --output DIR (no extension)")
+    for flag, bad in (("--comments", args.comments), ("--table", args.table), ("--cache", args.cache),
+                      ("--retrieve-from-inputs", args.retrieve_from_inputs)):
+        if bad:
+            raise UsageError(f"{flag} does not apply to --engine ray (its shards are its cache)")
+    _check_paths(args.paths)
+    got = score_with_ray(args.paths, args.output, args.model, recursive=args.recursive, address=args.ray_address,
+                         shard_size=args.shard_size, batch_size=args.batch_size, actors=args.ray_actors,
+                         actor_cpus=args.actor_cpus, actor_gpus=args.actor_gpus, device=args.device,
+                         precision=args.precision, prompts=args.prompts, max_bytes=args.max_file_size,
+                         quiet=args.quiet)
+    kinds = ", ".join(f"{k}: {v}" for k, v in sorted(got["failures"].items()))
+    print(f"photocritic: {got['total']} images in {got['shards']} shards, {got['scored']} scored, {got['failed']} "
+          f"failed" + (f" ({kinds})" if kinds else "") + f"; {got['computed_shards']} shards computed "
+          f"({got['computed']} images), {got['skipped_shards']} already complete -> {args.output}/manifest.json",
+          file=sys.stderr)
     return EXIT_OK
 
 
@@ -332,6 +359,21 @@ def _cmd_explain(args) -> int:
           f"descriptions: {rows.source or 'none'}), {failed} failed"
           + (f" -> {written}" if written else "") + (f", page {args.html}" if args.html else "")
           + _warning_note(), file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_serve(args) -> int:
+    from . import load
+    from .serving import Limits, serve
+
+    critic = load(args.model, device=args.device, precision=args.precision, prompts=args.prompts,
+                  weights=args.weights)
+    limits = Limits(max_upload_bytes=args.max_upload_size, max_pixels=args.max_pixels, max_files=args.max_files,
+                    max_in_flight=args.max_in_flight, timeout_s=args.timeout)
+    print(f"photocritic: serving {critic.name} on http://{args.host}:{args.port}/ (API: /docs); Ctrl-C stops",
+          file=sys.stderr, flush=True)
+    serve(critic, host=args.host, port=args.port, limits=limits, batch_size=args.batch_size,
+          max_wait_ms=args.max_wait_ms, log_level=args.log_level)
     return EXIT_OK
 
 
@@ -712,7 +754,8 @@ def _cmd_train(args) -> int:
                                              "seed", "device", "precision", "resume", "overwrite",
                                              "cache", "no_cache", "workers", "quiet", "group_by", "name",
                                              "description", "half", "comments", "inputs", "text_encoder",
-                                             "retrieve_comments", "attribute_labels", "attribute_names")}
+                                             "retrieve_comments", "attribute_labels", "attribute_names",
+                                             "engine", "ray_address")}
     options["params"] = params
     train(options, args.config)
     return EXIT_OK
@@ -931,6 +974,20 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--retrieve-from-inputs", action="store_true",
                     help="mmlq --retrieve-comments models: an image without comments also retrieves from "
                          "the images scored here that have comments (other frames of a shoot, say)")
+    sc.add_argument("--engine", choices=["local", "ray"], default="local",
+                    help="local: this process; ray: Ray Data (decoding in tasks, the model in an actor pool), "
+                         "--output is then a folder of Parquet shards plus manifest.json, and a re-run computes "
+                         "only the shards not yet written. Inputs may also be .txt/.csv/.parquet lists of "
+                         "paths and WebDataset .tar shards")
+    sc.add_argument("--ray-address", metavar="ADDR", help="--engine ray: an existing cluster (default: an "
+                                                          "embedded local Ray)")
+    sc.add_argument("--shard-size", type=_int_at_least(1), default=1024,
+                    help="--engine ray: images per output shard (the unit a re-run skips)")
+    sc.add_argument("--ray-actors", type=_int_at_least(1), default=1, help="--engine ray: model actors")
+    sc.add_argument("--actor-cpus", type=float, default=0.5,
+                    help="--engine ray: CPUs each model actor asks Ray for (fractions leave room for the "
+                         "decoding tasks; the actor's torch uses the node's cores)")
+    sc.add_argument("--actor-gpus", type=float, default=0.0, help="--engine ray: GPUs per model actor")
     _add_run_options(sc)
     sc.set_defaults(func=_cmd_score)
 
@@ -999,6 +1056,33 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cut each printed comment to this many characters (0: whole)")
     _add_run_options(cr, model_default=None, prompts=False)
     cr.set_defaults(func=_cmd_critique)
+
+    sv = sub_parser("serve", help="serve a model over HTTP, with a web page to drop photos on",
+                    description="POST /score, /explain and /critique (multipart uploads in the field 'files'; "
+                                "JSON rows as the CLI writes them), GET /models, /healthz, /docs (the API) and "
+                                "/ (a page: drop photos, see them ranked with their scores, distributions, "
+                                "attribute bars and critiques). Concurrent requests are batched. Over-limit or "
+                                "malformed uploads get a 4xx with a JSON error.")
+    sv.add_argument("--model", "-m", default="lite", help="preset, model directory, CLIP/SigLIP model or .onnx file")
+    sv.add_argument("--prompts", help="zero-shot models: the prompt set (name or JSON file)")
+    sv.add_argument("--weights", help="local directory of a zero-shot preset's weights")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    sv.add_argument("--port", type=_int_at_least(0), default=8000, help="port to listen on")
+    sv.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or mps")
+    sv.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="as for score")
+    sv.add_argument("--batch-size", type=_int_at_least(1), default=32, help="largest batch gathered from requests")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0,
+                    help="longest a request waits for others to fill its batch")
+    sv.add_argument("--max-upload-size", type=_size, default="32MiB", help="largest file accepted (413 above)")
+    sv.add_argument("--max-pixels", type=_int_at_least(1), default=64_000_000,
+                    help="largest image accepted, in pixels (413 above; read before decoding)")
+    sv.add_argument("--max-files", type=_int_at_least(1), default=64, help="most files in one request (413 above)")
+    sv.add_argument("--max-in-flight", type=_int_at_least(1), default=64,
+                    help="most requests handled at once (429 above)")
+    sv.add_argument("--timeout", type=float, default=60.0, help="seconds one request may take (503 above)")
+    sv.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info",
+                    help="uvicorn's log level (info logs each request)")
+    sv.set_defaults(func=_cmd_serve)
 
     xp = sub_parser("export", help="write a model as one ONNX graph (image tower + method + score map)",
                     description="Export a model for other runtimes: uint8 RGB pixels (N, H, W, 3), resized and "
@@ -1151,6 +1235,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache", help="feature store file (default: the embedding cache)")
     g.add_argument("--no-cache", action="store_true", default=None, help="keep features in memory only")
     tr.add_argument("--workers", type=_int_at_least(0), help="decoding workers")
+    tr.add_argument("--engine", choices=["local", "ray"], default=None,
+                    help="ray: extract the features of images not yet in the feature store on Ray Data (as "
+                         "score --engine ray), then train as usual")
+    tr.add_argument("--ray-address", metavar="ADDR", default=None,
+                    help="--engine ray: an existing cluster (default: an embedded local Ray)")
     tr.add_argument("--quiet", "-q", action="store_true", default=None, help="no progress")
     tr.set_defaults(func=_cmd_train)
 

@@ -142,7 +142,10 @@ class Critic:
             self._text_memo.clear()
             self._feature_memo.clear()
         if self._encoder is not None:
-            self._apply_device()
+            if self.precision != before[1]:  # a cast to bf16 and back would keep bf16-rounded
+                self._encoder = None         # weights: load them again, at the new precision
+            else:
+                self._apply_device()
         return self
 
     def _apply_device(self):

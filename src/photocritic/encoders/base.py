@@ -12,11 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Protocol, runtime_checkable
-
-import torch
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..errors import EXIT_MODEL, PhotocriticError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used: reading and decoding images (Preprocess)
+# must not pay for it (Ray's decoding tasks import this module).
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,11 @@ class Preprocess:
         blob = json.dumps(asdict(self), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def normalize(self, batch_uint8: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-        """uint8 NHWC batch -> normalised float NCHW batch."""
+    def normalize(self, batch_uint8: torch.Tensor, dtype=None) -> torch.Tensor:
+        """uint8 NHWC batch -> normalised float NCHW batch (float32 unless ``dtype``)."""
+        import torch
+
+        dtype = dtype or torch.float32
         scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], dtype=dtype).view(1, 3, 1, 1)
         offset = torch.tensor([m / s for m, s in zip(self.mean, self.std)], dtype=dtype).view(1, 3, 1, 1)
         x = batch_uint8.permute(0, 3, 1, 2).to(dtype)
@@ -114,6 +121,8 @@ class WrappedModel:
     model: torch.nn.Module
 
     def to(self, device):
+        import torch
+
         self.device = torch.device(device)
         self.model.to(self.device)
         return self

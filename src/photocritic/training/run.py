@@ -31,7 +31,8 @@ DEFAULTS = {"split": None, "val_split": None, "images": None, "label_scale": Non
             "workers": None, "decode": "auto", "quiet": False, "extract_batch_size": 32,
             "val_fraction": 0.1, "group_by": None, "name": None, "description": None, "half": False,
             "comments": None, "inputs": None, "text_encoder": None, "backbone": None,
-            "retrieve_comments": None, "attribute_labels": None, "attribute_names": None}
+            "retrieve_comments": None, "attribute_labels": None, "attribute_names": None,
+            "engine": "local", "ray_address": None}
 REQUIRED = ("method", "dataset", "output")
 #: options that are parameters of the methods that take them
 AS_PARAMS = ("inputs", "text_encoder", "retrieve_comments")
@@ -259,6 +260,12 @@ def extract(cfg: dict, spec: dict, ds, view: str, cache, log, critic=None, to: P
         critic = critic.with_view(view)
     files, present = present_images(ds)
     t0 = time.perf_counter()
+    if cfg.get("engine") == "ray" and cache is not None:  # fill the store on Ray; the pass below reads it
+        from ..engine_ray import embed_into_store
+
+        got = embed_into_store(critic, files, cache, address=cfg.get("ray_address"),
+                               batch_size=cfg["extract_batch_size"], quiet=cfg["quiet"])
+        log(f"features on Ray: {got['computed']} computed, {got['cached']} already in the store")
     rows = critic.score(files, batch_size=cfg["extract_batch_size"], cache=cache,
                         progress=not cfg["quiet"], decode=cfg["decode"], workers=cfg["workers"])
     emb = gather(cache, critic.encoder_key(), [r.content_hash for r in rows if r.status == "ok"], to) \
