@@ -4,25 +4,28 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.photocritic-installed
 
-.PHONY: run test bench lite sources browser clean
+.PHONY: run test bench lite sources tools clean
 
-# Debian's chromium for the web page's browser test is installed beside pip
-# (in the background, where we are root with apt-get); without it that test
-# skips and says why. `make browser` installs it alone.
+# Debian's chromium (the web page's browser test) and exiftool (cull's XMP
+# sidecars) are installed beside pip (in the background, where we are root
+# with apt-get); without them those tests skip and say why. `make tools`
+# installs them alone.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	@{ $(MAKE) --no-print-directory browser > $(VENV)/browser-install.log 2>&1 & }; \
+	@{ $(MAKE) --no-print-directory tools > $(VENV)/tools-install.log 2>&1 & }; \
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0 && \
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'; rc=$$?; wait; \
-	tail -n 1 $(VENV)/browser-install.log; exit $$rc
+	cat $(VENV)/tools-install.log; exit $$rc
 	touch $(STAMP)
 
-browser:
-	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
+tools:
+	@if command -v chromium >/dev/null 2>&1 && command -v exiftool >/dev/null 2>&1; then \
+	  echo "tools: chromium and exiftool present"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } && \
-	  echo "chromium: installed $$(command -v chromium)" || echo "chromium: could not be installed"; \
-	else echo "chromium: not installed (as root: apt-get install chromium); the browser test will skip"; fi
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	    libimage-exiftool-perl >/dev/null; } && echo "tools: installed chromium and exiftool" || \
+	  echo "tools: chromium/exiftool could not be installed; their tests will skip"; \
+	else echo "tools: as root, apt-get install chromium libimage-exiftool-perl; until then their tests skip"; fi
 
 run: $(STAMP)
 	$(VENV)/bin/photocritic score examples --model lite --output results/examples.csv --table
@@ -52,6 +55,7 @@ bench: $(STAMP) sources
 	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500
 	$(PY) benchmarks/serve.py
 	$(PY) benchmarks/ray.py
+	$(PY) benchmarks/cull.py
 
 # Rebuild the default `lite` model from the synthetic world (configs/lite.yaml).
 LITE_WORLD := build/lite-world

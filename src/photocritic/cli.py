@@ -47,7 +47,9 @@ def _write_format(records: list[dict], path: Path, fmt: str, columns: list[str])
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            types = {"score": pa.float64(), "cached": pa.bool_(), "distribution": pa.list_(pa.float64())}
+            types = {"score": pa.float64(), "cached": pa.bool_(), "distribution": pa.list_(pa.float64()),
+                     "percentile": pa.float64(), "group": pa.int64(), "rank": pa.int64(), "rating": pa.int64(),
+                     "sharpness": pa.float64()}
             table = pa.table({c: pa.array([r[c] for r in records], types.get(c, pa.string()))
                               for c in columns})
             pq.write_table(table, tmp)
@@ -124,9 +126,12 @@ def format_table(rows, extra: tuple[str, ...] = ()) -> str:
     ok = sorted((r for r in rows if r.status == "ok"), key=lambda r: -r.score)
     bad = [r for r in rows if r.status != "ok"]
     show_class = "context_class" in extra
-    lines = [f"{'rank':>4}  {'score':>6}  " + ("class  " if show_class else "") + "path"]
+    show_pct = "percentile" in extra
+    lines = [f"{'rank':>4}  {'score':>6}  " + ("pctile  " if show_pct else "") + ("class  " if show_class else "")
+             + "path"]
     for k, r in enumerate(ok, 1):
-        lines.append(f"{k:>4}  {r.score:6.2f}  " + (f"{r.context_class}  " if show_class else "") + r.path)
+        lines.append(f"{k:>4}  {r.score:6.2f}  " + (f"{r.percentile:6.1f}  " if show_pct else "")
+                     + (f"{r.context_class}  " if show_class else "") + r.path)
     if bad:
         lines.append("")
         lines.append("not scored:")
@@ -161,6 +166,11 @@ def _cmd_score(args) -> int:
             raise UsageError("--retrieve-from-inputs retrieves from the inputs' comments: pass --comments PATH")
         critic.comment_bank  # noqa: B018 - a clear error for a model without one
         extra["bank_from_inputs"] = True
+    reference = None
+    if args.percentiles:
+        from .reference import load_reference
+
+        reference = load_reference(args.percentiles, critic)
     cache = _open_cache(args)
     try:
         rows = critic.score(paths, batch_size=args.batch_size, cache=cache, workers=args.workers,
@@ -173,7 +183,13 @@ def _cmd_score(args) -> int:
         if cache is not None:
             cache.close()
     stats = rows.stats
-    _finish(args, rows, stats, critic.extra_columns)
+    columns = tuple(critic.extra_columns)
+    if reference is not None:
+        ok = [r for r in rows if r.status == "ok"]
+        for r, pct in zip(ok, reference.percentiles([r.score for r in ok])):
+            r.percentile = round(float(pct), 1)
+        columns += ("percentile",)
+    _finish(args, rows, stats, columns)
     return EXIT_OK
 
 
@@ -374,6 +390,142 @@ def _cmd_serve(args) -> int:
           file=sys.stderr, flush=True)
     serve(critic, host=args.host, port=args.port, limits=limits, batch_size=args.batch_size,
           max_wait_ms=args.max_wait_ms, log_level=args.log_level)
+    return EXIT_OK
+
+
+def _cull_inputs(paths, recursive: bool) -> list[str]:
+    from .culling import RAW_EXTENSIONS
+    from .data.images import list_images
+
+    out = []
+    for p in paths:
+        out += list_images([p], recursive=recursive)
+        if Path(p).is_dir():  # RAW files Pillow cannot open
+            it = Path(p).rglob("*") if recursive else Path(p).iterdir()
+            out += sorted(str(q) for q in it if q.suffix.lower() in RAW_EXTENSIONS and q.is_file())
+    if not out:
+        raise UsageError("no photos found under " + ", ".join(paths)
+                         + ("" if recursive else " (use --recursive to look in sub-folders)"))
+    return out
+
+
+def _cmd_cull(args) -> int:
+    from .culling import CullOptions, SidecarWriter, cull, move_rejects, sidecar_path, summary, undo_moves, write_html
+
+    if args.undo:
+        if args.paths:
+            raise UsageError("--undo MANIFEST takes no photos")
+        back, problems = undo_moves(args.undo)
+        for p in problems:
+            print(f"photocritic: {p}", file=sys.stderr)
+        print(f"photocritic: {back} files moved back from {args.undo}" +
+              (f"; {len(problems)} left (see above)" if problems else ""), file=sys.stderr)
+        return EXIT_OK if not problems else EXIT_ERROR
+    if not args.paths:
+        raise UsageError("give folders or photos to cull (or --undo MANIFEST)")
+    _check_paths(args.paths)
+    if args.output:
+        check_output(args.output)
+    if args.move_rejects and Path(args.move_rejects).exists() and not Path(args.move_rejects).is_dir():
+        raise UsageError(f"--move-rejects {args.move_rejects}: is a file, not a folder")
+    writer = SidecarWriter() if args.xmp and not args.dry_run else None
+    paths = _cull_inputs(args.paths, args.recursive)
+    critic = _load(args)
+    reference = None
+    if args.percentiles:
+        from .reference import load_reference
+
+        reference = load_reference(args.percentiles, critic)
+    opts = CullOptions(similarity=args.similarity, burst_gap=args.burst_gap,
+                       similarity_without_time=args.similarity_without_time, phash=args.phash,
+                       phash_distance=args.phash_distance, reject_below=args.reject_below, tie=args.tie)
+    cache = _open_cache(args)
+    try:
+        result = cull(critic, paths, opts, cache=cache, reference=reference, batch_size=args.batch_size,
+                      progress=not args.quiet, max_bytes=args.max_file_size)
+    finally:
+        if cache is not None:
+            cache.close()
+    rows = result.rows
+    from .culling import COLUMNS
+
+    written = write_rows(rows, args.output, columns=COLUMNS) if args.output else None
+    if args.html:
+        write_html(result, args.html)
+    if not args.output or args.dry_run:
+        print(f"{'group':>5} {'rank':>4} {'score':>6} {'decision':<8} path")
+        for r in sorted((r for r in rows if r.status == "ok"), key=lambda r: (r.group, r.rank)):
+            print(f"{r.group:>5} {r.rank:>4} {r.score:6.2f} {r.decision:<8} {r.path}")
+        for r in rows:
+            if r.status != "ok":
+                print(f"not read: {r.status:<11} {r.error}")
+    done = []
+    ok = [r for r in rows if r.status == "ok"]
+    if args.xmp:
+        made = {"created": 0, "updated": 0}
+        for r in ok:
+            side = sidecar_path(r.path, args.xmp_style)
+            if args.dry_run:
+                print(f"would write rating {r.rating} to {side}")
+                continue
+            try:
+                made[writer.write(side, r.rating)] += 1
+            except OSError as exc:
+                print(f"photocritic: {exc}", file=sys.stderr)
+        if writer is not None:
+            writer.close()
+            done.append(f"ratings: {made['created']} sidecars created, {made['updated']} updated ({args.xmp_style})")
+    if args.move_rejects:
+        rejects = [r.path for r in ok if r.decision == "reject"]
+        if args.dry_run:
+            for p in rejects:
+                print(f"would move {p} to {args.move_rejects}")
+        elif rejects:
+            manifest = move_rejects(rejects, args.move_rejects)
+            done.append(f"{len(rejects)} rejects moved to {args.move_rejects} (undo: photocritic cull --undo "
+                        f"{manifest})")
+    print(summary(result) + (f" -> {written}" if written else "") + (f", page {args.html}" if args.html else "")
+          + "".join(f"; {d}" for d in done) + ("; dry run: no file was changed" if args.dry_run else "")
+          + _warning_note(), file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_compare(args) -> int:
+    for p in (args.first, args.second):
+        if not os.path.lexists(p):
+            raise UsageError(f"{p}: no such file")
+    critic = _load(args)
+    rows = critic.score([args.first, args.second], batch_size=2, cache=_open_cache(args), max_bytes=args.max_file_size)
+    for r in rows:
+        if r.status != "ok":
+            raise UsageError(f"cannot compare: {r.error} ({r.status})")
+    a, b = rows
+    out = {"a": a.path, "b": b.path, "score_a": round(a.score, 4), "score_b": round(b.score, 4),
+           "better": "a" if a.score > b.score else ("b" if b.score > a.score else "tie"),
+           "difference": round(abs(a.score - b.score), 4)}
+    if args.percentiles:
+        from .reference import load_reference
+
+        pa, pb = load_reference(args.percentiles, critic).percentiles([a.score, b.score])
+        out.update(percentile_a=round(float(pa), 1), percentile_b=round(float(pb), 1))
+    if a.attributes and b.attributes:
+        out["attributes"] = {k: {"a": round(a.attributes[k], 3), "b": round(b.attributes[k], 3),
+                                 "better": "a" if a.attributes[k] > b.attributes[k] else
+                                 ("b" if b.attributes[k] > a.attributes[k] else "tie")} for k in a.attributes}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return EXIT_OK
+    if out["better"] == "tie":
+        print(f"{a.path} and {b.path} score the same ({a.score:.2f})")
+    else:
+        win, lose = (a, b) if out["better"] == "a" else (b, a)
+        print(f"{win.path} is better: {win.score:.2f} against {lose.score:.2f} for {lose.path} "
+              f"(+{out['difference']:.2f} points on 1-10)")
+    if "percentile_a" in out:
+        print(f"percentiles: {a.path} {out['percentile_a']:.0f}, {b.path} {out['percentile_b']:.0f}")
+    for k, v in out.get("attributes", {}).items():
+        print(f"  {k.replace('_', ' '):<20} {v['a']:5.2f}  {v['b']:5.2f}  "
+              + ({"a": "A", "b": "B", "tie": "="}[v["better"]]))
     return EXIT_OK
 
 
@@ -974,6 +1126,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--retrieve-from-inputs", action="store_true",
                     help="mmlq --retrieve-comments models: an image without comments also retrieves from "
                          "the images scored here that have comments (other frames of a shoot, say)")
+    sc.add_argument("--percentiles", metavar="REF",
+                    help="add a percentile column: each score against REF, 'default' (the model's shipped "
+                         "reference; lite has one), a reference JSON or a results file of scores")
     sc.add_argument("--engine", choices=["local", "ray"], default="local",
                     help="local: this process; ray: Ray Data (decoding in tasks, the model in an actor pool), "
                          "--output is then a folder of Parquet shards plus manifest.json, and a re-run computes "
@@ -1056,6 +1211,55 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cut each printed comment to this many characters (0: whole)")
     _add_run_options(cr, model_default=None, prompts=False)
     cr.set_defaults(func=_cmd_critique)
+
+    cu = sub_parser("cull", help="group bursts and near-duplicates, pick the best of each, rate and move rejects",
+                    description="Score photos, group bursts and near-duplicates (embedding similarity and EXIF "
+                                "capture time; --phash for re-encoded copies), rank each group by score (near-ties "
+                                "by sharpness): the best is keep, the others similar, photos below --reject-below "
+                                "reject. Writes --output rows, --html a contact sheet, --xmp star ratings into "
+                                "sidecars (merged, never overwritten), --move-rejects moves rejects with a manifest "
+                                "(--undo MANIFEST puts them back). Nothing is ever deleted.")
+    cu.add_argument("paths", nargs="*", metavar="DIR", help="folders and/or photos (RAW files read through their "
+                                                           "embedded JPEG preview)")
+    cu.add_argument("--recursive", "-r", action="store_true", help="look into sub-folders")
+    cu.add_argument("--output", "-o", help="rows to FILE (.csv, .jsonl or .parquet): path, group, rank, score, "
+                                           "percentile, decision, rating, capture_time, sharpness, status, error")
+    cu.add_argument("--html", metavar="FILE", help="a contact sheet of the groups, the pick of each highlighted")
+    cu.add_argument("--xmp", action="store_true", help="write xmp:Rating into sidecars: 1-5 stars by score quintile "
+                                                       "within the run, -1 for rejects (needs exiftool)")
+    cu.add_argument("--xmp-style", choices=["darktable", "lightroom"], default="darktable",
+                    help="sidecar names: darktable photo.jpg.xmp, Lightroom photo.xmp")
+    cu.add_argument("--move-rejects", metavar="DIR", help="move rejected photos (and their sidecars) to DIR, with "
+                                                          "a manifest there for --undo")
+    cu.add_argument("--undo", metavar="MANIFEST", help="put back the files a --move-rejects run moved")
+    cu.add_argument("--dry-run", action="store_true", help="write no sidecar and move nothing; print what would "
+                                                           "happen (--output and --html are still written)")
+    cu.add_argument("--percentiles", metavar="REF", help="also give each score as a percentile of REF: 'default' "
+                                                          "(the model's shipped reference), a reference JSON or a "
+                                                          "results file")
+    cu.add_argument("--similarity", type=float, default=0.2,
+                    help="cosine of centred embeddings that links two photos taken within --burst-gap")
+    cu.add_argument("--burst-gap", type=float, default=5.0, help="seconds between photos of one burst")
+    cu.add_argument("--similarity-without-time", type=float, default=0.8,
+                    help="cosine that links photos without an EXIF capture time")
+    cu.add_argument("--phash", action="store_true", help="also link perceptual-hash near-duplicates, whatever "
+                                                         "their times (exact and re-encoded copies)")
+    cu.add_argument("--phash-distance", type=_int_at_least(0), default=6, help="most differing hash bits")
+    cu.add_argument("--reject-below", type=float, default=4.0, help="photos scoring below this are rejected")
+    cu.add_argument("--tie", type=float, default=0.05, help="scores this close are a tie, broken by sharpness")
+    _add_run_options(cu)
+    cu.set_defaults(func=_cmd_cull)
+
+    cp = sub_parser("compare", help="which of two photos is better, by how much, and per attribute",
+                    description="Score two photos with one model and say which is better, by how many points "
+                                "(and percentiles, with --percentiles), and per attribute where the model has "
+                                "attribute scores.")
+    cp.add_argument("first", metavar="A", help="a photo")
+    cp.add_argument("second", metavar="B", help="another photo")
+    cp.add_argument("--percentiles", metavar="REF", help="as for cull")
+    cp.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    _add_run_options(cp)
+    cp.set_defaults(func=_cmd_compare)
 
     sv = sub_parser("serve", help="serve a model over HTTP, with a web page to drop photos on",
                     description="POST /score, /explain and /critique (multipart uploads in the field 'files'; "

@@ -15,7 +15,6 @@ import re
 import warnings
 from functools import lru_cache
 
-import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
@@ -31,6 +30,10 @@ def validate_device(device: str) -> str:
     if not _DEVICE.match(d):
         raise ValueError(f"--device {device}: unknown device; use cpu, cuda or cuda:N (or mps on "
                          f"Apple silicon)")
+    if d == "cpu":  # without importing torch: a usage error later stays quick
+        return d
+    import torch
+
     if d.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ValueError(f"--device {device}: CUDA is not available on this machine "
@@ -47,6 +50,8 @@ def validate_device(device: str) -> str:
 @lru_cache(maxsize=None)
 def cpu_bf16_native() -> tuple[bool, str]:
     """(whether this CPU does bf16 arithmetic natively, why we think so)."""
+    import torch
+
     checks = []
     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         fn = getattr(torch.cpu, name, None)
@@ -79,6 +84,8 @@ def _cpu_flags() -> set[str]:
 def cpu_info() -> dict:
     """The CPU beside every benchmark figure: model name, torch's capability
     level, native bf16, cores."""
+    import torch
+
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
@@ -101,6 +108,8 @@ def resolve_precision(precision: str, device: str = "cpu", warn: bool = True) ->
     """``auto`` -> bf16 where bf16 is fast (CUDA with bf16 support; a CPU
     with native bf16), else fp32. An explicit ``bf16`` on a CPU without
     native bf16 is kept, with a :class:`PrecisionWarning` saying why it is slow."""
+    import torch
+
     if precision not in PRECISIONS:
         raise ValueError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
     dev = str(device)

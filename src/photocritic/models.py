@@ -217,7 +217,7 @@ class Critic:
         """Cache key of this model's image view: encoder id + preprocessing
         digest + precision (+ the view's name for views other than
         ``image.pooled``, whose key stays as version 1 wrote it)."""
-        return self._key() if self.view == "image.pooled" else self._key(self.view)
+        return self.view_key(self.view)
 
     def _key(self, part: str | None = None) -> str:
         """encoder id | preprocessing digest | precision [| part]: the store key of one view."""
@@ -251,17 +251,23 @@ class Critic:
         x = self.preprocess.normalize(pixels_uint8).to(PRECISIONS[self.precision])
         return self.encoder.encode(x)
 
-    def view_of(self, out) -> np.ndarray:
-        """This model's view of an encoder output, float32 on the CPU."""
-        if self.view == "image.pooled":
+    def view_of(self, out, view: str | None = None) -> np.ndarray:
+        """This model's view (or ``view``) of an encoder output, float32 on the CPU."""
+        view = view or self.view
+        if view == "image.pooled":
             return out.pooled.float().cpu().numpy()
-        if self.view == "image.prelogits":
+        if view == "image.prelogits":
             return out.extras["prelogits"].float().cpu().numpy()
-        if self.view == "image.tokens":  # (N, T, C); goes to a TokenStore
+        if view == "image.tokens":  # (N, T, C); goes to a TokenStore
             return out.tokens.float().cpu().numpy()
-        if self.view == "image.attributes":  # (N, K d): the attribute spaces, each normalised
+        if view == "image.attributes":  # (N, K d): the attribute spaces, each normalised
             return out.extras["attributes"].float().cpu().numpy()
-        raise ValueError(f"unknown image view {self.view}")
+        raise ValueError(f"unknown image view {view}")
+
+    def view_key(self, view: str) -> str:
+        """The feature-store key of ``view`` of this model's backbone (as
+        :meth:`encoder_key` gives it for the model's own view)."""
+        return self._key() if view == "image.pooled" else self._key(view)
 
     def _head(self):
         if self.head is None and self.prompts is not None:

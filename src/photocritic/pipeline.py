@@ -57,6 +57,8 @@ class ScoreRow:
     distribution: list[float] | None = None
     #: methods with per-attribute scores: {attribute: score 1-10}
     attributes: dict | None = None
+    #: with --percentiles: the score's percentile in the reference (0-100)
+    percentile: float | None = None
 
     def __float__(self) -> float:
         return float(self.score)
@@ -419,7 +421,14 @@ def _score_into(rows, stats, bar, critic, inputs, batch_size, cache, workers, mo
                 bar.update(1)
         if batch["pixels"] is None:
             continue
-        emb = critic.embed(batch["pixels"])
+        also = getattr(critic, "also_store", ()) if cache is not None else ()
+        if also:  # other small views of the same forward pass, stored for later trainings
+            out = critic.encode_pixels(batch["pixels"])
+            emb = critic.view_of(out)
+            for other_key, other_view in also:
+                cache.put_many(list(zip(batch["hash"], critic.view_of(out, other_view))), other_key)
+        else:
+            emb = critic.embed(batch["pixels"])
         if cache is not None:
             cache.put_many(list(zip(batch["hash"], emb)), key)
         targets = []

@@ -256,8 +256,14 @@ def extract(cfg: dict, spec: dict, ds, view: str, cache, log, critic=None, to: P
     from ..scoremap import ScoreMap
 
     if critic is None:
+        from ..zoo import backbone_views
+
         critic = Critic(spec, None, ScoreMap()).configure(device=cfg["device"], precision=cfg["precision"])
         critic = critic.with_view(view)
+        # the backbone's other small views come out of the same forward pass: store them too, so that
+        # training another method on them decodes no image
+        critic.also_store = [(critic.view_key(v), v) for v in ("image.pooled", "image.prelogits")
+                             if v != view and v in backbone_views(spec)]
     files, present = present_images(ds)
     t0 = time.perf_counter()
     if cfg.get("engine") == "ray" and cache is not None:  # fill the store on Ray; the pass below reads it

@@ -1,0 +1,179 @@
+"""`photocritic cull`, `compare` and `--percentiles`: grouping, picks, XMP sidecars, moves and undo."""
+
+import csv
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from photocritic.cli import main
+
+from conftest import write_broken_files
+
+EXIFTOOL = shutil.which("exiftool")
+needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool is not installed (Debian: apt-get install "
+                                                              "libimage-exiftool-perl; make test installs it as root)")
+
+
+@pytest.fixture(scope="module")
+def bursts(tmp_path_factory):
+    """30 photos in bursts of scenes from scikit-image's real photos, with the truth."""
+    from photocritic.data.bursts import make_bursts
+    from photocritic.data.synthetic import find_sources
+
+    d = tmp_path_factory.mktemp("bursts")
+    truth = make_bursts(d, 30, seed=4, sources=find_sources(debian=False), size=(480, 320))
+    return d, truth
+
+
+def _rows(path):
+    return {Path(r["path"]).name: r for r in csv.DictReader(open(path))}
+
+
+def _tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def culled(bursts, tmp_path_factory):
+    d, truth = bursts
+    out = tmp_path_factory.mktemp("cull-out")
+    assert main(["cull", str(d), "--output", str(out / "cull.csv"), "--html", str(out / "cull.html"),
+                 "--precision", "fp32", "-q"]) == 0
+    return _rows(out / "cull.csv"), out
+
+
+def test_groups_bursts_and_picks_the_undegraded_frame(bursts, culled):
+    from sklearn.metrics import adjusted_rand_score
+
+    _, truth = bursts
+    rows, out = culled
+    names = sorted(truth)
+    assert set(rows) == set(names)
+    ari = adjusted_rand_score([truth[n]["group"] for n in names], [int(rows[n]["group"]) for n in names])
+    assert ari >= 0.9
+    scenes = {}
+    for n in names:
+        scenes.setdefault(truth[n]["group"], []).append(n)
+    multi = [ns for ns in scenes.values() if len(ns) > 1]
+    assert len(multi) >= 4
+    best = [next(n for n in ns if truth[n]["best"]) for ns in multi]
+    assert np.mean([rows[n]["rank"] == "1" for n in best]) >= 0.8
+    for n in names:  # one keep per group; ranks 1..k; decisions follow the ranks
+        r = rows[n]
+        assert r["decision"] in ("keep", "similar", "reject") and r["status"] == "ok"
+        assert (r["decision"] == "keep") == (r["rank"] == "1") or r["decision"] == "reject"
+        assert r["capture_time"]  # read from EXIF
+    page = (out / "cull.html").read_text()
+    assert page.count('<figure class="keep"') == sum(r["decision"] == "keep" for r in rows.values())
+
+
+def test_rank_ties_by_sharpness_and_stars():
+    from photocritic.culling import CullRow, rank_group, stars
+
+    rows = [CullRow("a", score=7.00), CullRow("b", score=6.98), CullRow("c", score=6.20), CullRow("d", score=6.97)]
+    sharp = {0: 10.0, 1: 50.0, 2: 99.0, 3: 30.0}
+    order = rank_group(rows, [0, 1, 2, 3], 0.05, lambda k: sharp[k])
+    assert order == [1, 3, 0, 2]  # 7.00, 6.98, 6.97 tie: sharpest first; 6.20 is no tie
+    assert rows[2].sharpness is None  # measured only where needed
+    np.testing.assert_array_equal(stars(np.arange(10.0)), [1, 1, 2, 2, 3, 3, 4, 4, 5, 5])
+
+
+def test_bad_files_get_rows_and_never_stop_a_cull(bursts, tmp_path):
+    d, truth = bursts
+    folder = tmp_path / "mixed"
+    shutil.copytree(d, folder)
+    broken = write_broken_files(folder)
+    (folder / "DSC_0001.NEF").write_bytes(b"not a raw file" * 10)
+    assert main(["cull", str(folder), "--output", str(tmp_path / "c.jsonl"), "-q", "--precision", "fp32"]) == 0
+    rows = {Path(r["path"]).name: r for r in map(json.loads, open(tmp_path / "c.jsonl"))}
+    assert sum(r["status"] == "ok" for r in rows.values()) == len(truth)
+    for name in broken:
+        if (folder / name).is_file():
+            assert rows[name]["status"] == broken[name] and rows[name]["decision"] == ""
+    assert rows["DSC_0001.NEF"]["status"] == "unreadable" and "preview" in rows["DSC_0001.NEF"]["error"]
+
+
+def test_move_rejects_then_undo_restores_the_folder(bursts, tmp_path, capsys):
+    d, truth = bursts
+    folder = tmp_path / "shoot"
+    shutil.copytree(d, folder)
+    before = _tree(folder)
+    scores = sorted(float(r) for r in _score(folder))
+    k = len(scores) // 3  # about a third rejected; the cut between two scores
+    cut = (scores[k - 1] + scores[k]) / 2
+    assert main(["cull", str(folder), "--reject-below", str(cut), "--move-rejects", str(tmp_path / "rejects"),
+                 "--dry-run", "-q", "--precision", "fp32"]) == 0
+    assert _tree(folder) == before and not (tmp_path / "rejects").exists()
+    assert "would move" in capsys.readouterr().out
+    assert main(["cull", str(folder), "--reject-below", str(cut), "--move-rejects", str(tmp_path / "rejects"),
+                 "-q", "--precision", "fp32"]) == 0
+    moved = [p.name for p in (tmp_path / "rejects").glob("IMG_*.jpg")]
+    assert len(moved) == sum(s < cut for s in scores) > 0
+    assert all(not (folder / n).exists() for n in moved)
+    manifest = next((tmp_path / "rejects").glob("photocritic-moves-*.json"))
+    assert main(["cull", "--undo", str(manifest)]) == 0
+    assert _tree(folder) == before
+
+
+def _score(folder):
+    import photocritic
+
+    return [r.score for r in photocritic.load("lite", precision="fp32").score(sorted(str(p) for p in folder.glob("*.jpg")))]
+
+
+@needs_exiftool
+def test_xmp_ratings_merge_and_are_stable(bursts, tmp_path):
+    d, truth = bursts
+    folder = tmp_path / "xmp"
+    shutil.copytree(d, folder)
+    first = sorted(truth)[0]
+    side = folder / (first + ".xmp")  # an existing darktable sidecar with tags of its own
+    subprocess.run([EXIFTOOL, "-q", "-XMP-dc:Subject=holiday", "-XMP-xmp:Label=Red", "-XMP-xmp:Rating=2",
+                    str(side)], check=True)
+    original = side.read_bytes()
+    out = tmp_path / "c.csv"
+    assert main(["cull", str(folder), "--xmp", "--output", str(out), "-q", "--precision", "fp32"]) == 0
+    rows = _rows(out)
+    got = json.loads(subprocess.run([EXIFTOOL, "-j", "-XMP-xmp:Rating", "-XMP-dc:Subject", "-XMP-xmp:Label",
+                                     *[str(folder / (n + ".xmp")) for n in sorted(truth)]],
+                                    capture_output=True, text=True, check=True).stdout)
+    assert [g["Rating"] for g in got] == [int(rows[n]["rating"]) for n in sorted(truth)]
+    assert got[0]["Subject"] == "holiday" and got[0]["Label"] == "Red"  # merged, not overwritten
+    assert (folder / (first + ".xmp.photocritic-backup")).read_bytes() == original
+    snapshot = _tree(folder)
+    assert main(["cull", str(folder), "--xmp", "-q", "--precision", "fp32"]) == 0
+    assert _tree(folder) == snapshot  # running twice gives the same files
+    assert main(["cull", str(folder), "--xmp", "--xmp-style", "lightroom", "-q", "--precision", "fp32"]) == 0
+    assert (folder / (Path(first).stem + ".xmp")).exists()
+
+
+def test_percentiles_and_compare(bursts, tmp_path, capsys):
+    from scipy.stats import percentileofscore
+
+    from photocritic.reference import ScoreReference, load_reference
+
+    rng = np.random.default_rng(0)
+    sample = rng.normal(6, 1, 5000)
+    ref = ScoreReference.from_scores(sample)
+    for s in (4.2, 5.5, 6.0, 7.3):
+        assert ref.percentiles([s])[0] == pytest.approx(percentileofscore(sample, s, kind="mean"), abs=0.6)
+    d, truth = bursts
+    a, b = (str(d / n) for n in sorted(truth)[:2])
+    out = tmp_path / "s.csv"
+    assert main(["score", a, b, "--percentiles", "default", "--output", str(out), "-q", "--precision", "fp32"]) == 0
+    rows = list(csv.DictReader(open(out)))
+    lite_ref = load_reference("default", __import__("photocritic").load("lite"))
+    np.testing.assert_allclose([float(r["percentile"]) for r in rows],
+                               lite_ref.percentiles([float(r["score"]) for r in rows]), atol=0.051)
+    capsys.readouterr()
+    assert main(["compare", a, b, "--json", "--percentiles", "default", "--precision", "fp32", "-q"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    sa, sb = (float(r["score"]) for r in rows)
+    assert got["better"] == ("a" if sa > sb else "b") and got["difference"] == pytest.approx(abs(sa - sb), abs=1e-3)
+    assert main(["compare", a, str(tmp_path / "none.jpg")]) == 2
