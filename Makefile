@@ -61,6 +61,7 @@ bench: $(STAMP) sources
 	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500
 	$(PY) benchmarks/serve.py
 	$(PY) benchmarks/ray.py
+	$(PY) benchmarks/ray.py --memory
 	$(PY) benchmarks/cull.py
 
 # Rebuild the default `lite` model from the synthetic world (configs/lite.yaml).

@@ -13,8 +13,13 @@ Then a re-run of the ray command on the finished output, which must skip
 every shard. The two throughputs are measured alternately (--rounds) and
 the ratio is the median of per-round ratios.
 
+With --memory: the driver's peak resident memory of `photocritic score
+--engine ray` (a subprocess) on N and 4N small photos (320x240), which must
+not grow with N (benchmarks/results/ray_memory.json).
+
 Usage: python benchmarks/ray.py [--images 1024] [--rounds 2]
-Writes benchmarks/results/ray.json.
+       python benchmarks/ray.py --memory [--images 500]
+Writes benchmarks/results/ray.json (ray_memory.json with --memory).
 """
 
 from __future__ import annotations
@@ -47,8 +52,12 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--actor-cpus", type=float, default=0.5)
-    ap.add_argument("--output", default=str(RESULTS))
+    ap.add_argument("--output", default=None)
+    ap.add_argument("--memory", action="store_true", help="measure the driver's memory against N instead")
     args = ap.parse_args()
+    if args.memory:
+        return memory(args)
+    args.output = args.output or str(RESULTS)
     work, paths = photo_folder("pc-ray-", args.images)
     model = photocritic.load("lite")
     model.score(paths[:4])
@@ -87,6 +96,46 @@ def main() -> None:
           f"difference {diff:.2e}; re-run: {again['computed_shards']} shards computed, {again['skipped_shards']} "
           f"skipped in {rerun_s:.1f} s")
     write_results(args.output, **out_fields)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def memory(args) -> None:
+    """Peak RSS of the driver process for N and 4N inputs (the embedded Ray's
+    own processes are separate; the object store is bounded by Ray)."""
+    import resource
+    import tempfile
+    import subprocess
+
+    from PIL import Image
+
+    from _common import machine_line  # noqa: E402
+
+    print(machine_line())
+    work = Path(tempfile.mkdtemp(prefix="pc-raymem-"))
+    base = [Image.open(p).convert("RGB").resize((320, 240)) for p in sorted(Path(HERE).parent.glob("examples/*.jpg"))]
+    n = args.images
+    (work / "p").mkdir()
+    names = []
+    for i in range(4 * n):
+        a = np.roll(np.asarray(base[i % len(base)]), (i * 37) % 320, axis=1)
+        names.append(str(work / "p" / f"{i:05d}.jpg"))
+        Image.fromarray(a).save(names[-1], quality=85)
+    peaks = {}
+    for count in (n, 4 * n):
+        (work / f"list{count}.txt").write_text("\n".join(names[:count]) + "\n")
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "photocritic", "score", str(work / f"list{count}.txt"), "--engine",
+                        "ray", "--output", str(work / f"out{count}"), "--shard-size", "256", "-q"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # ru_maxrss of children: the largest of those waited for so far (KiB)
+        peaks[count] = (resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+                        time.perf_counter() - t0)
+        print(f"{count} photos: driver peak RSS so far {peaks[count][0]:.0f} MB ({peaks[count][1]:.0f} s)")
+    a, b = peaks[n][0], peaks[4 * n][0]
+    write_results(args.output or str(RESULTS.with_name("ray_memory.json")), photos=[n, 4 * n],
+                  driver_peak_rss_mb=[round(a, 1), round(b, 1)], growth_mb=round(b - a, 1),
+                  seconds=[round(peaks[n][1], 1), round(peaks[4 * n][1], 1)])
+    print(f"growth from {n} to {4 * n} photos: {b - a:+.1f} MB")
     shutil.rmtree(work, ignore_errors=True)
 
 
