@@ -177,3 +177,29 @@ def test_percentiles_and_compare(bursts, tmp_path, capsys):
     sa, sb = (float(r["score"]) for r in rows)
     assert got["better"] == ("a" if sa > sb else "b") and got["difference"] == pytest.approx(abs(sa - sb), abs=1e-3)
     assert main(["compare", a, str(tmp_path / "none.jpg")]) == 2
+
+
+def test_raw_files_are_scored_from_their_preview(bursts, lite, tmp_path, monkeypatch):
+    """A RAW file goes through its embedded preview (here the preview reader
+    is replaced: no RAW sample ships with the tests): scored as the JPEG it
+    holds, grouped with that JPEG, and the extracted previews removed."""
+    import tempfile
+
+    from photocritic import culling
+
+    d, truth = bursts
+    jpg = d / sorted(truth)[0]
+    raw = tmp_path / "DSC_0002.NEF"
+    raw.write_bytes(b"RAW" * 100)
+    monkeypatch.setattr(culling, "raw_preview", lambda p: jpg.read_bytes())
+    monkeypatch.setattr(culling, "raw_time", lambda p: None)
+    made = []
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
+    res = culling.cull(lite, [str(raw), str(jpg)], culling.CullOptions())
+    a, b = res.rows
+    assert a.status == "ok" and a.path == str(raw) and a.score == pytest.approx(b.score, abs=1e-6)
+    assert a.group == b.group and sorted([a.rank, b.rank]) == [1, 2]
+    assert made and not Path(made[0]).exists()
+    assert culling.sidecar_path(str(raw), "darktable").name == "DSC_0002.NEF.xmp"
+    assert culling.sidecar_path(str(raw), "lightroom").name == "DSC_0002.xmp"
