@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from fastapi import File, UploadFile  # module level: the endpoints' annotations name them
 
-from .data.images import ImageError, decode_for
+from .data.images import ImageError, decode_for, open_image
 from .errors import UsageError
 from .pipeline import ScoreRow, fill_rows
 
@@ -260,18 +260,26 @@ def create_app(critic, limits: Limits | None = None, batch_size: int = 32, max_w
                 out.append((name, data, "", ""))
         return out
 
-    def decode(name: str, data: bytes) -> np.ndarray:
+    def check_pixels(name: str, data: bytes) -> None:
+        """ImageError ``too_large`` past the server's pixel limit, read from the header."""
         from PIL import Image
 
         try:
             with Image.open(io.BytesIO(data)) as probe:
                 w, h = probe.size
-        except Exception:  # noqa: BLE001 - decode_for names the real problem below
-            w = h = 0
+        except Exception:  # noqa: BLE001 - the decoder names the real problem afterwards
+            return
         if w * h > limits.max_pixels:
             raise ImageError("too_large", f"{name}: {w}x{h} is {w * h} pixels; the server's limit is "
                                           f"{limits.max_pixels}")
+
+    def decode(name: str, data: bytes) -> np.ndarray:
+        check_pixels(name, data)
         return decode_for(data, critic.preprocess, name)
+
+    def open_checked(name: str, data: bytes):
+        check_pixels(name, data)
+        return open_image(data, name)
 
     def answer(rows, body: dict) -> JSONResponse:
         """200, or, when every file failed, the 4xx of their kind (422 for a mix), rows included."""
@@ -307,8 +315,6 @@ def create_app(critic, limits: Limits | None = None, batch_size: int = 32, max_w
 
     async def whole_model_job(files, fn):
         """Decode to PIL and run ``fn(images)`` (explain / critique) on the model thread."""
-        from PIL import Image
-
         uploads = await read_uploads(files)
         names = [u[0] for u in uploads]
         images, where, refused = [], [], {}
@@ -316,15 +322,10 @@ def create_app(critic, limits: Limits | None = None, batch_size: int = 32, max_w
             if data is None:
                 refused[k] = (kind, message)
                 continue
-            try:
-                im = Image.open(io.BytesIO(data))
-                w, h = im.size
-                if w * h > limits.max_pixels:
-                    refused[k] = ("too_large", f"{name}: {w}x{h} is {w * h} pixels; the server's limit is "
-                                               f"{limits.max_pixels}")
-                    continue
-            except Exception:  # noqa: BLE001 - not an image
-                refused[k] = ("not_image", f"{name}: not a recognised image format")
+            try:  # the limit, then the scoring path's decoder and its error kinds (off the event loop)
+                im = await asyncio.get_running_loop().run_in_executor(decoders, open_checked, name, data)
+            except ImageError as exc:
+                refused[k] = (exc.kind, exc.message)
                 continue
             images.append(im)
             where.append(k)
