@@ -41,7 +41,6 @@ from ..methods.multiattr import SINGLE, MultiAttrNet, attribute_query_text, defa
 
 MULTIATTR_DIR = "multiattr"
 CHECKPOINT = "checkpoint"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
@@ -80,10 +79,9 @@ class MultiAttrConfig:
 
 def find_described(descriptions: dict, images: Path) -> tuple[list[str], list[str], dict]:
     """(ids, paths) of the described images found in ``images`` and counts of what was left out."""
-    files = {}
-    for f in images.iterdir():
-        if f.suffix.lower() in IMAGE_EXTENSIONS:
-            files.setdefault(f.stem, str(f))
+    from .pretrain import images_by_id
+
+    files = images_by_id(images)
     ids = [k for k in sorted(descriptions) if descriptions[k] and k in files]
     return ids, [files[k] for k in ids], {"described_images": len(descriptions),
                                           "without_image": sum(1 for k in descriptions if k not in files),

@@ -214,13 +214,19 @@ def _gather_plain(x, world):
     return parts
 
 
+def images_by_id(images: Path) -> dict[str, str]:
+    """``{id: path}`` of the image files in ``images`` (``<id>.<image extension>``; the first of equal stems)."""
+    files = {}
+    for f in sorted(images.iterdir()):
+        if f.suffix.lower() in IMAGE_EXTENSIONS:
+            files.setdefault(f.stem, str(f))
+    return files
+
+
 def find_pairs(comments: dict, images: Path) -> tuple[list[str], list[str], list[list[str]], dict]:
     """(ids, paths, comment lists) of the commented images found in
     ``images`` (``<id>.<image extension>``), and counts of what was left out."""
-    files = {}
-    for f in images.iterdir():
-        if f.suffix.lower() in IMAGE_EXTENSIONS:
-            files.setdefault(f.stem, str(f))
+    files = images_by_id(images)
     ids, paths, texts = [], [], []
     empty = missing = 0
     for key in sorted(comments):
