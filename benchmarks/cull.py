@@ -82,11 +82,9 @@ def main() -> None:
             first = min((n for n in ns if rows[n].group == rows[best].group), key=lambda n: rows[n].rank)
             wrong[truth[first]["edit"]] = wrong.get(truth[first]["edit"], 0) + 1
     # similarity of pairs: same scene vs consecutive scenes (what the time gate does not separate)
-    from photocritic.features import EmbeddingCache, gather
+    from photocritic.features import EmbeddingCache
 
-    cache = EmbeddingCache(None)
-    scored = model.score(paths, cache=cache)
-    emb = gather(cache, model.encoder_key(), [r.content_hash for r in scored], None).astype(np.float64)
+    emb = model.embed_paths(paths, EmbeddingCache(None))[1].astype(np.float64)
     emb -= emb.mean(0)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     idx = {Path(p).name: i for i, p in enumerate(paths)}

@@ -83,6 +83,9 @@ def test_onnx_cli_score_and_refusals(trained, tmp_path, capsys):
 
     rows = list(csvmod.DictReader(open(csv)))
     np.testing.assert_allclose([float(r["score"]) for r in rows], [r.score for r in ref], atol=1e-4)
+    capsys.readouterr()  # cull groups by embeddings, which an exported scorer does not give
+    assert main(["cull", str(REPO / "examples"), "--model", str(out), "-q"]) == 2
+    assert "gives scores only" in capsys.readouterr().err
 
     # per-attribute methods are refused, with exit 2 and the reason
     rng = np.random.default_rng(0)

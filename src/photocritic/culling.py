@@ -447,7 +447,7 @@ def cull(critic, paths: list[str], opts: CullOptions, cache=None, reference=None
 
 
 def _cull(critic, paths, opts, cache, reference, batch_size, progress, max_bytes, previews) -> CullResult:
-    from .features import EmbeddingCache, gather
+    from .features import EmbeddingCache
 
     t0 = time.perf_counter()
     rows = [CullRow(path=p) for p in paths]
@@ -467,12 +467,13 @@ def _cull(critic, paths, opts, cache, reference, batch_size, progress, max_bytes
         else:
             to_score.append(p)
         where.append(k)
+    if not hasattr(critic, "embed_paths"):
+        raise UsageError(f"model {critic.name} gives scores only (an exported ONNX scorer); cull groups photos "
+                         f"by their image embeddings: use the model itself")
     own = cache is None
     cache = cache if cache is not None else EmbeddingCache(None)
-    scored = critic.score(to_score, batch_size=batch_size, cache=cache, progress=progress,
-                          **({} if max_bytes is None else {"max_bytes": max_bytes}))
+    scored, emb = critic.embed_paths(to_score, cache, batch_size=batch_size, progress=progress, max_bytes=max_bytes)
     ok = [j for j, r in enumerate(scored) if r.status == "ok"]
-    emb = gather(cache, critic.encoder_key(), [scored[j].content_hash for j in ok], None)
     if own:
         cache.close()
     for j, r in enumerate(scored):
