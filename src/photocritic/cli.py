@@ -224,11 +224,12 @@ def _check_paths(paths) -> None:
             raise UsageError(f"{p}: no such file or folder")
 
 
-def _listed_images(paths, recursive: bool) -> list[str]:
-    """The image files under ``paths``; none is a usage error."""
+def _listed_images(paths, recursive: bool, extensions=None) -> list[str]:
+    """The image files under ``paths`` (folders: files with one of
+    ``extensions``, default the ones Pillow opens); none is a usage error."""
     from .data.images import list_images
 
-    found = list_images(paths, recursive=recursive)
+    found = list_images(paths, recursive=recursive, extensions=extensions)
     if not found:
         raise UsageError("no image files found under " + ", ".join(paths)
                          + ("" if recursive else " (use --recursive to look in sub-folders)"))
@@ -393,22 +394,6 @@ def _cmd_serve(args) -> int:
     return EXIT_OK
 
 
-def _cull_inputs(paths, recursive: bool) -> list[str]:
-    from .culling import RAW_EXTENSIONS
-    from .data.images import list_images
-
-    out = []
-    for p in paths:
-        out += list_images([p], recursive=recursive)
-        if Path(p).is_dir():  # RAW files Pillow cannot open
-            it = Path(p).rglob("*") if recursive else Path(p).iterdir()
-            out += sorted(str(q) for q in it if q.suffix.lower() in RAW_EXTENSIONS and q.is_file())
-    if not out:
-        raise UsageError("no photos found under " + ", ".join(paths)
-                         + ("" if recursive else " (use --recursive to look in sub-folders)"))
-    return out
-
-
 def _cmd_cull(args) -> int:
     from .culling import CullOptions, SidecarWriter, cull, move_rejects, sidecar_path, summary, undo_moves, write_html
 
@@ -429,7 +414,10 @@ def _cmd_cull(args) -> int:
     if args.move_rejects and Path(args.move_rejects).exists() and not Path(args.move_rejects).is_dir():
         raise UsageError(f"--move-rejects {args.move_rejects}: is a file, not a folder")
     writer = SidecarWriter() if args.xmp and not args.dry_run else None
-    paths = _cull_inputs(args.paths, args.recursive)
+    from .culling import RAW_EXTENSIONS
+    from .data.images import IMAGE_EXTENSIONS
+
+    paths = _listed_images(args.paths, args.recursive, IMAGE_EXTENSIONS | RAW_EXTENSIONS)
     critic = _load(args)
     reference = None
     if args.percentiles:

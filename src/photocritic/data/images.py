@@ -286,21 +286,23 @@ def prepare_pil(im: Image.Image, pre: Preprocess, name: str = "<image>") -> np.n
         raise ImageError(kind, f"{name}: cannot use this PIL image ({type(exc).__name__}: {text})")
 
 
-def list_images(paths: list[str | os.PathLike], recursive: bool = False) -> list[str]:
+def list_images(paths: list[str | os.PathLike], recursive: bool = False, extensions=None) -> list[str]:
     """Expand files and folders into a sorted list of files to score.
 
     Files named explicitly are kept whatever their extension (so a bad one
     is reported); folders contribute files with an extension Pillow can open
-    (:data:`IMAGE_EXTENSIONS`). Missing paths are kept too: they become
-    ``missing`` rows (the command line rejects them before this).
+    (:data:`IMAGE_EXTENSIONS`), or one of ``extensions``. Missing paths are
+    kept too: they become ``missing`` rows (the command line rejects them
+    before this).
     """
+    extensions = IMAGE_EXTENSIONS if extensions is None else extensions
     out: list[str] = []
     for p in paths:
         p = Path(p)
         if p.is_dir():
             it = p.rglob("*") if recursive else p.iterdir()
             found = sorted(str(q) for q in it
-                           if q.suffix.lower() in IMAGE_EXTENSIONS and not q.is_dir())
+                           if q.suffix.lower() in extensions and not q.is_dir())
             out.extend(found)
         else:
             out.append(str(p))
