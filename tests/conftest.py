@@ -31,7 +31,10 @@ def run_processes(args: list[str], procs: int, cwd, **env) -> None:
     cmd = [TORCHRUN, "--nproc_per_node", str(procs), "-m", "photocritic", *map(str, args)]
     res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, capture_output=True, text=True,
                          timeout=300, cwd=cwd)
-    assert res.returncode == 0, res.stderr[-3000:]
+    # a failing process's own message first (torchrun's report of it comes last and is long)
+    said = [line for line in res.stderr.splitlines() if line.startswith(("photocritic:", "Traceback"))
+            or "Error:" in line and "[rank" in line]
+    assert res.returncode == 0, "\n".join(said[-20:]) + "\n...\n" + res.stderr[-2000:]
 
 
 @pytest.fixture(scope="session")

@@ -102,3 +102,28 @@ def test_token_view_through_the_pipeline(tmp_path):
     with torch.inference_mode():
         direct = enc.encode(enc.preprocess.normalize(px)).tokens.float().numpy()
     np.testing.assert_allclose(tokens, direct.astype(np.float16), rtol=1e-3, atol=1e-3)
+
+
+def _open_at_once(kind, path, barrier):
+    from photocritic.features import EmbeddingCache
+
+    barrier.wait()
+    try:
+        (TokenStore if kind == "tokens" else EmbeddingCache)(path).close()
+        return "ok"
+    except Exception as exc:  # reported back to the test, not raised in the pool
+        return repr(exc)
+
+
+def test_processes_opening_a_new_store_at_once(tmp_path):
+    """torchrun's processes open the same new store together; the switch to
+    WAL answers "locked" at once rather than waiting (a CI failure, unretried)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    with ctx.Manager() as manager, ctx.Pool(2) as pool:
+        for i in range(15):
+            for kind, name in (("tokens", f"s{i}.tokens"), ("cache", f"c{i}.sqlite")):
+                barrier = manager.Barrier(2)
+                got = pool.starmap(_open_at_once, [(kind, str(tmp_path / name), barrier)] * 2)
+                assert got == ["ok", "ok"], (kind, i, got)

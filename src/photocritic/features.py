@@ -82,6 +82,19 @@ def gather(cache, key: str, hashes: list[str], path: str | os.PathLike | None, c
     return out
 
 
+def retry_busy(fn, attempts: int = 50):
+    """``fn()``, retried with a growing pause (about a minute in all) while
+    SQLite answers "locked" or "busy", which some statements (the switch to
+    WAL among them) return at once instead of waiting on the busy timeout."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or i == attempts - 1:
+                raise
+            time.sleep(0.05 * (i + 1))
+
+
 def select_by_hash(conn, sql: str, key: str, hashes: list[str], guard=None, chunk: int = 500):
     """Yields the rows of ``sql AND content_hash IN (...)`` for the distinct
     ``hashes``, 500 at a time (SQLite's parameter limit)."""
@@ -158,9 +171,9 @@ class EmbeddingCache:
                                          check_same_thread=False)
             self._conn.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
             self._check_tables()
-            self._retry(lambda: self._conn.execute("PRAGMA journal_mode = WAL"))
+            retry_busy(lambda: self._conn.execute("PRAGMA journal_mode = WAL"))
             self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._retry(lambda: self._conn.executescript(_SCHEMA + _META))
+            retry_busy(lambda: self._conn.executescript(_SCHEMA + _META))
         except CacheError:
             raise
         except sqlite3.DatabaseError as exc:
@@ -208,18 +221,9 @@ class EmbeddingCache:
         if res != ["ok"]:
             raise self._damaged(RuntimeError("; ".join(res[:3])))
 
-    def _retry(self, fn, attempts: int = 50):
-        for i in range(attempts):
-            try:
-                return fn()
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or i == attempts - 1:
-                    raise
-                time.sleep(0.05 * (i + 1))
-
     def _guard(self, fn):
         try:
-            return self._retry(fn)
+            return retry_busy(fn)
         except sqlite3.DatabaseError as exc:
             raise self._damaged(exc) from None
 
@@ -304,8 +308,10 @@ class TokenStore:
             self._conn = sqlite3.connect(str(self.dir / "index.sqlite"), timeout=timeout,
                                          isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.executescript(_TOKEN_SCHEMA)
+            # two processes opening a new store at once: switching to WAL does
+            # not wait on SQLite's busy timeout, so it is retried here
+            retry_busy(lambda: self._conn.execute("PRAGMA journal_mode = WAL"))
+            retry_busy(lambda: self._conn.executescript(_TOKEN_SCHEMA))
         except sqlite3.DatabaseError as exc:
             raise CacheError(f"the token store {self.dir} is damaged or unreadable ({exc}); move it "
                              f"aside or pass another --cache", "damaged") from None
