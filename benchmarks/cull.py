@@ -76,11 +76,15 @@ def main() -> None:
     picked = [next(n for n in ns if truth[n]["best"]) for ns in multi.values()]
     pick_ok = float(np.mean([rows[n].rank == 1 for n in picked]))
     # where the pick went wrong: the edit of the frame ranked first instead
-    wrong = {}
+    wrong, by_source = {}, {}
     for ns, best in zip(multi.values(), picked):
+        tally = by_source.setdefault(truth[best]["source"], [0, 0])  # [wrong picks, bursts]
+        tally[1] += 1
         if rows[best].rank != 1:
+            tally[0] += 1
             first = min((n for n in ns if rows[n].group == rows[best].group), key=lambda n: rows[n].rank)
             wrong[truth[first]["edit"]] = wrong.get(truth[first]["edit"], 0) + 1
+    by_source = dict(sorted(((s, t) for s, t in by_source.items() if t[0]), key=lambda kv: -kv[1][0] / kv[1][1]))
     # similarity of pairs: same scene vs consecutive scenes (what the time gate does not separate)
     from photocritic.features import EmbeddingCache
 
@@ -98,6 +102,7 @@ def main() -> None:
         "precision": model.precision, "options": asdict(opts),
         "adjusted_rand_index": round(float(ari), 4), "pick_is_undegraded": round(pick_ok, 4),
         "groups_found": result.groups, "wrong_picks_by_edit_of_the_frame_ranked_first": wrong,
+        "wrong_picks_by_source_photo": {s: f"{w} of {n}" for s, (w, n) in by_source.items()},
         "score_seconds": [round(x, 2) for x in score_s], "cull_seconds": [round(x, 2) for x in cull_s],
         "cull_over_score_median": round(ratio, 3),
         "similarity_same_scene_p5_p50": [round(float(np.percentile(same, q)), 3) for q in (5, 50)],
@@ -106,6 +111,8 @@ def main() -> None:
     print(f"ARI {ari:.3f}; undegraded frame picked in {pick_ok:.1%} of {len(multi)} bursts; "
           f"cull / score {ratio:.2f}x; groups found {result.groups} (true {len(groups)})")
     print(f"wrong picks, by the edit of the frame ranked first instead: {wrong}")
+    print("wrong picks by source photo (of its bursts): "
+          + ", ".join(f"{s} {w}/{n}" for s, (w, n) in by_source.items()))
     print(f"cosine, same scene: p5 {out['similarity_same_scene_p5_p50'][0]}, median "
           f"{out['similarity_same_scene_p5_p50'][1]}; consecutive scenes: median "
           f"{out['similarity_next_scene_p50_p95'][0]}, p95 {out['similarity_next_scene_p50_p95'][1]}")

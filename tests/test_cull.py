@@ -179,6 +179,72 @@ def test_percentiles_and_compare(bursts, tmp_path, capsys):
     assert main(["compare", a, str(tmp_path / "none.jpg")]) == 2
 
 
+def _dng(path: Path, rgb: np.ndarray, preview: np.ndarray | None, taken: str) -> None:
+    """A real DNG, written with tifffile: a 12-bit RGGB mosaic sampled from
+    ``rgb`` (linear light), with or without an uncompressed RGB preview in
+    IFD0 (the raw data then in a SubIFD), and a DateTimeOriginal."""
+    tifffile = pytest.importorskip("tifffile")
+    lin = (rgb / 255.0) ** 2.2
+    cfa = np.empty(rgb.shape[:2])
+    cfa[0::2, 0::2], cfa[0::2, 1::2] = lin[0::2, 0::2, 0], lin[0::2, 1::2, 1]
+    cfa[1::2, 0::2], cfa[1::2, 1::2] = lin[1::2, 0::2, 1], lin[1::2, 1::2, 2]
+    dng = [(50706, "B", 4, (1, 4, 0, 0)), (50708, "s", 0, "photocritic test"), (36867, "s", 0, taken)]
+    # the camera sees linear sRGB: ColorMatrix1 (XYZ to camera, D65) is XYZ to linear sRGB
+    xyz_to_srgb = (3.2406, -1.5372, -0.4986, -0.9689, 1.8758, 0.0415, 0.0557, -0.2040, 1.0570)
+    mosaic = [(33421, "H", 2, (2, 2)), (33422, "B", 4, (0, 1, 1, 2)), (50717, "I", 1, 4095),
+              (50721, "2i", 9, tuple(v for c in xyz_to_srgb for v in (round(c * 10000), 10000))),
+              (50778, "H", 1, 21), (50728, "2I", 3, (1, 1, 1, 1, 1, 1))]  # AsShotNeutral: white is white
+    raw = np.round(cfa * 4095).astype(np.uint16)
+    with tifffile.TiffWriter(path) as tw:
+        if preview is not None:
+            tw.write(preview, photometric="rgb", subfiletype=1, subifds=1, extratags=dng)
+            tw.write(raw, photometric=32803, subfiletype=0, extratags=mosaic)
+        else:
+            tw.write(raw, photometric=32803, subfiletype=0, extratags=dng + mosaic)
+
+
+def test_dng_files_are_read_by_libraw(bursts, lite, tmp_path, monkeypatch):
+    """Real DNGs through rawpy (LibRaw): one with a bitmap preview (used as
+    it is), one without (LibRaw develops the mosaic at half size); both are
+    scored, and exiftool reads their capture time. Without rawpy, a DNG with
+    no JPEG preview is unreadable, with the reasons."""
+    import io
+    import sys
+
+    from PIL import Image
+
+    from photocritic import culling
+
+    rawpy = pytest.importorskip("rawpy", reason="rawpy is not installed (pip install 'photocritic[raw]')")
+    d, truth = bursts
+    sound = next(n for n in sorted(truth) if truth[n]["best"])  # an undegraded frame: nothing clipped
+    photo = np.asarray(Image.open(d / sound).convert("RGB").resize((384, 256)))
+    big = np.asarray(Image.fromarray(photo).resize((768, 512)))
+    with_preview, mosaic_only = tmp_path / "IMG_0001.DNG", tmp_path / "IMG_0002.dng"
+    _dng(with_preview, photo, big, "2026:11:30 08:01:02")
+    _dng(mosaic_only, photo, None, "2026:11:30 08:01:03")
+
+    shown = np.asarray(Image.open(io.BytesIO(culling.raw_preview(str(with_preview)))), float)
+    assert shown.shape == big.shape and np.abs(shown - big).mean() < 2.0  # the preview, JPEG-encoded
+    developed = np.asarray(Image.open(io.BytesIO(culling.raw_preview(str(mosaic_only)))), float)
+    with rawpy.imread(str(mosaic_only)) as raw:
+        ref = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8).astype(float)
+    assert developed.shape == (128, 192, 3) and np.abs(developed - ref).mean() < 2.0
+    half = np.asarray(Image.fromarray(photo).resize((192, 128)), float)  # the photo, from the mosaic, per channel
+    assert all(np.corrcoef(developed[..., c].ravel(), half[..., c].ravel())[0, 1] > 0.95 for c in range(3))
+
+    res = culling.cull(lite, [str(with_preview), str(mosaic_only)], culling.CullOptions())
+    assert [r.status for r in res.rows] == ["ok", "ok"] and all(1 <= r.score <= 10 for r in res.rows)
+    if EXIFTOOL:
+        assert culling.raw_time(str(mosaic_only)) - culling.raw_time(str(with_preview)) == pytest.approx(1.0)
+        assert res.rows[0].capture_time and res.rows[1].capture_time
+
+    monkeypatch.setitem(sys.modules, "rawpy", None)  # import rawpy now fails
+    with pytest.raises(OSError, match="rawpy is not installed") as err:
+        culling.raw_preview(str(with_preview))
+    assert "exiftool" in str(err.value)
+
+
 def test_raw_files_are_scored_from_their_preview(bursts, lite, tmp_path, monkeypatch):
     """A RAW file goes through its embedded preview (here the preview reader
     is replaced: no RAW sample ships with the tests): scored as the JPEG it

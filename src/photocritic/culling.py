@@ -236,20 +236,30 @@ def stars(scores: np.ndarray) -> np.ndarray:
 
 # -- RAW previews ------------------------------------------------------------------------
 
+#: a RAW's embedded preview smaller than this (long side, pixels) is a mere
+#: thumbnail: the raw data itself is developed instead (where rawpy is installed)
+MIN_PREVIEW_SIDE = 512
+
+
 def raw_preview(path: str) -> bytes:
-    """The embedded JPEG preview of a RAW file: rawpy where it is installed,
-    else exiftool; a clear error when neither can."""
+    """A JPEG of what a RAW file shows, for scoring. With rawpy (LibRaw): the
+    embedded JPEG preview as it is, or an embedded bitmap preview encoded as
+    JPEG; where the file has no preview, or only a thumbnail under
+    :data:`MIN_PREVIEW_SIDE` pixels, LibRaw develops the raw data at half
+    size (camera white balance). Without rawpy, or where LibRaw cannot read
+    the file: exiftool's JpgFromRaw, PreviewImage or ThumbnailImage. An
+    OSError naming what was tried when none gives an image."""
+    tried = []
     try:
         import rawpy
-
-        with rawpy.imread(path) as raw:
-            thumb = raw.extract_thumb()
-        if thumb.format == rawpy.ThumbFormat.JPEG:
-            return bytes(thumb.data)
     except ImportError:
-        pass
-    except Exception:  # noqa: BLE001 - try exiftool below
-        pass
+        rawpy = None
+        tried.append("rawpy is not installed (pip install 'photocritic[raw]')")
+    if rawpy is not None:
+        try:
+            return _libraw_image(rawpy, path)
+        except Exception as exc:  # noqa: BLE001 - LibRaw's errors are many; exiftool may still read it
+            tried.append(f"LibRaw: {exc}")
     exe = shutil.which("exiftool")
     if exe:
         import subprocess
@@ -258,8 +268,38 @@ def raw_preview(path: str) -> bytes:
             got = subprocess.run([exe, "-b", tag, path], capture_output=True, timeout=60)
             if got.returncode == 0 and got.stdout[:3] == b"\xff\xd8\xff":
                 return got.stdout
-    raise OSError(f"{path}: no embedded JPEG preview could be read (install rawpy, or exiftool: "
-                  f"apt-get install libimage-exiftool-perl)")
+        tried.append("exiftool found no embedded JPEG preview")
+    else:
+        tried.append("exiftool is not installed (apt-get install libimage-exiftool-perl)")
+    raise OSError(f"{path}: no image could be read from this RAW file ({'; '.join(tried)})")
+
+
+def _libraw_image(rawpy, path: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    with rawpy.imread(path) as raw:
+        try:
+            thumb = raw.extract_thumb()
+        except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
+            thumb = None
+        if thumb is not None and thumb.format == rawpy.ThumbFormat.JPEG:
+            data = bytes(thumb.data)
+            try:
+                big = max(Image.open(io.BytesIO(data)).size) >= MIN_PREVIEW_SIDE
+            except Exception:  # noqa: BLE001 - a broken preview: develop the raw data
+                big = False
+            if big:
+                return data
+        if thumb is not None and thumb.format == rawpy.ThumbFormat.BITMAP \
+                and max(thumb.data.shape[:2]) >= MIN_PREVIEW_SIDE:
+            rgb = thumb.data
+        else:
+            rgb = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).convert("RGB").save(buf, "JPEG", quality=95, subsampling=0)
+    return buf.getvalue()
 
 
 def raw_time(path: str) -> float | None:

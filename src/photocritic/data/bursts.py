@@ -9,7 +9,8 @@ on). Frames of a burst are 0.1 to 0.5 s apart (a burst lasts
 under 2 s); scenes are minutes apart. Capture times go into EXIF
 DateTimeOriginal and SubSecTimeOriginal; file names are shuffled so that
 their order says nothing. Returns the truth: ``{file: {"group", "best",
-"edit"}}`` (``edit``: none, blur, underexpose or overexpose).
+"edit", "source"}}`` (``edit``: none, blur, underexpose or overexpose;
+``source``: the source photo's name).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def make_bursts(out: str | Path, n_photos: int, seed: int = 0, sources=None, siz
     if not sources:
         raise ValueError("no source photos (install the Debian wallpapers or scikit-image)")
     loaded = [s.load() for s in sources]
+    names = [s.name for s in sources]
     truth, frames, scene, t = {}, [], 0, 1.7e9
     while len(frames) < n_photos:
         src = loaded[scene % len(loaded)]
@@ -67,13 +69,13 @@ def make_bursts(out: str | Path, n_photos: int, seed: int = 0, sources=None, siz
             if i != best:  # the project's held-out degradations, strong (data/degrade.py)
                 kind = str(rng.choice(["blur", "underexpose", "overexpose"]))
                 im = DEGRADATIONS[kind](im, level=2, seed=int(rng.integers(1 << 30)))
-            frames.append((im, ft, scene, i == best, kind))
+            frames.append((im, ft, scene, i == best, kind, names[scene % len(loaded)]))
         scene += 1
     order = rng.permutation(len(frames))
     for n, j in enumerate(order):
-        im, ft, g, is_best, kind = frames[j]
+        im, ft, g, is_best, kind, source = frames[j]
         name = f"IMG_{n:05d}.jpg"
         im.save(out / name, quality=quality, exif=_exif_bytes(ft))
-        truth[name] = {"group": int(g), "best": bool(is_best), "edit": kind}
+        truth[name] = {"group": int(g), "best": bool(is_best), "edit": kind, "source": source}
     (out / "truth.json").write_text(json.dumps(truth, indent=0) + "\n")
     return truth
