@@ -148,40 +148,38 @@ def write_captions(world: Path, rows: list[dict], comments: dict, out: Path) -> 
 def oracle_contrastive(rows: list[dict], batch: int = 64, sims: int = 400) -> dict:
     """How much a single comment can tell about its image in this world: the
     text-to-image InfoNCE loss (batches of ``batch``) of the Bayes oracle
-    that knows every image's true attribute qualities and the comment
-    generator (:func:`photocritic.data.synthetic.make_comments`), against
-    chance, log(batch). A comment's phrase, opener and closer depend only on
-    its (attribute, praise or criticism) type, so the oracle's likelihood
-    ratio is that of the type; each image's type distribution is estimated
-    by ``sims`` draws of the generator."""
+    that knows every image's true attribute qualities and edits and the
+    comment generator (:func:`photocritic.data.synthetic.make_comments`
+    itself), against chance, log(batch). A comment's opener and closer are
+    drawn independently of its image, so the oracle's likelihood ratio is
+    that of its phrase; each image's phrase distribution is estimated from
+    ``sims`` draws of the generator."""
     from photocritic.data.synthetic import ATTRIBUTES as ATTRS
+    from photocritic.data.synthetic import EDITS, NOISE, PRAISE, criticisms, make_comments
+
+    phrases = sorted({p for a in ATTRS for p in PRAISE[a] + criticisms(a)} | set(NOISE))
+    assert not any(p != o and p in o for p in phrases for o in phrases), "a phrase inside another"
+    index = {p: k for k, p in enumerate(phrases)}
+
+    def phrase_of(text: str) -> int:
+        low = text.lower()
+        return next(k for p, k in index.items() if p in low)
 
     rng = np.random.default_rng(0)
-    visual = ATTRS[:5]
-    types = [(a, g) for a in ATTRS for g in (True, False)] + [("noise", None)]
-    index = {t: k for k, t in enumerate(types)}
     probs = []
     for r in rows:
         q = {a: (float(r[a]) - 1) / 9 for a in ATTRS}
-        ext = np.array([abs(q[a] - 0.6) + 0.05 for a in visual])
-        counts = np.full(len(types), 0.5)
+        edits = {k: float(r[k]) for k in EDITS}
+        counts = np.full(len(phrases), 0.5 / len(phrases))
         for _ in range(sims):
-            n = int(rng.integers(1, 6))
-            kinds = [str(rng.choice(["content", "emotion"]))] if rng.random() < 0.6 else []
-            while len(kinds) < n:
-                kinds.append(str(rng.choice(visual, p=ext / ext.sum())))
-            attr = kinds[int(rng.integers(len(kinds)))]  # one of the image's comments
-            if rng.random() < 0.10:
-                counts[index[("noise", None)]] += 1
-                continue
-            good = (q[attr] > 0.6) != (rng.random() < 0.15)
-            counts[index[(attr, bool(good))]] += 1
+            said = make_comments(q, edits, rng)
+            counts[phrase_of(said[int(rng.integers(len(said)))])] += 1  # one of the image's comments
         probs.append(counts / counts.sum())
     probs = np.array(probs)
     losses = []
     for s in range(0, len(rows) - batch + 1, batch):
         pb = probs[s:s + batch]
-        drawn = np.array([rng.choice(len(types), p=p) for p in pb])
+        drawn = np.array([rng.choice(len(phrases), p=p) for p in pb])
         log_lik = np.log(pb[:, drawn])  # [image j, comment i]
         losses.append(float(np.mean(np.log(np.exp(log_lik).sum(0)) - np.diag(log_lik))))
     return {"oracle_loss": float(np.mean(losses)), "chance": float(np.log(batch)), "batch": batch}
@@ -298,7 +296,7 @@ def quality(args, tmp: Path) -> dict:
     true = np.array([float(r["true_mean"]) for r in test])
     mean = np.array([sum(k * int(r[f"score{k}"]) for k in range(1, 11)) / sum(int(r[f"score{k}"]) for k in range(1, 11))
                      for r in test])
-    out = {"world": {k: world[k] for k in ("images", "sources", "splits")}, "data": data, "timing": timing,
+    out = {"world": {k: world[k] for k in ("images", "sources", "splits", "version")}, "data": data, "timing": timing,
            "settings": {k: getattr(args, k) for k in ("n", "seed", "size", "general_epochs", "epochs", "lr",
                                                     "lr_image", "alpha", "beta", "lr_temperature",
                                                     "batch_size")},

@@ -662,3 +662,33 @@ def test_shards_cover_each_global_batch_once():
             seen += [i for _, micro in step for m in micro for i in m]
         kept = 67 if 67 % 16 >= world else 67 - 67 % 16
         assert sorted(seen) == sorted(order[:kept].tolist())
+
+
+def test_world_criticisms_name_a_cause_the_image_has():
+    """A criticism names a cause the image has (an overexposed image is never
+    "too dark"), except the 15 % wrong comments, which criticise only sound
+    attributes; praise and wrong criticism follow the documented rates."""
+    import numpy as np
+
+    from photocritic.data.synthetic import CRITICISM, GENERIC, PRAISE, attribute_qualities, criticisms, make_comments
+
+    rng = np.random.default_rng(5)
+    neutral = {"tilt": 0.0, "offset": 0.0, "cut": 0.0, "dof": 1.0, "defocus": 0.0, "resolution": 0.0, "jpeg": 0.0,
+               "exposure": 0.0, "contrast": 1.0, "saturation": 1.15, "cast": 0.0, "noise": 0.0}
+    lighting = [p for p in criticisms("lighting")] + PRAISE["lighting"]
+    for exposure, allowed in ((2.5, {"blown out highlights", "the exposure is off"}),
+                              (-2.5, {"too dark", "the exposure is off"})):
+        edits = {**neutral, "exposure": exposure}
+        q = attribute_qualities(edits, 0.5, 0.5)
+        assert q["lighting"] < 0.6
+        said = [c.lower() for _ in range(3000) for c in make_comments(q, edits, rng)]
+        light = [next(p for p in lighting if p in c) for c in said if any(p in c for p in lighting)]
+        critical = [p for p in light if p not in PRAISE["lighting"]]
+        assert set(critical) == allowed  # both phrases of its cause, no other criticism
+        assert abs(len(critical) / len(light) - 0.85) < 0.03  # 15 % wrong: praise of the flawed lighting
+    edits = dict(neutral)  # a sound image: its criticisms are the wrong ones, of any cause
+    q = attribute_qualities(edits, 0.5, 0.5)
+    said = [c.lower() for _ in range(3000) for c in make_comments(q, edits, rng)]
+    light = [next(p for p in lighting if p in c) for c in said if any(p in c for p in lighting)]
+    assert abs(sum(p not in PRAISE["lighting"] for p in light) / len(light) - 0.15) < 0.03
+    assert set(CRITICISM) | {"content", "emotion"} == set(GENERIC) == set(PRAISE)

@@ -42,8 +42,12 @@ e_r ~ N(0, 1.2); the 10-bin histogram of those votes is the label.
 
 Comments (1-5 per image) come from templates with a paraphrase lexicon.
 Each names an attribute and praises it when its quality is above 0.6, else
-criticises it; 15% state the opposite (wrong), 10% say nothing about the
-photo (noise). With probability 0.6 one comment speaks of the content or
+criticises it, naming a cause the image has ("too dark" for an underexposed
+image, "blown out highlights" for an overexposed one: the causes of the
+attribute descriptions below, :data:`CRITICISM`), or in general terms where
+no single edit is past its threshold; 15% state the opposite (wrong: praise
+of a flawed attribute, or any criticism of a sound one), 10% say nothing
+about the photo (noise). With probability 0.6 one comment speaks of the content or
 the mood, which the pixels reveal only partly - so comments carry
 information beyond the image.
 
@@ -80,7 +84,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 N_BINS = 10
 
-VERSION = 2  # 2: the resolution and jpeg edits; exposure -3..3 stops
+VERSION = 3  # 2: the resolution and jpeg edits; exposure -3..3 stops; 3: criticisms name a cause the image has
 ATTRIBUTES = ("composition", "depth_of_field", "lighting", "colour", "technical_quality",
               "content", "emotion")
 WEIGHTS = {"composition": 0.15, "depth_of_field": 0.10, "lighting": 0.20, "colour": 0.15,
@@ -277,31 +281,61 @@ def render(work: np.ndarray, edits: dict, rng: np.random.Generator) -> Image.Ima
 
 
 # -- comments -----------------------------------------------------------------
-LEXICON = {
-    "composition": (["nice composition", "well composed", "great framing", "the framing works well"],
-                    ["the horizon is tilted", "awkward crop", "the subject is cut off", "composition feels off"]),
-    "depth_of_field": (["lovely bokeh", "the background blur isolates the subject", "nice shallow depth of field"],
-                       ["the background is distracting", "too much in focus, nothing stands out"]),
-    "lighting": (["beautiful light", "well exposed", "great use of light"],
-                 ["too dark", "blown out highlights", "the exposure is off", "flat, lifeless light"]),
-    "colour": (["gorgeous colours", "the colours pop", "lovely natural tones"],
-               ["the colours look washed out", "a strange colour cast", "oversaturated colours"]),
-    "technical_quality": (["tack sharp", "very clean and crisp", "excellent detail"],
-                          ["blurry", "too much noise", "out of focus", "grainy and soft",
-                           "ugly compression artefacts", "looks pixelated"]),
-    "content": (["what a wonderful subject", "fascinating subject", "great choice of subject"],
-                ["boring subject", "the subject does not interest me", "nothing to look at here"]),
-    "emotion": (["this makes me feel peaceful", "very moving", "such a joyful mood"],
-                ["leaves me cold", "no feeling in this one", "a gloomy, dull mood"]),
+PRAISE = {
+    "composition": ["nice composition", "well composed", "great framing", "the framing works well"],
+    "depth_of_field": ["lovely bokeh", "the background blur isolates the subject", "nice shallow depth of field"],
+    "lighting": ["beautiful light", "well exposed", "great use of light"],
+    "colour": ["gorgeous colours", "the colours pop", "lovely natural tones"],
+    "technical_quality": ["tack sharp", "very clean and crisp", "excellent detail"],
+    "content": ["what a wonderful subject", "fascinating subject", "great choice of subject"],
+    "emotion": ["this makes me feel peaceful", "very moving", "such a joyful mood"],
 }
+#: what commenters say of a flaw, per attribute and cause (the causes :func:`_causes` names)
+CRITICISM = {
+    "composition": {"a tilted horizon": ["the horizon is tilted", "crooked horizon"],
+                    "the subject is cut off at the edge": ["the subject is cut off"],
+                    "an off-centre, unbalanced crop": ["awkward crop"]},
+    "depth_of_field": {"everything is in focus and the background competes": [
+        "the background is distracting", "too much in focus, nothing stands out"]},
+    "lighting": {"underexposed and dark": ["too dark", "the exposure is off"],
+                 "overexposed with blown highlights": ["blown out highlights", "the exposure is off"],
+                 "flat, low contrast": ["flat, lifeless light"],
+                 "harsh, heavy contrast": ["harsh, contrasty light"]},
+    "colour": {"muted, washed-out colours": ["the colours look washed out"],
+               "garish, oversaturated colours": ["oversaturated colours"],
+               "a strong colour cast": ["a strange colour cast"]},
+    "technical_quality": {"blurry, out of focus": ["blurry", "out of focus"],
+                          "visible noise and grain": ["too much noise", "grainy and soft"],
+                          "lacking detail, as if upscaled": ["looks pixelated"],
+                          "blocky compression artefacts": ["ugly compression artefacts"]},
+}
+#: criticisms that name no cause: of a visual attribute below par with no
+#: single edit past its threshold, and of content and mood
+GENERIC = {
+    "composition": ["composition feels off"],
+    "depth_of_field": ["nothing separates the subject"],
+    "lighting": ["the light does not work"],
+    "colour": ["the colours feel off"],
+    "technical_quality": ["the image quality is poor"],
+    "content": ["boring subject", "the subject does not interest me", "nothing to look at here"],
+    "emotion": ["leaves me cold", "no feeling in this one", "a gloomy, dull mood"],
+}
+
+
+def criticisms(attr: str) -> list[str]:
+    """Every criticism of an attribute: those of its causes, then its generic ones."""
+    return list(dict.fromkeys([p for ps in CRITICISM.get(attr, {}).values() for p in ps] + GENERIC[attr]))
+
+
 OPENERS = ["", "", "I think ", "Honestly, ", "To me, ", "Hmm, "]
 CLOSERS = ["", "", ".", "!", ", good luck.", ", well done." , "; just my opinion."]
 NOISE = ["first!", "thanks for sharing", "see my entry too", "what camera did you use?",
          "interesting challenge this week"]
 
 
-def make_comments(q: dict, rng: np.random.Generator) -> list[str]:
-    """1-5 template comments (module docstring: 15% wrong, 10% noise, 60% one about content/mood)."""
+def make_comments(q: dict, edits: dict, rng: np.random.Generator) -> list[str]:
+    """1-5 template comments (module docstring: 15% wrong, 10% noise, 60% one
+    about content/mood; a criticism names a cause the image has)."""
     n = int(rng.integers(1, 6))
     visual = ATTRIBUTES[:5]
     extremeness = np.array([abs(q[a] - 0.6) + 0.05 for a in visual])
@@ -316,9 +350,16 @@ def make_comments(q: dict, rng: np.random.Generator) -> list[str]:
             comments.append(str(rng.choice(NOISE)))
             continue
         good = q[attr] > 0.6
-        if rng.random() < 0.15:
-            good = not good
-        phrase = str(rng.choice(LEXICON[attr][0 if good else 1]))
+        wrong = rng.random() < 0.15
+        if good != wrong:
+            phrases = PRAISE[attr]
+        elif wrong:  # a criticism of a sound attribute: any of its criticisms
+            phrases = criticisms(attr)
+        else:  # what is wrong with it, where an edit is past its threshold
+            named = CRITICISM.get(attr, {})
+            phrases = list(dict.fromkeys(p for c in _causes(attr, edits, 0.5) for p in named.get(c, []))) \
+                or GENERIC[attr]
+        phrase = str(rng.choice(phrases))
         text = str(rng.choice(OPENERS)) + phrase + str(rng.choice(CLOSERS))
         comments.append(text[0].upper() + text[1:])
     return comments
@@ -427,7 +468,7 @@ def _make_one(job):
     q = attribute_qualities(edits, appeal, mood)
     mu = true_mean(q)
     votes = vote_histogram(mu, rng)
-    comments = make_comments(q, rng)
+    comments = make_comments(q, edits, rng)
     descriptions = make_descriptions(q, edits, mood, subject_of(source_name), np.random.default_rng([seed, i, 17]))
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=92)
@@ -496,4 +537,4 @@ def synthesize(output: str | Path, n: int, seed: int = 0, sources: list[Source] 
                           "split": split[s.name], "appeal": appeal[s.name]} for s in sources],
              "images_per_split": counts}
     (output / "world.json").write_text(json.dumps(world, indent=1) + "\n")
-    return {"output": str(output), "images": n, "sources": len(sources), "splits": counts}
+    return {"output": str(output), "images": n, "sources": len(sources), "splits": counts, "version": VERSION}
