@@ -97,6 +97,48 @@ def test_limits_and_malformed_requests_are_4xx(lite, tmp_path):
         assert "photocritic API" in c.get("/docs").text and "drop" in c.get("/").text.lower()
 
 
+def test_a_chunked_upload_past_the_limit_is_refused_while_it_streams(lite):
+    """Without Content-Length (chunked) the body is counted as it arrives:
+    413 with the JSON error, the rest never read; the server goes on."""
+    import asyncio
+
+    limits = Limits(max_upload_bytes=100_000, max_files=2)
+    app = create_app(lite, limits)
+    head = (b'--x\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n")
+
+    def body():  # a generator: httpx sends it chunked, with no Content-Length
+        yield head
+        yield b"\xff" * (4 << 20)
+        yield b"\r\n--x--\r\n"
+
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as c:
+        r = c.post("/score", content=body(), headers={"content-type": "multipart/form-data; boundary=x"})
+        assert r.status_code == 413 and "without Content-Length" in r.json()["error"]
+        small = jpeg_bytes(photo(2, (64, 48)))
+        assert c.post("/score", files=[("files", ("a.jpg", small, "image/jpeg"))]).status_code == 200
+
+    # straight through ASGI, an endless body: read only to just past the limit
+    chunk, reads, sent = 1 << 16, [0], []
+
+    async def receive():
+        reads[0] += 1
+        return {"type": "http.request", "body": head if reads[0] == 1 else b"\0" * chunk, "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/score", "raw_path": b"/score", "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=x")], "server": ("t", 80),
+             "client": ("c", 1)}
+    asyncio.run(app(scope, receive, send))
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [413]
+    assert reads[0] <= limits.max_request_bytes // chunk + 3
+
+
 def test_concurrent_requests_share_batches_in_flight_limit_and_timeout(lite):
     """Concurrent requests are scored in shared batches with the same scores
     as alone; past max_in_flight a request gets 429; past the timeout 503."""

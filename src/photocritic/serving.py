@@ -19,7 +19,8 @@ the pixels to one :class:`Batcher`, whose thread runs the model on up to
 throughput approaches offline scoring; alone, a request waits a few ms.
 
 **Limits**, each a 4xx with a JSON ``{"error": ...}``: a request body
-larger than allowed (413, checked from Content-Length before reading), a
+larger than allowed (413, checked from Content-Length before reading, and
+while it streams where a chunked upload sends none), a
 file larger than ``max_upload_bytes`` (413), an image of more than
 ``max_pixels`` pixels (413, read from the header before decoding), more
 than ``max_files`` files (413), more requests in flight than
@@ -48,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastapi import File, UploadFile  # module level: the endpoints' annotations name them
+from fastapi import HTTPException
 
 from .data.images import ImageError, decode_for, open_image
 from .errors import UsageError
@@ -205,6 +207,10 @@ def create_app(critic, limits: Limits | None = None, batch_size: int = 32, max_w
     def error(status: int, message: str, **more):
         return JSONResponse({"error": message, **more}, status_code=status)
 
+    # inside the guard below (added first, so nearer the app): a limit raised from
+    # the guard's own receive would reach the body parser wrapped in an ExceptionGroup
+    app.add_middleware(_BodyLimit, limits=limits)
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
         if request.method != "POST":
@@ -232,6 +238,12 @@ def create_app(critic, limits: Limits | None = None, batch_size: int = 32, max_w
             return error(500, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             state["in_flight"] -= 1
+
+    @app.exception_handler(_BodyTooLarge)
+    async def too_large(request: Request, exc: _BodyTooLarge):
+        return error(413, f"request body of more than {limits.max_request_bytes} bytes (sent without "
+                          f"Content-Length; refused after {exc.seen} bytes); the limit is "
+                          f"{limits.max_files} files of {limits.max_upload_bytes} bytes")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -405,6 +417,41 @@ def create_app(critic, limits: Limits | None = None, batch_size: int = 32, max_w
         return HTMLResponse((WEB_DIR / "index.html").read_text(encoding="utf-8"))
 
     return app
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised from ``receive`` once a POST body passes the limit. An
+    HTTPException, so that FastAPI's body parsing passes it on (it turns
+    other exceptions into a 400) to the app's handler, which answers 413."""
+
+    def __init__(self, seen: int):
+        super().__init__(413)
+        self.seen = seen
+
+
+class _BodyLimit:
+    """ASGI middleware counting a POST body's bytes as they arrive: a chunked
+    upload has no Content-Length to refuse it by, so the part of it past
+    ``limits.max_request_bytes`` is never read (nor spooled to disk)."""
+
+    def __init__(self, app, limits: Limits):
+        self.app, self.limits = app, limits
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            return await self.app(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limits.max_request_bytes:
+                    raise _BodyTooLarge(seen)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 class _Refused(Exception):
