@@ -230,6 +230,9 @@ def test_dng_files_are_read_by_libraw(bursts, lite, tmp_path, monkeypatch):
     with rawpy.imread(str(mosaic_only)) as raw:
         ref = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8).astype(float)
     assert developed.shape == (128, 192, 3) and np.abs(developed - ref).mean() < 2.0
+    thumb_only = tmp_path / "IMG_0003.dng"  # a 96x64 thumbnail is too small to judge: the mosaic is developed
+    _dng(thumb_only, photo, np.asarray(Image.fromarray(photo).resize((96, 64))), "2026:11:30 08:01:04")
+    assert np.asarray(Image.open(io.BytesIO(culling.raw_preview(str(thumb_only))))).shape == (128, 192, 3)
     half = np.asarray(Image.fromarray(photo).resize((192, 128)), float)  # the photo, from the mosaic, per channel
     assert all(np.corrcoef(developed[..., c].ravel(), half[..., c].ravel())[0, 1] > 0.95 for c in range(3))
 
