@@ -84,6 +84,18 @@ def test_rank_ties_by_sharpness_and_stars():
     np.testing.assert_array_equal(stars(np.arange(10.0)), [1, 1, 2, 2, 3, 3, 4, 4, 5, 5])
 
 
+def test_cull_options_on_the_command_line_default_to_cull_options():
+    """Each CullOptions field is a `cull` option whose default (the one --help
+    documents) is the field's own."""
+    from dataclasses import fields
+
+    from photocritic.cli import build_parser
+    from photocritic.culling import CullOptions
+
+    args = build_parser().parse_args(["cull", "photos/"])
+    assert {f.name: getattr(args, f.name) for f in fields(CullOptions)} == {f.name: f.default for f in fields(CullOptions)}
+
+
 def test_bad_files_get_rows_and_never_stop_a_cull(bursts, tmp_path):
     d, truth = bursts
     folder = tmp_path / "mixed"

@@ -395,7 +395,10 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_cull(args) -> int:
-    from .culling import CullOptions, SidecarWriter, cull, move_rejects, sidecar_path, summary, undo_moves, write_html
+    from dataclasses import fields
+
+    from .culling import (RAW_EXTENSIONS, CullOptions, SidecarWriter, cull, move_rejects, sidecar_path, summary,
+                          undo_moves, write_html)
 
     if args.undo:
         if args.paths:
@@ -414,7 +417,6 @@ def _cmd_cull(args) -> int:
     if args.move_rejects and Path(args.move_rejects).exists() and not Path(args.move_rejects).is_dir():
         raise UsageError(f"--move-rejects {args.move_rejects}: is a file, not a folder")
     writer = SidecarWriter() if args.xmp and not args.dry_run else None
-    from .culling import RAW_EXTENSIONS
     from .data.images import IMAGE_EXTENSIONS
 
     paths = _listed_images(args.paths, args.recursive, IMAGE_EXTENSIONS | RAW_EXTENSIONS)
@@ -424,9 +426,7 @@ def _cmd_cull(args) -> int:
         from .reference import load_reference
 
         reference = load_reference(args.percentiles, critic)
-    opts = CullOptions(similarity=args.similarity, burst_gap=args.burst_gap,
-                       similarity_without_time=args.similarity_without_time, phash=args.phash,
-                       phash_distance=args.phash_distance, reject_below=args.reject_below, tie=args.tie)
+    opts = CullOptions(**{f.name: getattr(args, f.name) for f in fields(CullOptions)})  # one option per field
     cache = _open_cache(args)
     try:
         result = cull(critic, paths, opts, cache=cache, reference=reference, batch_size=args.batch_size,

@@ -489,6 +489,9 @@ def cull(critic, paths: list[str], opts: CullOptions, cache=None, reference=None
 def _cull(critic, paths, opts, cache, reference, batch_size, progress, max_bytes, previews) -> CullResult:
     from .features import EmbeddingCache
 
+    if not hasattr(critic, "embed_paths"):  # before any RAW preview is extracted for nothing
+        raise UsageError(f"model {critic.name} gives scores only (an exported ONNX scorer); cull groups photos "
+                         f"by their image embeddings: use the model itself")
     t0 = time.perf_counter()
     rows = [CullRow(path=p) for p in paths]
     to_score, where = [], []
@@ -507,9 +510,6 @@ def _cull(critic, paths, opts, cache, reference, batch_size, progress, max_bytes
         else:
             to_score.append(p)
         where.append(k)
-    if not hasattr(critic, "embed_paths"):
-        raise UsageError(f"model {critic.name} gives scores only (an exported ONNX scorer); cull groups photos "
-                         f"by their image embeddings: use the model itself")
     own = cache is None
     cache = cache if cache is not None else EmbeddingCache(None)
     scored, emb = critic.embed_paths(to_score, cache, batch_size=batch_size, progress=progress, max_bytes=max_bytes)
