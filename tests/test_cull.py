@@ -251,7 +251,8 @@ def test_dng_files_are_read_by_libraw(bursts, lite, tmp_path, monkeypatch):
     res = culling.cull(lite, [str(with_preview), str(mosaic_only)], culling.CullOptions())
     assert [r.status for r in res.rows] == ["ok", "ok"] and all(1 <= r.score <= 10 for r in res.rows)
     if EXIFTOOL:
-        assert culling.raw_time(str(mosaic_only)) - culling.raw_time(str(with_preview)) == pytest.approx(1.0)
+        first, second = culling.raw_times([str(with_preview), str(mosaic_only)])  # one exiftool for both
+        assert second - first == pytest.approx(1.0)
         assert res.rows[0].capture_time and res.rows[1].capture_time
 
     monkeypatch.setitem(sys.modules, "rawpy", None)  # import rawpy now fails
@@ -273,7 +274,7 @@ def test_raw_files_are_scored_from_their_preview(bursts, lite, tmp_path, monkeyp
     raw = tmp_path / "DSC_0002.NEF"
     raw.write_bytes(b"RAW" * 100)
     monkeypatch.setattr(culling, "raw_preview", lambda p: jpg.read_bytes())
-    monkeypatch.setattr(culling, "raw_time", lambda p: None)
+    monkeypatch.setattr(culling, "raw_times", lambda ps: [None] * len(ps))
     made = []
     real_mkdtemp = tempfile.mkdtemp
     monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
