@@ -82,6 +82,8 @@ def test_rank_ties_by_sharpness_and_stars():
     assert order == [1, 3, 0, 2]  # 7.00, 6.98, 6.97 tie: sharpest first; 6.20 is no tie
     assert rows[2].sharpness is None  # measured only where needed
     np.testing.assert_array_equal(stars(np.arange(10.0)), [1, 1, 2, 2, 3, 3, 4, 4, 5, 5])
+    # equal scores share the lower star, wherever a quintile boundary falls among them
+    np.testing.assert_array_equal(stars(np.array([1.0, 2, 3, 3, 3, 3, 7, 8, 9, 10])), [1, 1, 2, 2, 2, 2, 4, 4, 5, 5])
 
 
 def test_cull_options_on_the_command_line_default_to_cull_options():

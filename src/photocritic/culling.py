@@ -229,8 +229,8 @@ def stars(scores: np.ndarray) -> np.ndarray:
     s = np.asarray(scores, np.float64)
     if len(s) == 0:
         return np.zeros(0, int)
-    ranks = np.argsort(np.argsort(s, kind="stable"), kind="stable")
-    pct = (ranks + 0.5) / len(s)
+    below = np.searchsorted(np.sort(s), s, side="left")  # photos scoring strictly lower: equal scores, equal stars
+    pct = (below + 0.5) / len(s)
     return np.clip(1 + np.floor(pct * 5).astype(int), 1, 5)
 
 
