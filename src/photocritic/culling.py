@@ -391,11 +391,8 @@ class SidecarWriter:
 # -- moves and undo ---------------------------------------------------------------------------
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _free_target(dest: Path) -> Path:

@@ -151,11 +151,8 @@ class OnnxCritic:
         except ImportError:  # pragma: no cover - a dependency
             raise UsageError("scoring an .onnx model needs onnxruntime: pip install onnxruntime") from None
         self.path = Path(path)
-        h = hashlib.sha256()
         with open(self.path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        self.digest = h.hexdigest()[:16]
+            self.digest = hashlib.file_digest(fh, "sha256").hexdigest()[:16]
         providers = ["CPUExecutionProvider"]
         if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")

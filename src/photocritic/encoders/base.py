@@ -164,11 +164,5 @@ def tuned_suffix(weights: str | None) -> str:
     original or with another fine-tune."""
     if not weights:
         return ""
-    h = hashlib.sha256()
     with open(weights, "rb") as fh:
-        while True:
-            block = fh.read(1 << 22)
-            if not block:
-                break
-            h.update(block)
-    return f"+tuned:{h.hexdigest()[:16]}"
+        return f"+tuned:{hashlib.file_digest(fh, 'sha256').hexdigest()[:16]}"
