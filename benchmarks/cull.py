@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--similarity", type=float, default=CullOptions.similarity)
+    ap.add_argument("--tie", type=float, default=CullOptions.tie)
     ap.add_argument("--output", default=str(RESULTS))
     args = ap.parse_args()
     print(machine_line())
@@ -56,7 +57,7 @@ def main() -> None:
     paths = sorted(str(work / "photos" / n) for n in truth)
     model = photocritic.load("lite")
     model.score(paths[:4])
-    opts = CullOptions(similarity=args.similarity)
+    opts = CullOptions(similarity=args.similarity, tie=args.tie)
     score_s, cull_s = [], []
     for _ in range(args.rounds):
         t0 = time.perf_counter()

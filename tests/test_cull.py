@@ -86,6 +86,40 @@ def test_rank_ties_by_sharpness_and_stars():
     np.testing.assert_array_equal(stars(np.array([1.0, 2, 3, 3, 3, 3, 7, 8, 9, 10])), [1, 1, 2, 2, 2, 2, 4, 4, 5, 5])
 
 
+def test_sharpness_ignores_exposure_and_falls_with_blur(tmp_path):
+    """The tie-break's sharpness is var(Laplacian) / var(grey): scipy's
+    Laplacian gives the same number; a frame brightened 2x (nothing clipped)
+    keeps its sharpness, where the plain Laplacian variance quadruples; a
+    blurred frame is less sharp."""
+    from PIL import Image, ImageFilter
+    from scipy import ndimage
+    import skimage.data
+
+    from photocritic.culling import sharpness
+
+    grey = skimage.data.camera().astype(np.float64) * 0.45  # at most 115: 2x clips nothing
+    frames = {"dim": grey, "bright": grey * 2.0}
+    for name, a in frames.items():
+        Image.fromarray(np.rint(a).astype(np.uint8)).save(tmp_path / f"{name}.png")
+    Image.open(tmp_path / "dim.png").filter(ImageFilter.GaussianBlur(2)).save(tmp_path / "blur.png")
+    got = {n: sharpness(str(tmp_path / f"{n}.png")) for n in ("dim", "bright", "blur")}
+
+    def reference(path):  # the same ~512 px grey image, scipy's 4-neighbour Laplacian
+        im = Image.open(path).convert("L")
+        im.thumbnail((512, 512))
+        g = np.asarray(im, np.float64)
+        return ndimage.laplace(g)[1:-1, 1:-1].var() / g.var(), ndimage.laplace(g)[1:-1, 1:-1].var()
+
+    ref = {n: reference(tmp_path / f"{n}.png") for n in got}
+    for n in got:
+        assert got[n] == pytest.approx(ref[n][0], rel=1e-9)
+    assert ref["bright"][1] / ref["dim"][1] == pytest.approx(4.0, rel=0.02)  # what the ratio undoes
+    assert got["bright"] == pytest.approx(got["dim"], rel=0.02)
+    assert got["blur"] < 0.5 * got["dim"]
+    Image.new("L", (64, 64), 128).save(tmp_path / "flat.png")
+    assert sharpness(str(tmp_path / "flat.png")) == 0.0
+
+
 def test_cull_options_on_the_command_line_default_to_cull_options():
     """Each CullOptions field is a `cull` option whose default (the one --help
     documents) is the field's own."""

@@ -14,8 +14,12 @@ are linked whatever their times: exact and re-encoded duplicates. Groups are
 the connected components.
 
 **Ranking.** Within a group, by score; scores within ``tie`` of each other
-are ordered by sharpness (the variance of the Laplacian of the grey image,
-about 512 px on its long side), sharper first. Rank 1 is ``keep``; the
+are ordered by sharpness, sharper first: the variance of the Laplacian of
+the grey image (about 512 px on its long side) over the variance of the
+grey image itself. The ratio is the share of the image's contrast that is
+fine detail, so it does not change with exposure or contrast: brightening a
+frame 2x quadruples its Laplacian variance, and would make a plain
+Laplacian-variance tie-break prefer the over-exposed frame of a burst. Rank 1 is ``keep``; the
 others ``similar`` (kept, lower rank); any photo scoring below
 ``reject_below`` is ``reject``.
 
@@ -138,13 +142,24 @@ def _grey(path: str, size: int = 512):
 
 
 def sharpness(path: str) -> float | None:
-    """Variance of the 4-neighbour Laplacian of the grey image (~512 px)."""
+    """Variance of the 4-neighbour Laplacian of the grey image (~512 px)
+    over the variance of the grey image: invariant to exposure and contrast
+    (0 for a flat image)."""
     try:
         g = np.asarray(_grey(path), np.float32)
     except Exception:  # noqa: BLE001
         return None
+    return laplacian_ratio(g)
+
+
+def laplacian_ratio(g: np.ndarray) -> float:
+    """var(4-neighbour Laplacian of ``g``, inner pixels) / var(``g``)."""
+    g = np.asarray(g, np.float64)
+    if g.ndim != 2 or min(g.shape) < 3:
+        return 0.0
     lap = (-4 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:])
-    return float(lap.var())
+    var = float(g.var())
+    return float(lap.var()) / var if var > 1e-9 else 0.0
 
 
 def phash(path: str) -> int | None:
