@@ -59,6 +59,8 @@ bench: $(STAMP) sources
 	$(PY) benchmarks/vilap.py
 	$(PY) benchmarks/multiattr.py --part frozen
 	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500
+	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500 --without content
+	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500 --without content --affinity 100
 	$(PY) benchmarks/serve.py
 	$(PY) benchmarks/ray.py
 	$(PY) benchmarks/ray.py --memory

@@ -31,7 +31,13 @@ tower (EfficientNet-Lite0) trained too (``--tower trainable``, at
 ``--lr-tower``), multi-space with and without the affinity loss; NN source
 accuracy, linear overall SRCC and heads from the trained features.
 
-    python benchmarks/multiattr.py [--part frozen|trainable] [--n 3000] [--epochs 12] [--work DIR]
+``--without content``: the pretraining descriptions leave those attributes
+out (the world's content descriptions name the source photo's subject, so
+with them the contrastive loss itself teaches content); the affinity
+ablation where nothing but the affinity loss keeps the subject. Its figures
+go in a part of their own.
+
+    python benchmarks/multiattr.py [--part frozen|trainable] [--without content] [--n 3000] [--epochs 12] [--work DIR]
     (make bench: frozen on 3000 images, trainable on 1500 for 4 epochs: a trained tower costs
     minutes per epoch on a CPU)
 
@@ -97,6 +103,15 @@ def features(model_dir_or_backbone: str, paths: list[str], store: Path, view: st
     return np.asarray(emb, np.float64)
 
 
+def source_cosines(f: np.ndarray, sources: np.ndarray) -> dict:
+    """Mean cosine of pairs of test images of the same photo and of different photos."""
+    z = f / np.linalg.norm(f, axis=1, keepdims=True)
+    sims = z @ z.T
+    same = sources[:, None] == sources[None, :]
+    off = ~np.eye(len(f), dtype=bool)
+    return {"same_photo": round(float(sims[same & off].mean()), 4), "other_photos": round(float(sims[~same].mean()), 4)}
+
+
 def nn_source_accuracy(f: np.ndarray, sources: np.ndarray) -> tuple[float, np.ndarray]:
     """Share of images whose most similar other image shows the same source photo."""
     z = f / np.linalg.norm(f, axis=1, keepdims=True)
@@ -107,8 +122,11 @@ def nn_source_accuracy(f: np.ndarray, sources: np.ndarray) -> tuple[float, np.nd
 
 
 def per_attribute(pred: np.ndarray, truth: np.ndarray) -> dict:
-    out = {a: round(srcc(pred[:, k], truth[:, k]), 4) for k, a in enumerate(ATTRIBUTES)}
-    out["mean"] = round(float(np.mean([out[a] for a in ATTRIBUTES])), 4)
+    """SRCC per attribute and their mean, over the attributes predicted (a
+    column of NaN is an attribute the model has no space for)."""
+    have = [k for k in range(len(ATTRIBUTES)) if not np.isnan(pred[:, k]).all()]
+    out = {ATTRIBUTES[k]: round(srcc(pred[:, k], truth[:, k]), 4) for k in have}
+    out["mean"] = round(float(np.mean([out[ATTRIBUTES[k]] for k in have])), 4)
     return out
 
 
@@ -137,6 +155,11 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--lr-tower", type=float, default=1e-4, help="--part trainable: the tower's rate")
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--without", default="",
+                    help="attributes (comma-separated) left out of the pretraining descriptions, e.g. content: "
+                         "the affinity ablation in which no description names the subject")
+    ap.add_argument("--affinity", type=float, default=1.0,
+                    help="the semantic affinity weight of the 'multi' variant (default 1)")
     ap.add_argument("--work", help="a folder to keep (and reuse) the world and the feature store in")
     ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args()
@@ -159,14 +182,21 @@ def main() -> int:
     train_ids = {i for i, r in lab.items() if r["split"] in ("train", "val")}
     described = json.loads((world / "attributes.json").read_text())
     seen = work / "attributes-train.json"  # pretraining never sees a test photo's descriptions
-    seen.write_text(json.dumps({k: v for k, v in described.items() if Path(k).stem in train_ids}))
+    without = [a.strip() for a in args.without.split(",") if a.strip()]
+    unknown = sorted(set(without) - set(ATTRIBUTES))
+    if unknown:
+        ap.error(f"--without: not attributes of the world: {', '.join(unknown)}")
+    part = (args.part + (f", without {'+'.join(without)} descriptions" if without else "")
+            + (f", affinity {args.affinity:g}" if args.affinity != 1.0 else ""))
+    seen.write_text(json.dumps({k: {a: d for a, d in v.items() if a not in without}
+                                for k, v in described.items() if Path(k).stem in train_ids}))
 
     if args.part == "trainable":
         t = dict(tower="trainable", lr_tower=args.lr_tower)
-        variants = {"multi": dict(spaces="multi", affinity=1.0, **t),
+        variants = {"multi": dict(spaces="multi", affinity=args.affinity, **t),
                     "multi, no affinity": dict(spaces="multi", affinity=0.0, **t)}
     else:
-        variants = {"multi": dict(spaces="multi", affinity=1.0),
+        variants = {"multi": dict(spaces="multi", affinity=args.affinity),
                     "multi, no affinity": dict(spaces="multi", affinity=0.0),
                     "single": dict(spaces="single", affinity=1.0)}
     rows, preds = {}, {}
@@ -178,7 +208,8 @@ def main() -> int:
         if opts is None:
             backbone = TOWER
         else:
-            backbone = str(work / f"pre-{args.part}-{name.replace(' ', '').replace(',', '-')}")
+            tag = args.part + ("-without-" + "-".join(without) if without else "") + f"-aff{args.affinity:g}"
+            backbone = str(work / f"pre-{tag}-{name.replace(' ', '').replace(',', '-')}")
             if (Path(backbone) / "config.json").exists():
                 shutil.rmtree(backbone)
             pretrain_multiattr(MultiAttrConfig(init=TOWER, attributes=str(seen), images=str(world / "images"),
@@ -190,7 +221,7 @@ def main() -> int:
                        params=sum(int(np.prod(v.shape)) for v in _state(backbone).values()))
             model = photocritic.load(backbone, precision="fp32")
             ex = model.explain(test_paths, describe=False)
-            zs = np.array([[r.attributes[a] for a in ATTRIBUTES] for r in ex])
+            zs = np.array([[r.attributes.get(a, np.nan) for a in ATTRIBUTES] for r in ex])  # NaN: no space
             row["zero_shot_attribute_srcc"] = per_attribute(zs, true_attr)
             preds[name, "zero-shot"] = zs
             row["explain_zero_shot"] = explain_check(zs, true_q)
@@ -211,6 +242,7 @@ def main() -> int:
         preds[name, "linear"] = overall
         f = features(backbone, test_paths, store)
         row["nn_source_accuracy"], preds[name, "nn"] = nn_source_accuracy(f, sources)
+        row["mean_cosine"] = source_cosines(f, sources)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows[name] = row
         print(f"{name:<24} heads mean SRCC {row['heads_attribute_srcc']['mean']:.3f}"
@@ -266,10 +298,11 @@ def main() -> int:
         print(f"{'PASS' if v else 'FAIL'}  {k}")
     results = Path(args.results)
     kept = json.loads(results.read_text()).get("parts", {}) if results.exists() else {}
-    kept[args.part] = {"world": {"images": args.n, "seed": args.seed, "test_images": len(test_paths)},
-                       "epochs": args.epochs, "batch_size": args.batch_size, "date": time.strftime("%Y-%m-%d"),
-                       **({"lr_tower": args.lr_tower} if args.part == "trainable" else {}),
-                       "results": rows, "comparisons": comparisons, "checks": checks}
+    kept[part] = {"world": {"images": args.n, "seed": args.seed, "test_images": len(test_paths)},
+                  "descriptions_left_out": without, "affinity_weight_of_multi": args.affinity,
+                  "epochs": args.epochs, "batch_size": args.batch_size, "date": time.strftime("%Y-%m-%d"),
+                  **({"lr_tower": args.lr_tower} if args.part == "trainable" else {}),
+                  "results": rows, "comparisons": comparisons, "checks": checks}
     write_results(results, tower=TOWER, text_encoder="minilm", parts=kept)
     print(f"wrote {args.results}")
     return 0
