@@ -191,48 +191,66 @@ class _Union:
             self.p[max(a, b)] = min(a, b)
 
 
+#: entries of one block of pairwise similarities or hash distances (32 MB of float64): grouping
+#: 100,000 photos never holds an N x N matrix
+PAIR_BLOCK = 1 << 22
+_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def _row_blocks(rows: int, cols: int):
+    step = max(1, PAIR_BLOCK // max(cols, 1))
+    return ((s, min(s + step, rows)) for s in range(0, rows, step))
+
+
 def group_photos(emb: np.ndarray, times: list[float | None], opts: CullOptions,
                  hashes: list[int | None] | None = None) -> np.ndarray:
     """Group ids (0..G-1, in order of first appearance) for N photos (see the module docstring)."""
     n = len(emb)
     if n == 0:
         return np.zeros(0, int)
-    raw = np.asarray(emb, np.float64).reshape(n, -1)
-    x = raw - raw.mean(0) if n > 1 else raw.copy()
+    x = np.array(emb, np.float64).reshape(n, -1)  # a copy, centred and normalised in place below
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    if n > 1:
+        x -= x.mean(0)
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     uf = _Union(n)
     # near-identical features are duplicates (centring cannot see them in a small run: two identical
     # photos centre to zero), within the burst gap or where a time is missing: near-identical photos
     # minutes apart are separate moments
-    unit = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
-    for s in range(0, n, 1024):
-        for a, b in zip(*np.nonzero(unit[s:s + 1024] @ unit.T >= DUPLICATE_COSINE)):
+    for s, e in _row_blocks(n, n):
+        for a, b in zip(*np.nonzero(unit[s:e] @ unit.T >= DUPLICATE_COSINE)):
             i, j = int(s + a), int(b)
             ti, tj = times[i], times[j]
             if i != j and (ti is None or tj is None or abs(ti - tj) <= opts.burst_gap):
                 uf.join(i, j)
-    timed = sorted((t, i) for i, t in enumerate(times) if t is not None)
-    for a in range(len(timed)):  # pairs within burst_gap of each other
-        ta, i = timed[a]
-        for b in range(a + 1, len(timed)):
-            tb, j = timed[b]
-            if tb - ta > opts.burst_gap:
-                break
-            if float(x[i] @ x[j]) >= opts.similarity:
-                uf.join(i, j)
-    untimed = [i for i, t in enumerate(times) if t is None]
-    if untimed:
-        sims = x[untimed] @ x.T
-        for r, i in enumerate(untimed):
-            for j in np.flatnonzero(sims[r] >= opts.similarity_without_time):
-                if j != i:
-                    uf.join(i, int(j))
-    if hashes is not None:
-        have = [(i, h) for i, h in enumerate(hashes) if h is not None]
-        for a in range(len(have)):
-            for b in range(a + 1, len(have)):
-                if bin(have[a][1] ^ have[b][1]).count("1") <= opts.phash_distance:
-                    uf.join(have[a][0], have[b][0])
+    # pairs taken within burst_gap of each other: each photo against the later ones in its window
+    timed = np.array([i for i, t in enumerate(times) if t is not None], int)
+    if len(timed) > 1:
+        t = np.array([times[i] for i in timed], np.float64)
+        order = np.argsort(t, kind="stable")
+        timed, t = timed[order], t[order]
+        ends = np.searchsorted(t, t + opts.burst_gap, side="right")
+        chunk = max(1, PAIR_BLOCK // x.shape[1])
+        for a in range(len(timed) - 1):
+            for w in range(a + 1, ends[a], chunk):
+                part = timed[w:min(w + chunk, ends[a])]
+                for j in part[x[part] @ x[timed[a]] >= opts.similarity]:
+                    uf.join(int(timed[a]), int(j))
+    untimed = np.array([i for i, t in enumerate(times) if t is None], int)
+    for s, e in _row_blocks(len(untimed), n):
+        rows = untimed[s:e]
+        for r, j in zip(*np.nonzero(x[rows] @ x.T >= opts.similarity_without_time)):
+            if j != rows[r]:
+                uf.join(int(rows[r]), int(j))
+    if hashes is not None:  # Hamming distances of the 64-bit hashes, a block of rows at a time
+        have = np.array([i for i, h in enumerate(hashes) if h is not None], int)
+        h = np.array([hashes[i] for i in have], np.uint64)
+        for s, e in _row_blocks(len(have), len(have)):
+            xor = np.ascontiguousarray(h[s:e, None] ^ h[None, :])
+            dist = _POPCOUNT8[xor.view(np.uint8)].reshape(e - s, len(have), 8).sum(-1)
+            for a, b in zip(*np.nonzero(dist <= opts.phash_distance)):
+                if s + a < b:
+                    uf.join(int(have[s + a]), int(have[b]))
     roots, out = {}, np.zeros(n, int)
     for i in range(n):
         out[i] = roots.setdefault(uf.find(i), len(roots))
