@@ -19,9 +19,9 @@ the grey image (about 512 px on its long side) over the variance of the
 grey image itself. The ratio is the share of the image's contrast that is
 fine detail, so it does not change with exposure or contrast: brightening a
 frame 2x quadruples its Laplacian variance, and would make a plain
-Laplacian-variance tie-break prefer the over-exposed frame of a burst. Rank 1 is ``keep``; the
-others ``similar`` (kept, lower rank); any photo scoring below
-``reject_below`` is ``reject``.
+Laplacian-variance tie-break prefer the over-exposed frame of a burst.
+Rank 1 is ``keep``; the others ``similar`` (kept, lower rank); any photo
+scoring below ``reject_below`` is ``reject``.
 
 **Safety.** Nothing is ever deleted. ``--move-rejects DIR`` moves rejected
 files (and their sidecars) with a manifest of every move and its SHA-256;
