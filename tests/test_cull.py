@@ -80,7 +80,8 @@ def _reference_groups(emb, times, opts, hashes):
     n = len(emb)
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     x = emb - emb.mean(0)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):  # a photo centred to zero has no direction: NaN, never linked
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
     parent = list(range(n))
 
     def find(i):
@@ -133,6 +134,17 @@ def test_grouping_equals_every_pair_checked_by_the_rules(monkeypatch, block):
         want = _reference_groups(emb, times, opts, with_hashes or [None] * n)
         np.testing.assert_array_equal(got, want)
         assert 30 < got.max() + 1 < n - 30  # many links made, many not: the rules were exercised
+    h = np.array([v for v in hashes if v is not None], np.uint64)[:50]
+    want = [[bin(int(a) ^ int(b)).count("1") for b in h] for a in h]
+    for native in {False, hasattr(np, "bitwise_count")}:  # numpy's popcount where it has one, and the table
+        np.testing.assert_array_equal(culling.popcount64(h[:, None] ^ h[None, :], native=native), want)
+    # two identical photos centre to zero: only the near-identical rule links them, within the gap
+    # or where a time is missing, and not minutes apart
+    pair = np.repeat(rng.normal(size=(1, 24)), 2, axis=0)
+    for two_times, linked in (([0.0, 1.0], True), ([0.0, 600.0], False), ([None, 600.0], True)):
+        got = culling.group_photos(pair, two_times, opts)
+        np.testing.assert_array_equal(got, _reference_groups(pair, two_times, opts, [None, None]))
+        assert (got[0] == got[1]) == linked
 
 
 def test_rank_ties_by_sharpness_and_stars():

@@ -197,6 +197,14 @@ PAIR_BLOCK = 1 << 22
 _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
 
+def popcount64(v: np.ndarray, native: bool = hasattr(np, "bitwise_count")) -> np.ndarray:
+    """Set bits of each uint64 (numpy's ``bitwise_count`` where it has one, numpy >= 2)."""
+    if native:
+        return np.bitwise_count(v)
+    v = np.ascontiguousarray(v)
+    return _POPCOUNT8[v.view(np.uint8)].reshape(v.shape + (8,)).sum(-1)
+
+
 def _row_blocks(rows: int, cols: int):
     step = max(1, PAIR_BLOCK // max(cols, 1))
     return ((s, min(s + step, rows)) for s in range(0, rows, step))
@@ -214,40 +222,37 @@ def group_photos(emb: np.ndarray, times: list[float | None], opts: CullOptions,
         x -= x.mean(0)
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     uf = _Union(n)
-    # near-identical features are duplicates (centring cannot see them in a small run: two identical
-    # photos centre to zero), within the burst gap or where a time is missing: near-identical photos
-    # minutes apart are separate moments
-    for s, e in _row_blocks(n, n):
-        for a, b in zip(*np.nonzero(unit[s:e] @ unit.T >= DUPLICATE_COSINE)):
-            i, j = int(s + a), int(b)
-            ti, tj = times[i], times[j]
-            if i != j and (ti is None or tj is None or abs(ti - tj) <= opts.burst_gap):
-                uf.join(i, j)
-    # pairs taken within burst_gap of each other: each photo against the later ones in its window
+    # Near-identical features (raw cosine at least DUPLICATE_COSINE: centring cannot see them in a
+    # small run, where two identical photos centre to zero) are duplicates within the burst gap or
+    # where a time is missing; near-identical photos minutes apart are separate moments. So both
+    # rules look only at pairs within the burst gap and at pairs with an untimed photo: never at
+    # every pair of a run whose photos all have times.
     timed = np.array([i for i, t in enumerate(times) if t is not None], int)
-    if len(timed) > 1:
+    if len(timed) > 1:  # each photo against the later ones in its burst_gap window
         t = np.array([times[i] for i in timed], np.float64)
         order = np.argsort(t, kind="stable")
         timed, t = timed[order], t[order]
         ends = np.searchsorted(t, t + opts.burst_gap, side="right")
         chunk = max(1, PAIR_BLOCK // x.shape[1])
         for a in range(len(timed) - 1):
+            i = timed[a]
             for w in range(a + 1, ends[a], chunk):
                 part = timed[w:min(w + chunk, ends[a])]
-                for j in part[x[part] @ x[timed[a]] >= opts.similarity]:
-                    uf.join(int(timed[a]), int(j))
+                link = (x[part] @ x[i] >= opts.similarity) | (unit[part] @ unit[i] >= DUPLICATE_COSINE)
+                for j in part[link]:
+                    uf.join(int(i), int(j))
     untimed = np.array([i for i, t in enumerate(times) if t is None], int)
-    for s, e in _row_blocks(len(untimed), n):
+    for s, e in _row_blocks(len(untimed), n):  # a photo without a time against every photo
         rows = untimed[s:e]
-        for r, j in zip(*np.nonzero(x[rows] @ x.T >= opts.similarity_without_time)):
+        link = (x[rows] @ x.T >= opts.similarity_without_time) | (unit[rows] @ unit.T >= DUPLICATE_COSINE)
+        for r, j in zip(*np.nonzero(link)):
             if j != rows[r]:
                 uf.join(int(rows[r]), int(j))
     if hashes is not None:  # Hamming distances of the 64-bit hashes, a block of rows at a time
         have = np.array([i for i, h in enumerate(hashes) if h is not None], int)
         h = np.array([hashes[i] for i in have], np.uint64)
         for s, e in _row_blocks(len(have), len(have)):
-            xor = np.ascontiguousarray(h[s:e, None] ^ h[None, :])
-            dist = _POPCOUNT8[xor.view(np.uint8)].reshape(e - s, len(have), 8).sum(-1)
+            dist = popcount64(h[s:e, None] ^ h[None, :])
             for a, b in zip(*np.nonzero(dist <= opts.phash_distance)):
                 if s + a < b:
                     uf.join(int(have[s + a]), int(have[b]))
