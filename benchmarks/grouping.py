@@ -5,7 +5,7 @@ frames, a share of them (`--untimed`) without a capture time, and
 perceptual hashes (`--phash`). Photos with times are compared only within
 their burst-gap window; each photo without a time is compared with every
 photo, and the hashes all pairs, a block of `PAIR_BLOCK` pairs at a time:
-memory grows with N (two float64 copies of the embeddings), never with N²;
+memory grows with N (one float64 copy of the embeddings), never with N²;
 time grows with N x the untimed photos. Peak memory is Python's traced
 allocations (numpy's included) beyond the inputs.
 

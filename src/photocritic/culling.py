@@ -210,17 +210,45 @@ def _row_blocks(rows: int, cols: int):
     return ((s, min(s + step, rows)) for s in range(0, rows, step))
 
 
+class _Links:
+    """Which pairs of photos a cosine rule links: centred cosine (on the
+    run's mean) at least a threshold, or raw cosine at least
+    ``DUPLICATE_COSINE``. Both come from one product of the raw vectors
+    (with c = r - m, c_i.c_j = r_i.r_j - r_i.m - r_j.m + m.m), compared
+    against threshold x norms rather than divided. A photo whose centred
+    vector is (nearly) zero - two identical photos alone in a run - is
+    linked by the raw rule only."""
+
+    def __init__(self, r: np.ndarray):
+        self.r = r
+        n = len(r)
+        self.m = r.mean(0) if n > 1 else np.zeros(r.shape[1])
+        self.mm = float(self.m @ self.m)
+        self.rm = r @ self.m
+        self.rn = np.linalg.norm(r, axis=1)
+        self.cn = np.empty(n)
+        for s, e in _row_blocks(n, r.shape[1]):
+            self.cn[s:e] = np.linalg.norm(r[s:e] - self.m, axis=1)
+        self.cn[self.cn <= 1e-9 * np.maximum(self.rn, 1e-12)] = np.inf  # no direction: never centred-linked
+
+    def __call__(self, rows: np.ndarray, cols: np.ndarray, centred_at_least: float) -> np.ndarray:
+        g = self.r[rows] @ self.r[cols].T
+        link = g >= DUPLICATE_COSINE * np.maximum(np.outer(self.rn[rows], self.rn[cols]), 1e-24)
+        g -= self.rm[rows, None]
+        g -= self.rm[None, cols]
+        g += self.mm
+        link |= g >= centred_at_least * np.outer(self.cn[rows], self.cn[cols])
+        return link
+
+
 def group_photos(emb: np.ndarray, times: list[float | None], opts: CullOptions,
                  hashes: list[int | None] | None = None) -> np.ndarray:
     """Group ids (0..G-1, in order of first appearance) for N photos (see the module docstring)."""
     n = len(emb)
     if n == 0:
         return np.zeros(0, int)
-    x = np.array(emb, np.float64).reshape(n, -1)  # a copy, centred and normalised in place below
-    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    if n > 1:
-        x -= x.mean(0)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    r = np.array(emb, np.float64).reshape(n, -1)
+    links = _Links(r)
     uf = _Union(n)
     # Near-identical features (raw cosine at least DUPLICATE_COSINE: centring cannot see them in a
     # small run, where two identical photos centre to zero) are duplicates within the burst gap or
@@ -233,21 +261,20 @@ def group_photos(emb: np.ndarray, times: list[float | None], opts: CullOptions,
         order = np.argsort(t, kind="stable")
         timed, t = timed[order], t[order]
         ends = np.searchsorted(t, t + opts.burst_gap, side="right")
-        chunk = max(1, PAIR_BLOCK // x.shape[1])
+        chunk = max(1, PAIR_BLOCK // r.shape[1])
         for a in range(len(timed) - 1):
-            i = timed[a]
+            i = timed[a:a + 1]
             for w in range(a + 1, ends[a], chunk):
                 part = timed[w:min(w + chunk, ends[a])]
-                link = (x[part] @ x[i] >= opts.similarity) | (unit[part] @ unit[i] >= DUPLICATE_COSINE)
-                for j in part[link]:
-                    uf.join(int(i), int(j))
+                for j in part[links(i, part, opts.similarity)[0]]:
+                    uf.join(int(i[0]), int(j))
     untimed = np.array([i for i, t in enumerate(times) if t is None], int)
+    everyone = np.arange(n)
     for s, e in _row_blocks(len(untimed), n):  # a photo without a time against every photo
         rows = untimed[s:e]
-        link = (x[rows] @ x.T >= opts.similarity_without_time) | (unit[rows] @ unit.T >= DUPLICATE_COSINE)
-        for r, j in zip(*np.nonzero(link)):
-            if j != rows[r]:
-                uf.join(int(rows[r]), int(j))
+        for a, j in zip(*np.nonzero(links(rows, everyone, opts.similarity_without_time))):
+            if j != rows[a]:
+                uf.join(int(rows[a]), int(j))
     if hashes is not None:  # Hamming distances of the 64-bit hashes, a block of rows at a time
         have = np.array([i for i, h in enumerate(hashes) if h is not None], int)
         h = np.array([hashes[i] for i in have], np.uint64)
