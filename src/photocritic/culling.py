@@ -146,7 +146,7 @@ def sharpness(path: str) -> float | None:
     over the variance of the grey image: invariant to exposure and contrast
     (0 for a flat image)."""
     try:
-        g = np.asarray(_grey(path), np.float32)
+        g = np.asarray(_grey(path), np.float64)
     except Exception:  # noqa: BLE001
         return None
     return laplacian_ratio(g)
@@ -304,6 +304,11 @@ def stars(scores: np.ndarray) -> np.ndarray:
 #: a RAW's embedded preview smaller than this (long side, pixels) is a mere
 #: thumbnail: the raw data itself is developed instead (where rawpy is installed)
 MIN_PREVIEW_SIDE = 512
+
+
+def is_raw(path: str) -> bool:
+    """A camera RAW file, by its extension (:data:`RAW_EXTENSIONS`)."""
+    return Path(path).suffix.lower() in RAW_EXTENSIONS
 
 
 def raw_preview(path: str) -> bytes:
@@ -547,7 +552,7 @@ def cull(critic, paths: list[str], opts: CullOptions, cache=None, reference=None
     import tempfile
 
     made = None
-    if preview_dir is None and any(Path(p).suffix.lower() in RAW_EXTENSIONS for p in paths):
+    if preview_dir is None and any(map(is_raw, paths)):
         made = Path(tempfile.mkdtemp(prefix="photocritic-previews-"))
     try:
         return _cull(critic, paths, opts, cache, reference, batch_size, progress, max_bytes,
@@ -565,9 +570,9 @@ def _cull(critic, paths, opts, cache, reference, batch_size, progress, max_bytes
                          f"by their image embeddings: use the model itself")
     t0 = time.perf_counter()
     rows = [CullRow(path=p) for p in paths]
-    to_score, where = [], []
+    to_score, where, raws = [], [], []
     for k, p in enumerate(paths):
-        if Path(p).suffix.lower() in RAW_EXTENSIONS:
+        if is_raw(p):
             try:
                 data = raw_preview(p)
             except OSError as exc:
@@ -577,10 +582,10 @@ def _cull(critic, paths, opts, cache, reference, batch_size, progress, max_bytes
             q = previews / (hashlib.sha256(data).hexdigest()[:20] + ".jpg")
             q.write_bytes(data)
             to_score.append(str(q))
+            raws.append(k)
         else:
             to_score.append(p)
         where.append(k)
-    raws = [k for k in where if Path(paths[k]).suffix.lower() in RAW_EXTENSIONS]
     for k, t in zip(raws, raw_times([paths[k] for k in raws])):
         rows[k].t = t
     own = cache is None
