@@ -22,6 +22,12 @@ def machine_line() -> str:
             f"native bf16: {'yes' if c['cpu_bf16_native'] else 'no'}), torch {torch.__version__}")
 
 
+def world_summary(world: dict) -> dict:
+    """What a results file records of the synthetic world a run used (its
+    ``synthesize`` summary): size, sources, splits and generator version."""
+    return {k: world[k] for k in ("images", "sources", "splits", "version")}
+
+
 def write_results(path: str | Path, **fields) -> None:
     """The figures with the machine they were measured on: the CPU model,
     torch's CPU capability and whether the CPU does bf16 natively (bf16

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_line, write_results  # noqa: E402
+from _common import machine_line, world_summary, write_results  # noqa: E402
 
 import photocritic  # noqa: E402
 from photocritic.data.datasets import load_dataset  # noqa: E402
@@ -117,7 +117,7 @@ def priors_part(args) -> int:
     data = json.loads(results_file.read_text()) if results_file.exists() else {}
     data.setdefault(f"heads_n{args.n}", {})["priors"] = {
         "date": time.strftime("%Y-%m-%d"), "seed": args.seed, "test_images": len(test),
-        "world": {k: world[k] for k in ("images", "sources", "splits", "version")}, "results": rows}
+        "world": world_summary(world), "results": rows}
     results_file.write_text(json.dumps(data, indent=2) + "\n")
     print(f"wrote {results_file} (heads_n{args.n}.priors)")
     return 0
@@ -223,7 +223,7 @@ def main() -> int:
         if size and size != world["images"]:  # a run on a world of another size: kept under its size
             kept[f"heads_n{size}"] = {k: old[k] for k in ("cpu_model", "date", "world", "seed", "test_images",
                                                          "results", "checks", "finetune_epoch_cap") if k in old}
-    write_results(results_file, world={k: world[k] for k in ("images", "sources", "splits", "version")}, seed=args.seed,
+    write_results(results_file, world=world_summary(world), seed=args.seed,
                   test_images=len(test), results=results, checks=checks,
                   finetune_epoch_cap=None if args.skip_finetune else args.finetune_epochs, **kept)
     print(f"wrote {results_file}")
@@ -338,7 +338,7 @@ def mmlq_part(args) -> int:
     data = json.loads(results_file.read_text()) if results_file.exists() else {}
     data[args.key] = {"cpu": cpu_info()["cpu_model"], "date": time.strftime("%Y-%m-%d"), "seed": args.seed,
                     "params": params,
-                    "world": {k: world[k] for k in ("images", "sources", "splits", "version")}, "test_images": len(test),
+                    "world": world_summary(world), "test_images": len(test),
                     "text_encoder": "minilm", "backbone": "efficientnet-lite0", "results": results,
                     "retrieval_with_commented_test_images": siblings, "checks": checks}
     results_file.write_text(json.dumps(data, indent=2) + "\n")

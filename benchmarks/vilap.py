@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_line, write_results  # noqa: E402
+from _common import machine_line, world_summary, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vilap.json"
 
@@ -296,7 +296,7 @@ def quality(args, tmp: Path) -> dict:
     true = np.array([float(r["true_mean"]) for r in test])
     mean = np.array([sum(k * int(r[f"score{k}"]) for k in range(1, 11)) / sum(int(r[f"score{k}"]) for k in range(1, 11))
                      for r in test])
-    out = {"world": {k: world[k] for k in ("images", "sources", "splits", "version")}, "data": data, "timing": timing,
+    out = {"world": world_summary(world), "data": data, "timing": timing,
            "settings": {k: getattr(args, k) for k in ("n", "seed", "size", "general_epochs", "epochs", "lr",
                                                     "lr_image", "alpha", "beta", "lr_temperature",
                                                     "batch_size")},
