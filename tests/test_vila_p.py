@@ -50,6 +50,51 @@ def test_contrastive_loss_equals_a_hand_computation_on_three_pairs():
     assert float(sum(parts)) == pytest.approx(want, rel=1e-5)
 
 
+def test_same_text_positives_equal_a_hand_computation():
+    """Pairs 0 and 2 share a text: each one's term is the summed probability
+    of both; with every text distinct the loss is the plain one."""
+    img = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 2.0], [-1.0, -0.5]])
+    txt = torch.tensor([[0.8, 0.6], [0.0, 1.0], [-1.0, 1.0], [0.3, -1.0]])
+    t = 1 / 0.1
+    x = torch.nn.functional.normalize(img, dim=-1).tolist()
+    y = torch.nn.functional.normalize(txt, dim=-1).tolist()
+    same = [[0, 2], [1], [0, 2], [3]]
+
+    def e(a, b):
+        return math.exp(t * (a[0] * b[0] + a[1] * b[1]))
+
+    i2t = sum(-math.log(sum(e(x[i], y[j]) for j in same[i]) / sum(e(x[i], y[j]) for j in range(4)))
+              for i in range(4))
+    t2i = sum(-math.log(sum(e(y[i], x[j]) for j in same[i]) / sum(e(y[i], x[j]) for j in range(4)))
+              for i in range(4))
+    ids = torch.tensor([7, 3, 7, 9])
+    got = contrastive_loss(img, txt, torch.tensor(t), text_ids=ids)
+    assert float(got) == pytest.approx((i2t + t2i) / 8, rel=1e-5)
+    assert float(got) < float(contrastive_loss(img, txt, torch.tensor(t)))
+    distinct = contrastive_loss(img, txt, torch.tensor(t), text_ids=torch.arange(4))
+    assert float(distinct) == pytest.approx(float(contrastive_loss(img, txt, torch.tensor(t))), rel=1e-6)
+    # a padded pair sharing a text id changes nothing, gives finite gradients; shares add up
+    pad_img = torch.cat([img, torch.randn(1, 2)]).requires_grad_()
+    pad_txt = torch.cat([txt, torch.randn(1, 2)])
+    valid = torch.tensor([True] * 4 + [False])
+    ids5 = torch.tensor([7, 3, 7, 9, 7])
+    full = contrastive_loss(pad_img, pad_txt, torch.tensor(t), valid=valid, text_ids=ids5)
+    assert float(full.detach()) == pytest.approx(float(got), rel=1e-5)
+    full.backward()
+    assert torch.isfinite(pad_img.grad).all() and float(pad_img.grad[4].abs().max()) == 0
+    parts = [contrastive_loss(pad_img.detach(), pad_txt, torch.tensor(t), valid=valid, rows=s, text_ids=ids5)
+             for s in (slice(0, 2), slice(2, 5))]
+    assert float(sum(parts)) == pytest.approx(float(got), rel=1e-5)
+
+
+def test_text_keys_are_equal_exactly_for_equal_texts():
+    from photocritic.training.pretrain import text_keys
+
+    ids, mask = _batch([[1, 5, 7, 2], [1, 5, 7, 2], [1, 5, 2], [1, 5, 7, 9, 2]], pad=0, width=6)
+    k = text_keys(ids, mask).tolist()
+    assert k[0] == k[1] and len({k[0], k[2], k[3]}) == 3
+
+
 def test_caption_loss_is_the_mean_cross_entropy_of_non_padding_tokens():
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 5)
@@ -187,6 +232,74 @@ def test_beam_search_with_every_beam_kept_is_exhaustive_search():
         assert got[k] == best_seq
 
 
+@torch.no_grad()
+def _logp_by_forward(model, px, seq):
+    """log p(seq, end | image) from the training forward pass and the captioning loss."""
+    ids, mask = _batch([[1, *seq, 2]])
+    out = model(px, ids, mask)
+    return -float(caption_loss(out["logits"], out["labels"], reduction="sum"))
+
+
+@torch.no_grad()
+def test_text_logprobs_equal_the_captioning_loss(tiny_coca):
+    px = torch.randn(3, 3, 64, 64)
+    seqs = [[5, 7, 9], [11], [4, 4, 8, 30, 12, 6]]
+    gen = tiny_coca.encode_image(px)["generative"]
+    pairs = torch.tensor([(t, i) for t in range(3) for i in range(3)])
+    got = tiny_coca.text_logprobs(seqs, gen, pairs, chunk=4)  # chunks that split an image's rows
+    want = [_logp_by_forward(tiny_coca, px[i:i + 1], seqs[t]) for t, i in pairs.tolist()]
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-4)
+
+
+def test_nucleus_sampling_draws_from_the_nucleus():
+    """Probabilities .5 .3 .15 .05 with top-p .8: only the first two tokens,
+    in the ratio 5 : 3; with top-p 1 and temperature 2, the tempered softmax."""
+    logp = torch.log(torch.tensor([[0.15, 0.5, 0.05, 0.3]])).repeat(4000, 1)
+    gens = [torch.Generator().manual_seed(k) for k in range(4000)]
+    picks = C._nucleus(logp, gens, 1.0, 0.8)
+    freq = np.bincount(picks.numpy(), minlength=4) / 4000
+    assert freq[0] == 0 and freq[2] == 0
+    assert abs(freq[1] - 0.625) < 0.03
+    picks = C._nucleus(logp, [torch.Generator().manual_seed(k) for k in range(4000)], 2.0, 1.0)
+    want = torch.softmax(logp[0] / 2, -1).numpy()
+    np.testing.assert_allclose(np.bincount(picks.numpy(), minlength=4) / 4000, want, atol=0.03)
+    # a row's draw comes from its own generator only
+    again = C._nucleus(logp[:3], [torch.Generator().manual_seed(k) for k in range(3)], 2.0, 1.0)
+    assert again.tolist() == picks[:3].tolist()
+
+
+@torch.no_grad()
+def test_pmi_decoding_keeps_the_candidate_with_the_highest_pmi(tiny_coca):
+    """The choice equals a brute-force argmax of log p(c | image) - w * log
+    mean_r p(c | r) over the greedy critique and each image's samples, every
+    probability from the training forward pass; an image's critique does not
+    depend on its batch; weight 0 keeps the likeliest candidate."""
+    torch.manual_seed(5)
+    px, ref = torch.randn(3, 3, 64, 64), torch.randn(4, 3, 64, 64)
+    seeds = [11, 12, 13]
+    got = tiny_coca.generate_pmi(px, ref, samples=5, weight=0.7, max_tokens=8, seeds=seeds)
+    gen = tiny_coca.encode_image(px)["generative"]
+    greedy = tiny_coca.generate(px, max_tokens=8)
+    differs = 0
+    for i in range(3):
+        cands = [greedy[i]] + [tiny_coca._decode(gen[i:i + 1], 8, samplers=[torch.Generator().manual_seed(
+            seeds[i] * 1000 + k)], top_p=0.95)[0] for k in range(5)]
+        cands = [c for k, c in enumerate(cands) if c not in cands[:k]]
+        assert len(cands) > 1
+
+        def pmi(c, w):
+            marg = torch.logsumexp(torch.tensor([_logp_by_forward(tiny_coca, ref[r:r + 1], c) for r in range(4)]),
+                                   0) - math.log(4)
+            return _logp_by_forward(tiny_coca, px[i:i + 1], c) - w * float(marg)
+
+        assert got[i] == max(cands, key=lambda c: pmi(c, 0.7))
+        differs += got[i] != greedy[i]
+        alone = tiny_coca.generate_pmi(px[i:i + 1], ref, samples=5, weight=0.0, max_tokens=8, seeds=seeds[i:i + 1])
+        assert alone[0] == max(cands, key=lambda c: pmi(c, 0.0))
+    assert differs > 0
+    assert tiny_coca.generate_pmi(px[1:], ref, samples=5, weight=0.7, max_tokens=8, seeds=seeds[1:]) == got[1:]
+
+
 # -- initialisation from CLIP, the model directory ---------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -310,6 +423,50 @@ def test_eval_captions_scores_generated_critiques(vilap, world, tmp_path):
                  "-o", str(out), "-q"]) == 2  # no references
 
 
+def test_critiques_by_mutual_information(vilap, init_dir, world, tmp_path, capsys):
+    """`critique --pmi K`: the reference images saved at pretraining (or
+    given), bad files reported as usual, an image's critique independent of
+    its batch, clear errors for settings that do not go together."""
+    import photocritic
+    from photocritic.errors import UsageError
+
+    ref = C.load_reference(vilap / "coca")
+    assert ref.shape == (32, 64, 64, 3) and ref.dtype == torch.uint8  # the tiny CLIP's input size
+    assert json.loads((vilap / "metrics.json").read_text())["reference_images"] == 32
+    images = [str(p) for p in sorted((world / "images").glob("*.jpg"))[:5]]
+    broken = tmp_path / "broken"
+    kinds = write_broken_files(broken)
+    m = photocritic.load(vilap, precision="fp32")
+    rows = m.critique(images + [str(broken / "empty.jpg")], max_tokens=12, batch_size=3, pmi={"samples": 4})
+    assert [r.status for r in rows] == ["ok"] * 5 + [kinds["empty.jpg"]] and all(r.critique for r in rows[:5])
+    alone = m.critique(images[4:], max_tokens=12, pmi={"samples": 4})
+    assert alone[0].critique == rows[4].critique
+    # the same settings through the command line, with reference images from a folder
+    out = tmp_path / "c.jsonl"
+    assert main(["critique", *images[:2], "--model", str(vilap), "--max-tokens", "12", "--pmi", "4",
+                 "--pmi-reference", str(world / "images"), "-o", str(out), "-q"]) == 0
+    assert [json.loads(x)["status"] for x in out.read_text().splitlines()] == ["ok", "ok"]
+    capsys.readouterr()
+    for bad, message in ((["--pmi", "4", "--beams", "2"], "no --beams"),
+                         (["--pmi-reference", images[0]], "goes with --pmi"),
+                         (["--pmi", "4", "--retrieve", "2"], "give one of them"),
+                         (["--pmi", "4", "--pmi-top-p", "0"], "0 < top_p <= 1")):
+        assert main(["critique", images[0], "--model", str(vilap), "-q", *bad]) == 2, bad
+        assert message in capsys.readouterr().err
+    # a VILA-P directory without saved reference images needs them given
+    init = photocritic.load(init_dir, precision="fp32")
+    with pytest.raises(UsageError, match="no reference images"):
+        init.critique(images[:1], max_tokens=8, pmi=True)
+    assert init.critique(images[:1], max_tokens=8, pmi={"samples": 2, "reference": images[1:]})[0].status == "ok"
+    with pytest.raises(UsageError, match="no setting 'sample'"):
+        init.critique(images[:1], pmi={"sample": 2})
+    ev = tmp_path / "ev"
+    assert main(["eval", "--task", "captions", "--model", str(vilap), "--dataset", str(world), "--split", "test",
+                 "--comments", str(world / "comments.json"), "-o", str(ev), "--max-tokens", "12", "--pmi", "2",
+                 "-q"]) == 0
+    assert json.loads((ev / "metrics.json").read_text())["decoding"].startswith("mutual information: 2 samples")
+
+
 def test_pretrain_resume_is_bit_for_bit(tiny_clip_dir, world, tmp_path):
     from safetensors.torch import load_file
 
@@ -367,7 +524,8 @@ def test_random_init_trains_a_tokenizer_on_the_comments(world, tmp_path):
 @needs_torchrun
 def test_two_processes_pretrain_the_same_weights(tiny_clip_dir, world, tmp_path):
     """2 processes = 1 process with the same global batch; the world has
-    unreadable images, so a process meets batches with none readable."""
+    unreadable images, so a process meets batches with none readable, and
+    repeated comments, whose text ids are gathered with the embeddings."""
     from safetensors.torch import load_file
 
     imgs = tmp_path / "images"
@@ -383,7 +541,8 @@ def test_two_processes_pretrain_the_same_weights(tiny_clip_dir, world, tmp_path)
         run_processes(["pretrain", "vila-p", "--init",
                        str(tiny_clip_dir), "--captions", str(tmp_path / "c.json"), "--images", str(imgs), "--output",
                        str(out), "--epochs", "2", "--batch-size", "6", "--gen-queries", "4", "--precision", "fp32",
-                       "--workers", "0", "-q", "--lr", "1e-3", "--warmup-steps", "3"], procs, tmp_path)
+                       "--workers", "0", "-q", "--lr", "1e-3", "--warmup-steps", "3", "--same-text-positives"],
+                      procs, tmp_path)
         outs.append(out)
     a, b = (load_file(str(o / "coca" / "model.safetensors")) for o in outs)
     # A key projection's bias adds the same q.b to every key's logit, which the softmax

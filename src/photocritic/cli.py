@@ -269,6 +269,9 @@ def _cmd_critique(args) -> int:
     from .features import EmbeddingCache
 
     _check_paths(args.paths)
+    if args.retrieve is not None and args.pmi is not None:
+        raise UsageError("--retrieve shows the comments of similar images; --pmi chooses among generated "
+                         "critiques: give one of them")
     paths = _listed_images(args.paths, args.recursive)
     if args.retrieve is None:
         return _critique_generated(args, paths)
@@ -321,12 +324,13 @@ def _critique_generated(args, paths) -> int:
 
     if args.output:
         check_output(args.output)
+    pmi = _pmi_of(args)
     critic = _load(args)
     check_captioner(critic)
     try:
         rows = critic.critique(paths, max_tokens=args.max_tokens, beams=args.beams, batch_size=args.batch_size,
                                workers=args.workers, progress=not args.quiet, decode=args.decode,
-                               max_bytes=args.max_file_size)
+                               max_bytes=args.max_file_size, pmi=pmi)
     except KeyboardInterrupt as exc:
         rows = getattr(exc, "partial_rows", None)
         if rows is not None and args.output:
@@ -858,7 +862,7 @@ def _eval_captions(args, critic, ds, info, comments) -> int:
         raise UsageError("--task captions compares generated critiques with reference comments: pass --comments PATH")
     res = evaluate_captions(critic, ds, comments, args.output, max_tokens=args.max_tokens, beams=args.beams,
                             batch_size=args.batch_size, progress=not args.quiet, decode=args.decode,
-                            workers=args.workers, split_info=info)
+                            workers=args.workers, split_info=info, pmi=_pmi_of(args))
     keys = [k for k in ("n", "bleu1", "bleu4", "rouge_l", "cider") if k in res]
     print(json.dumps({k: res[k] for k in keys}))
     print(f"photocritic: critiqued {res['n']} images ({res['images_missing']} missing, {res['images_failed']} "
@@ -988,6 +992,34 @@ def _int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"{value} is below the smallest allowed value, {low}")
         return value
     return parse
+
+
+def _add_pmi_options(p) -> None:
+    g = p.add_argument_group("mutual-information decoding (VILA-P critiques)")
+    g.add_argument("--pmi", type=_int_at_least(1), metavar="K",
+                   help="draw K critiques per image (nucleus sampling) besides the greedy one and keep the one "
+                        "with the highest log p(critique | image) - W * log p(critique), p(critique) averaged over "
+                        "reference images: critiques about this image rather than what the model says of any "
+                        "image. Costs about K x R decoder passes per image (R reference images)")
+    g.add_argument("--pmi-weight", type=float, default=1.0, metavar="W", help="W above (0: the likeliest)")
+    g.add_argument("--pmi-reference", nargs="+", metavar="PATH",
+                   help="reference images (files or folders) for p(critique); default: the ones saved with "
+                        "the model at pretraining")
+    g.add_argument("--pmi-seed", type=int, default=0, help="seeds the samples (with each image's pixels)")
+    g.add_argument("--pmi-top-p", type=float, default=0.95, help="nucleus size of the samples")
+    g.add_argument("--pmi-temperature", type=float, default=1.0, help="temperature of the samples")
+
+
+def _pmi_of(args):
+    from .captioning import MutualInformation
+
+    if args.pmi is None:
+        for opt in ("pmi_reference",):
+            if getattr(args, opt):
+                raise UsageError(f"--{opt.replace('_', '-')} goes with --pmi K")
+        return None
+    return MutualInformation(samples=args.pmi, weight=args.pmi_weight, reference=args.pmi_reference,
+                             seed=args.pmi_seed, temperature=args.pmi_temperature, top_p=args.pmi_top_p)
 
 
 def _device(text: str) -> str:
@@ -1150,6 +1182,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(VILA-P) against the reference comments (BLEU-1..4, ROUGE-L, CIDEr-D)")
     ev.add_argument("--max-tokens", type=_int_at_least(1), default=64, help="--task captions: longest critique")
     ev.add_argument("--beams", type=_int_at_least(1), default=1, help="--task captions: beam width (1: greedy)")
+    _add_pmi_options(ev)
     ev.add_argument("--bootstrap", type=_int_at_least(0), default=1000,
                     help="bootstrap resamples for the 95%% CIs (0: none)")
     _add_run_options(ev)
@@ -1192,6 +1225,7 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--max-tokens", type=_int_at_least(1), default=64,
                     help="longest critique, in tokens (the model's limit is 63)")
     cr.add_argument("--beams", type=_int_at_least(1), default=1, help="beam search width (1: greedy)")
+    _add_pmi_options(cr)
     cr.add_argument("--output", "-o", help="also write them to FILE (.csv, .jsonl or .parquet; "
                                            "retrieved comments: .jsonl)")
     cr.add_argument("--recursive", "-r", action="store_true", help="look into sub-folders")
@@ -1466,6 +1500,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="steps over which both rates rise linearly from 0 (then constant)")
     pt.add_argument("--alpha", type=float, default=1.0, help="weight of the contrastive loss")
     pt.add_argument("--beta", type=float, default=2.0, help="weight of the captioning loss")
+    pt.add_argument("--same-text-positives", action="store_true",
+                    help="in the contrastive loss, pairs whose comments are the same text are positives of "
+                         "one another, not negatives (repeated comments such as 'Nice shot!')")
     pt.add_argument("--gen-queries", type=_int_at_least(1),
                     help="queries of the generative pooler (default 196, as VILA; 16 for random:tiny)")
     pt.add_argument("--max-length", type=_int_at_least(3), default=64, help="text positions, BOS and CLS included")

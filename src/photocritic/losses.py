@@ -49,7 +49,8 @@ def emd(pred: torch.Tensor, target: torch.Tensor, r: int = 2, reduction: str = "
 
 
 def contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
-                     valid: torch.Tensor | None = None, rows: slice | None = None) -> torch.Tensor:
+                     valid: torch.Tensor | None = None, rows: slice | None = None,
+                     text_ids: torch.Tensor | None = None) -> torch.Tensor:
     """VILA-P's contrastive loss (CoCa, Yu et al. 2022, Eq. 1; Ke et al.,
     CVPR 2023, Sec. 3.1): symmetric InfoNCE over a batch of N pairs,
 
@@ -60,7 +61,14 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch
     the sums and the candidates. ``rows`` restricts the outer sums to a
     slice of the pairs (one process's share; the shares of all processes add
     up to L), the denominators still over every valid pair.
+
+    ``text_ids`` (N,): pairs whose texts have the same id are positives of
+    one another (an option of ours, not the paper's): the softmax term of
+    pair i becomes the summed probability of every j with i's text, so a
+    repeated comment is not pushed away from the other images it was said of.
     """
+    if text_ids is not None:
+        return _contrastive_same_text(image, text, logit_scale, valid, rows, text_ids)
     x = torch.nn.functional.normalize(image.float(), dim=-1)
     y = torch.nn.functional.normalize(text.float(), dim=-1)
     logits = logit_scale.float() * x @ y.t()
@@ -80,6 +88,22 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch
         keep &= mine
     total = (i2t[keep].sum() + t2i[keep].sum()) / 2
     return total / valid.sum().clamp(min=1)
+
+
+def _contrastive_same_text(image, text, logit_scale, valid, rows, text_ids) -> torch.Tensor:
+    x = torch.nn.functional.normalize(image.float(), dim=-1)
+    y = torch.nn.functional.normalize(text.float(), dim=-1)
+    n = len(x)
+    valid = torch.ones(n, dtype=torch.bool, device=x.device) if valid is None else valid.bool()
+    pair = valid[:, None] & valid[None, :]
+    eye = torch.eye(n, dtype=torch.bool, device=x.device)
+    # an invalid pair keeps its own (finite) logit, so its unused rows stay finite in the backward pass
+    logits = (logit_scale.float() * x @ y.t()).masked_fill(~pair & ~eye, float("-inf"))
+    pos = ((text_ids[:, None] == text_ids[None, :]) & pair) | eye
+    i2t = torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~pos, float("-inf")), 1)
+    t2i = torch.logsumexp(logits, 0) - torch.logsumexp(logits.masked_fill(~pos, float("-inf")), 0)
+    keep = valid & _own_rows(n, rows, x.device)
+    return (i2t[keep].sum() + t2i[keep].sum()) / 2 / valid.sum().clamp(min=1)
 
 
 def caption_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,

@@ -442,11 +442,14 @@ class Critic:
 
     def critique(self, inputs, max_tokens: int = 64, beams: int = 1, batch_size: int = 16,
                  workers: int | None = None, progress: bool = False, decode: str = "auto",
-                 max_bytes: int | None = None):
+                 max_bytes: int | None = None, pmi=None):
         """Generated critiques (a model that can generate: VILA-P): one
         :class:`~photocritic.captioning.CritiqueRow` per input (path, critique,
-        status, error), greedy with ``beams`` = 1, else beam search; a bad file
-        gets its status and message, never an exception."""
+        status, error), greedy with ``beams`` = 1, else beam search; with
+        ``pmi`` (True, or a dict of
+        :class:`~photocritic.captioning.MutualInformation` settings) the
+        sampled critique the image makes likeliest relative to other images.
+        A bad file gets its status and message, never an exception."""
         from .captioning import critique_inputs
         from .data.images import DEFAULT_MAX_BYTES
 
@@ -454,7 +457,7 @@ class Critic:
             inputs = [inputs]
         return critique_inputs(self, inputs, max_tokens=max_tokens, beams=beams, batch_size=batch_size,
                                workers=workers, decode=decode, progress=progress,
-                               max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes)
+                               max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes, pmi=pmi)
 
     def explain(self, inputs, batch_size: int = 16, workers: int | None = None, progress: bool = False,
                 decode: str = "auto", max_bytes: int | None = None, describe: bool = True,

@@ -294,22 +294,30 @@ class CoCa(nn.Module):
         sequence (for timing a fixed number of tokens). ``prefix``: token ids
         every text starts with (forced, their log-probabilities counted),
         part of the ``max_tokens`` and of the result."""
+        return self._decode(self.encode_image(pixels)["generative"], max_tokens, beams, use_cache, stop_at_end,
+                            prefix)
+
+    def _decode(self, gen: torch.Tensor, max_tokens: int = 64, beams: int = 1, use_cache: bool = True,
+                stop_at_end: bool = True, prefix: list[int] | None = None, samplers: list | None = None,
+                temperature: float = 1.0, top_p: float = 1.0) -> list[list[int]]:
+        """Decoding from the generative pooler's output ``gen`` (N, Q, W):
+        greedy, beam search, or with ``samplers`` (one ``torch.Generator``
+        per row of ``gen``) nucleus sampling at ``temperature``/``top_p``."""
         c = self.config
         prefix = list(prefix or [])
         steps = max(0, min(max_tokens, c.max_length - 1))
-        gen = self.encode_image(pixels)["generative"]
-        n = len(pixels)
+        n = len(gen)
         if beams > 1:
             gen = gen.repeat_interleave(beams, 0)
         kv = self.image_kv(gen)
         width = n * max(beams, 1)
-        seq = torch.full((width, 1), c.bos_id, dtype=torch.long, device=pixels.device)
+        seq = torch.full((width, 1), c.bos_id, dtype=torch.long, device=gen.device)
         uni = [dict() for _ in self.unimodal]
         multi = [dict() for _ in self.multimodal]
-        score = torch.zeros(n, max(beams, 1), device=pixels.device)
+        score = torch.zeros(n, max(beams, 1), device=gen.device)
         if beams > 1:
             score[:, 1:] = -math.inf  # all beams start as the same sequence: keep one
-        done = torch.zeros(width, dtype=torch.bool, device=pixels.device)
+        done = torch.zeros(width, dtype=torch.bool, device=gen.device)
         for t in range(steps):
             if use_cache:
                 logits = self._step(seq[:, -1:], t, uni, multi, kv)
@@ -325,7 +333,7 @@ class CoCa(nn.Module):
             logp[done] = -math.inf
             logp[done, c.pad_id] = 0.0
             if beams <= 1:
-                nxt = logp.argmax(-1)
+                nxt = logp.argmax(-1) if samplers is None else _nucleus(logp, samplers, temperature, top_p)
                 nxt = torch.where(done, torch.full_like(nxt, c.pad_id), nxt)
                 seq = torch.cat([seq, nxt[:, None]], 1)
                 done |= nxt == c.eos_id
@@ -350,6 +358,78 @@ class CoCa(nn.Module):
             seq = seq[best]
         return [self._strip(s) for s in seq.tolist()]
 
+    @torch.no_grad()
+    def text_logprobs(self, seqs: list[list[int]], gen: torch.Tensor, pairs: torch.Tensor,
+                      chunk: int = 2048) -> torch.Tensor:
+        """log p(text, end token | image) for each (text, image) row of
+        ``pairs`` (P, 2): the index of a token sequence in ``seqs`` (without
+        BOS and end token, as :meth:`generate` returns them) and of an image
+        in ``gen`` (its generative pooler output). The sum of the
+        log-probabilities of every token after BOS, end token included,
+        exactly as the captioning loss counts them. Each text's unimodal
+        pass runs once, however many images it is paired with."""
+        c = self.config
+        ids, mask = pack_sequences(seqs, c)
+        ids, mask = ids.to(gen.device), mask.to(gen.device)
+        states = self.text_states(ids, mask)[0][:, :-1]
+        labels = ids[:, 1:].masked_fill(~mask[:, 1:].bool(), -100)
+        out = torch.empty(len(pairs), device=gen.device)
+        for lo in range(0, len(pairs), chunk):
+            t, i = pairs[lo:lo + chunk, 0], pairs[lo:lo + chunk, 1]
+            logits = self.decode(states[t], self.image_kv(gen[i]))
+            lab = labels[t]
+            logp = torch.log_softmax(logits.float(), -1).gather(-1, lab.clamp(min=0)[..., None])[..., 0]
+            out[lo:lo + chunk] = logp.masked_fill(lab == -100, 0.0).sum(1)
+        return out
+
+    @torch.no_grad()
+    def generate_pmi(self, pixels: torch.Tensor, reference: torch.Tensor, samples: int = 8, weight: float = 1.0,
+                     max_tokens: int = 64, temperature: float = 1.0, top_p: float = 0.95,
+                     seeds: list[int] | None = None) -> list[list[int]]:
+        """Critiques chosen by pointwise mutual information with the image.
+        Each image's candidates are its greedy critique and ``samples``
+        nucleus samples (``seeds``: one per image, so an image's candidates do
+        not depend on the rest of its batch). The one kept maximises
+
+            log p(c | image) - weight * log p(c),  p(c) = 1/R sum_r p(c | reference r)
+
+        with p(c) the model's average over R ``reference`` images (pixels,
+        preprocessed): a critique the image makes likelier than other images
+        do wins over one the model says of any image. ``weight`` 0 keeps the
+        likeliest candidate."""
+        gen = self.encode_image(pixels)["generative"]
+        ref = self.encode_image(reference)["generative"]
+        n = len(gen)
+        cands = [[s] for s in self._decode(gen, max_tokens)]
+        if samples > 0:
+            seeds = list(range(n)) if seeds is None else list(seeds)
+            samplers = [torch.Generator().manual_seed(int(seeds[i]) * 1000 + k) for i in range(n)
+                        for k in range(samples)]
+            drawn = self._decode(gen.repeat_interleave(samples, 0), max_tokens, samplers=samplers,
+                                 temperature=temperature, top_p=top_p)
+            for i in range(n):
+                for s in drawn[i * samples:(i + 1) * samples]:
+                    if s not in cands[i]:
+                        cands[i].append(s)
+        unique = {}
+        for group in cands:
+            for s in group:
+                unique.setdefault(tuple(s), len(unique))
+        seqs = [list(s) for s in unique]
+        both = torch.cat([gen, ref])
+        own = [(unique[tuple(s)], i) for i, group in enumerate(cands) for s in group]
+        marg = [(u, n + r) for u in range(len(seqs)) for r in range(len(ref))]
+        lp = self.text_logprobs(seqs, both, torch.tensor(own + marg, dtype=torch.long, device=gen.device))
+        cond = lp[:len(own)]
+        marginal = (torch.logsumexp(lp[len(own):].view(len(seqs), len(ref)), 1) - math.log(len(ref)))
+        out, at = [], 0
+        for group in cands:
+            k = len(group)
+            pmi = cond[at:at + k] - weight * marginal[[unique[tuple(s)] for s in group]]
+            out.append(group[int(pmi.argmax())])
+            at += k
+        return out
+
     def _length(self, s: torch.Tensor) -> torch.Tensor:
         ends = (s == self.config.eos_id).nonzero()
         return ends[0, 0] + 1 if len(ends) else torch.tensor(len(s), device=s.device)
@@ -363,20 +443,38 @@ class CoCa(nn.Module):
         return out
 
 
+def _nucleus(logp: torch.Tensor, samplers: list, temperature: float, top_p: float) -> torch.Tensor:
+    """One token per row, drawn from the smallest set of likeliest tokens
+    whose probability reaches ``top_p`` (nucleus sampling; Holtzman et al.
+    2020), at ``temperature``, with row k's uniform draw from ``samplers[k]``."""
+    probs = torch.softmax(logp / max(temperature, 1e-6), -1)
+    p, order = probs.sort(-1, descending=True)
+    before = p.cumsum(-1) - p
+    p = p.masked_fill(before >= top_p, 0.0)  # the likeliest token is always kept
+    u = torch.stack([torch.rand((), generator=g) for g in samplers]).to(p.device) * p.sum(-1)
+    pick = (p.cumsum(-1) < u[:, None]).sum(-1).clamp(max=p.shape[-1] - 1)
+    return order.gather(1, pick[:, None])[:, 0]
+
+
+def pack_sequences(seqs: list[list[int]], config: CoCaConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[BOS, tokens, END]`` per token list (cut to ``max_length``), padded:
+    (ids (N, L), mask (N, L)), as :func:`tokenize` makes them from texts."""
+    rows = [[config.bos_id] + list(s)[:config.max_length - 2] + [config.eos_id] for s in seqs]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), config.pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for k, r in enumerate(rows):
+        ids[k, :len(r)] = torch.tensor(r)
+        mask[k, :len(r)] = 1
+    return ids, mask
+
+
 # -- tokenizer ------------------------------------------------------------------------
 
 def tokenize(tokenizer, texts: list[str], config: CoCaConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """``[BOS, tokens (at most max_length - 2), END]`` per text, padded:
     (ids (N, L), mask (N, L))."""
-    body = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    seqs = [[config.bos_id] + b[:config.max_length - 2] + [config.eos_id] for b in body]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), config.pad_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for k, s in enumerate(seqs):
-        ids[k, :len(s)] = torch.tensor(s)
-        mask[k, :len(s)] = 1
-    return ids, mask
+    return pack_sequences(tokenizer(list(texts), add_special_tokens=False)["input_ids"], config)
 
 
 def train_tokenizer(texts, vocab_size: int = 4096, min_frequency: int = 2):
@@ -534,6 +632,26 @@ def save_coca(model: CoCa, tokenizer, directory: str | Path, state: dict | None 
     return directory
 
 
+REFERENCE_FILE = "reference.safetensors"
+
+
+def save_reference(directory: str | Path, pixels: torch.Tensor) -> Path:
+    """Store uint8 (R, H, W, 3) preprocessed images with a CoCa: the
+    reference set over which mutual-information decoding averages p(c)."""
+    from safetensors.torch import save_file
+
+    path = Path(directory) / REFERENCE_FILE
+    save_file({"pixels": pixels.to(torch.uint8).contiguous()}, str(path))
+    return path
+
+
+def load_reference(directory: str | Path) -> torch.Tensor | None:
+    from safetensors.torch import load_file
+
+    path = Path(directory) / REFERENCE_FILE
+    return load_file(str(path))["pixels"] if path.is_file() else None
+
+
 def is_coca_dir(path: str | Path) -> bool:
     f = Path(path) / COCA_FILE
     try:
@@ -601,13 +719,28 @@ class CoCaEncoder(WrappedModel):
 
     @torch.inference_mode()
     def generate(self, pixels: torch.Tensor, max_tokens: int = 64, beams: int = 1,
-                 use_cache: bool = True, prefix: str | None = None) -> list[str]:
+                 use_cache: bool = True, prefix: str | None = None, pmi: dict | None = None) -> list[str]:
         """Critiques of a batch; with ``prefix``, each starts with that text
-        (e.g. "the lighting", to ask about one attribute)."""
-        ids = self.tokenizer([prefix], add_special_tokens=False)["input_ids"][0] if prefix else None
-        seqs = self.model.generate(pixels.to(self.device), max_tokens=max_tokens, beams=beams,
-                                   use_cache=use_cache, prefix=ids)
+        (e.g. "the lighting", to ask about one attribute). ``pmi``: choose
+        by mutual information instead (:meth:`CoCa.generate_pmi`; keys
+        ``reference`` (normalised pixels), ``samples``, ``weight``,
+        ``seeds``, ``temperature``, ``top_p``)."""
+        if pmi is not None:
+            if prefix or beams > 1:
+                raise ValueError("mutual-information decoding takes neither a prefix nor beams")
+            opts = dict(pmi)
+            ref = opts.pop("reference").to(self.device, pixels.dtype)
+            seqs = self.model.generate_pmi(pixels.to(self.device), ref, max_tokens=max_tokens, **opts)
+        else:
+            ids = self.tokenizer([prefix], add_special_tokens=False)["input_ids"][0] if prefix else None
+            seqs = self.model.generate(pixels.to(self.device), max_tokens=max_tokens, beams=beams,
+                                       use_cache=use_cache, prefix=ids)
         return [" ".join(self.tokenizer.decode(s, skip_special_tokens=True).split()) for s in seqs]
+
+    def reference_pixels(self) -> torch.Tensor | None:
+        """The uint8 (R, H, W, 3) reference images saved with the model
+        (:func:`save_reference`), or None."""
+        return load_reference(self.name)
 
     def tower(self) -> nn.Module:
         from .hf import HFVisionTower

@@ -62,6 +62,7 @@ class PretrainConfig:
     warmup_steps: int = 100            # linear warm-up of both rates from 0, then constant
     alpha: float = 1.0
     beta: float = 2.0
+    same_text_positives: bool = False  # equal comment texts are positives of one another
     gen_queries: int | None = None     # default: 196 (VILA); 16 for random:tiny
     max_length: int = 64
     vocab_size: int = 4096             # the tokenizer trained for a random init
@@ -170,17 +171,20 @@ def pair_losses(out: dict, world: int, device) -> tuple[torch.Tensor, torch.Tens
     ``out['valid']`` marks real pairs (a process with no readable image
     joins with a blank one)."""
     img, txt, valid = out["image"], out["text"], out["valid"]
+    keys = out.get("text_ids")
     tok_sum = caption_loss(out["logits"][valid], out["labels"][valid], reduction="sum")
     n_tok = int((out["labels"][valid] != -100).sum())
     if world == 1:
-        con = contrastive_loss(img[valid], txt[valid], out["logit_scale"])
+        con = contrastive_loss(img[valid], txt[valid], out["logit_scale"],
+                               text_ids=None if keys is None else keys[valid])
         cap = tok_sum / max(n_tok, 1)
         return con, cap, float(tok_sum.detach()), n_tok
     import torch.distributed as dist
 
     width, g_valid, rows = shard_layout(valid, world, device)
+    g_keys = None if keys is None else torch.cat(_gather_plain(_pad_rows(keys, width), world))
     con = contrastive_loss(gather_rows(img, width), gather_rows(txt, width), out["logit_scale"], valid=g_valid,
-                           rows=rows)
+                           rows=rows, text_ids=g_keys)
     total_tok = torch.tensor([float(n_tok)], device=device)
     dist.all_reduce(total_tok)
     cap = tok_sum / total_tok.clamp(min=1)[0]
@@ -278,10 +282,18 @@ def build_initial(cfg: PretrainConfig, corpus: list[str]):
     return C.from_clip(name, gen_queries=cfg.gen_queries or 196, max_length=cfg.max_length)
 
 
-def _forward(model, pixels, ids, mask, pre, device, valid):
+def _forward(model, pixels, ids, mask, pre, device, valid, same_text: bool = False):
     out = model(pre.normalize(pixels).to(device), ids.to(device), mask.to(device))
     out["valid"] = valid.to(device)
+    if same_text:
+        out["text_ids"] = text_keys(ids, mask).to(device)
     return out
+
+
+def text_keys(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One int64 per row, equal for rows with the same tokens (a hash of the
+    token tuple: Python hashes tuples of ints the same in every process)."""
+    return torch.tensor([hash(tuple(r[:int(m.sum())])) for r, m in zip(ids.tolist(), mask)], dtype=torch.long)
 
 
 def blank_batch(pre, config):
@@ -294,7 +306,8 @@ def blank_batch(pre, config):
 
 
 @torch.no_grad()
-def validation_losses(model, data, pre, device, batch_size: int, alpha: float, beta: float) -> dict:
+def validation_losses(model, data, pre, device, batch_size: int, alpha: float, beta: float,
+                      same_text: bool = False) -> dict:
     """Contrastive loss (over batches of ``batch_size``) and captioning loss
     per token on the held-out pairs; every process computes the same."""
     model.eval()
@@ -305,8 +318,9 @@ def validation_losses(model, data, pre, device, batch_size: int, alpha: float, b
         if batch is None or len(batch[3]) < 2:
             continue
         pixels, ids, mask, idx = batch
-        out = _forward(model, pixels, ids, mask, pre, device, torch.ones(len(idx), dtype=torch.bool))
-        con_sum += float(contrastive_loss(out["image"], out["text"], out["logit_scale"])) * len(idx)
+        out = _forward(model, pixels, ids, mask, pre, device, torch.ones(len(idx), dtype=torch.bool), same_text)
+        con_sum += float(contrastive_loss(out["image"], out["text"], out["logit_scale"],
+                                          text_ids=out.get("text_ids"))) * len(idx)
         n_con += len(idx)
         tok_sum += float(caption_loss(out["logits"], out["labels"], reduction="sum"))
         n_tok += int((out["labels"] != -100).sum())
@@ -415,7 +429,7 @@ def pretrain(cfg: PretrainConfig, log=None):
                 sync = k == len(step) - 1
                 ctx = acc.no_sync(net) if not sync and world > 1 else _null()
                 with ctx, acc.autocast():
-                    out = _forward(net, pixels, ids_, mask, pre, acc.device, valid)
+                    out = _forward(net, pixels, ids_, mask, pre, acc.device, valid, cfg.same_text_positives)
                     con, cap, tok_sum, n_tok = pair_losses(out, world, acc.device)
                     loss = coca_loss(con, cap, cfg.alpha, cfg.beta) * world / len(step)
                 acc.backward(loss)
@@ -434,7 +448,8 @@ def pretrain(cfg: PretrainConfig, log=None):
                "train_captioning": totals[1] / max(totals[2], 1)}
         row["train_loss"] = cfg.alpha * row["train_contrastive"] + cfg.beta * row["train_captioning"]
         if len(vdata) >= 2:
-            row.update(validation_losses(core, vdata, pre, acc.device, cfg.batch_size, cfg.alpha, cfg.beta))
+            row.update(validation_losses(core, vdata, pre, acc.device, cfg.batch_size, cfg.alpha, cfg.beta,
+                                         cfg.same_text_positives))
         row.update(train_seconds=round(t_train, 3), logit_scale=float(core.logit_scale.exp()))
         say(f"epoch {epoch}: train loss {row['train_loss']:.4f}"
             + (f", val contrastive {row['val_contrastive']:.4f}, val captioning {row['val_captioning']:.4f}"
@@ -446,7 +461,8 @@ def pretrain(cfg: PretrainConfig, log=None):
         return None
     best_weights(core, ck)
     write_vilap_dir(output, core, tok, cfg)
-    metrics = {"method": "vila-p", "init": cfg.init, "epochs": rows, "best_epoch": best_epoch,
+    n_ref = save_reference_images(output / COCA_DIR, data, cfg.seed)
+    metrics = {"method": "vila-p", "reference_images": n_ref, "init": cfg.init, "epochs": rows, "best_epoch": best_epoch,
                "processes": world, "precision": precision, "images": {"train": len(tr), "val": len(va)},
                "unreadable_images": unreadable, "data": counts, "steps": steps, "seconds": round(seconds, 3),
                "params": {k: v for k, v in vars(cfg).items() if k not in ("quiet",)}}
@@ -492,6 +508,29 @@ def _reduce(acc, values: list[float]) -> list[float]:
     if acc.num_processes > 1:
         t = acc.reduce(t, reduction="sum")
     return t.tolist()
+
+
+#: training images saved with a VILA-P model: the reference set of mutual-information decoding
+REFERENCE_IMAGES = 32
+
+
+def save_reference_images(coca_dir: Path, data: "ImageComments", seed: int, n: int = REFERENCE_IMAGES) -> int:
+    """Save up to ``n`` readable training images (a seeded draw, as the model
+    preprocesses them) with the CoCa: the images over which
+    ``photocritic critique --pmi`` averages p(critique). Returns how many."""
+    from ..encoders.coca import save_reference
+
+    order = np.random.default_rng([seed, 7]).permutation(len(data))
+    pixels = []
+    for i in order:
+        item = data[int(i)]
+        if item is not None:
+            pixels.append(item[0])
+        if len(pixels) == n:
+            break
+    if pixels:
+        save_reference(coca_dir, torch.stack(pixels))
+    return len(pixels)
 
 
 def write_vilap_dir(output: Path, model, tokenizer, cfg: PretrainConfig) -> Path:
