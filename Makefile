@@ -56,7 +56,9 @@ bench: $(STAMP) sources
 	  --param shared_self_attention=true --param lr=1e-4 --param dropout=0.3 --param width=128 \
 	  --param weight_decay=0.05
 	$(PY) benchmarks/lite_pairs.py
-	$(PY) benchmarks/vilap.py
+	$(PY) benchmarks/vilap.py --work build/vilap-bench
+	$(PY) benchmarks/vilap.py --part quality --work build/vilap-bench --variant same-text-positives \
+	  --same-text-positives
 	$(PY) benchmarks/multiattr.py --part frozen
 	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500
 	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500 --without content

@@ -18,7 +18,9 @@ VILA's six prompt pairs; VILA-R trained on the training ratings on top of
 each CoCa; zero-shot mAP of ten edit "attributes" (dark, blurry, noisy ...);
 critiques (greedy) against the nearest-neighbour baseline (the first comment
 of the closest training image, by the same model's image embedding); and the
-rate at which critiques name the edit applied.
+rate at which critiques name the edit applied. The same for critiques by
+mutual-information decoding (``critique --pmi``), its weight chosen on the
+validation images by CIDEr-D.
 
 ``--part speed``: pretraining steps/s with the real data loader (JPEG files)
 against in-memory tensors, and critique tokens/s with and without the
@@ -102,6 +104,19 @@ def run(cmd: list[str]) -> None:
     if res.returncode != 0:
         raise SystemExit(f"failed: photocritic {' '.join(cmd)}\n{res.stderr[-3000:]}")
     print(f"  photocritic {cmd[0]} {cmd[1] if len(cmd) > 1 else ''}: {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def pretrain_stage(cmd: list[str], out: Path, label: str) -> float:
+    """Run a pretraining command unless ``out`` holds a finished run of the
+    same command (``--work`` of an earlier run; the runs are deterministic);
+    returns its training seconds."""
+    done = out / "train_args.json"
+    if (out / "metrics.json").exists() and done.exists() and json.loads(done.read_text()) == cmd:
+        print(f"  {label}: reused from --work", flush=True)
+    else:
+        run([*cmd, "--overwrite"])
+        done.write_text(json.dumps(cmd))
+    return json.loads((out / "metrics.json").read_text())["seconds"]
 
 
 def looks(r: dict) -> list[str]:
@@ -245,7 +260,7 @@ def quality(args, tmp: Path) -> dict:
     import csv
 
     import photocritic
-    from photocritic.captioning import caption_scores, caption_tokens
+    from photocritic.captioning import caption_scores
     from photocritic.data.synthetic import find_sources, synthesize
     from photocritic.methods import styles as ST
     from photocritic.metrics import mean_average_precision, plcc, srcc
@@ -254,7 +269,8 @@ def quality(args, tmp: Path) -> dict:
     world_dir = tmp / "world"
     if (world_dir / "world.json").exists():  # --work DIR of an earlier run: reused
         info = json.loads((world_dir / "world.json").read_text())
-        world = {"images": info["n"], "sources": len(info["sources"]), "splits": info["images_per_split"]}
+        world = {"images": info["n"], "sources": len(info["sources"]), "splits": info["images_per_split"],
+                 "version": info["version"]}
         assert info["n"] == args.n and info["seed"] == args.seed, "--work holds a world of another size or seed"
     else:
         world = synthesize(world_dir, args.n, seed=args.seed, sources=find_sources(), min_sources=30)
@@ -268,25 +284,16 @@ def quality(args, tmp: Path) -> dict:
     images = str(world_dir / "images")
     common = ["--images", images, "--batch-size", str(args.batch_size), "--precision", "fp32", "-q",
               "--seed", str(args.seed)]
-    timing = {}
-    t = time.perf_counter()
     general = ["pretrain", "vila-p", "--init", f"random:{args.size}", "--captions", str(tmp / "generic.json"),
                "--tokenizer-corpus", str(tmp / "comments_train.json"), "--output", str(tmp / "general"),
                "--epochs", str(args.general_epochs), "--lr", "1e-3", "--lr-image", "1e-3", *common]
-    if (tmp / "general" / "metrics.json").exists() and json.loads(
-            (tmp / "general" / "train_args.json").read_text()) == general:
-        print("  general stage: reused from --work", flush=True)
-    else:
-        run([*general, "--overwrite"])
-        (tmp / "general" / "train_args.json").write_text(json.dumps(general))
-    timing["general_seconds"] = json.loads((tmp / "general" / "metrics.json").read_text())["seconds"]
-    t = time.perf_counter()
-    run(["pretrain", "vila-p", "--init", str(tmp / "general"), "--captions", str(tmp / "comments_train.json"),
-         "--output", str(tmp / "vilap"), "--epochs", str(args.epochs), "--lr", str(args.lr),
-         "--lr-image", str(args.lr_image), "--alpha", str(args.alpha), "--beta", str(args.beta),
-         "--lr-temperature", str(args.lr_temperature), "--overwrite",
-         *common])
-    timing["vilap_seconds"] = round(time.perf_counter() - t, 1)
+    vilap = ["pretrain", "vila-p", "--init", str(tmp / "general"), "--captions", str(tmp / "comments_train.json"),
+             "--output", str(tmp / "vilap"), "--epochs", str(args.epochs), "--lr", str(args.lr),
+             "--lr-image", str(args.lr_image), "--alpha", str(args.alpha), "--beta", str(args.beta),
+             "--lr-temperature", str(args.lr_temperature),
+             *(["--same-text-positives"] if args.same_text_positives else []), *common]
+    timing = {"general_seconds": pretrain_stage(general, tmp / "general", "general stage"),
+              "vilap_seconds": pretrain_stage(vilap, tmp / "vilap", "VILA-P stage")}
     for stage in ("general", "vilap"):
         run(["train", "vila-r", "--backbone", str(tmp / stage), "--dataset", str(world_dir), "--split", "train",
              "--val-split", "val", "--output", str(tmp / f"vilar-{stage}"), "--no-cache", "-q", "--overwrite"])
@@ -299,7 +306,8 @@ def quality(args, tmp: Path) -> dict:
     out = {"world": world_summary(world), "data": data, "timing": timing,
            "settings": {k: getattr(args, k) for k in ("n", "seed", "size", "general_epochs", "epochs", "lr",
                                                     "lr_image", "alpha", "beta", "lr_temperature",
-                                                    "batch_size")},
+                                                    "batch_size", "same_text_positives", "pmi_samples",
+                                                    "pmi_weights")},
            "test_images": len(test), "stages": {}}
     scores, models = {}, {}
     for stage in ("general", "vilap"):
@@ -353,23 +361,74 @@ def quality(args, tmp: Path) -> dict:
                         "examples": [{"image": k, "critique": cands[k], "references": refs[k]}
                                      for k in list(cands)[:8]]}
     # does a critique name the edit applied?
-    naming = {}
-    for name, (test_fn, _, words, _) in ATTRIBUTES.items():
-        has = np.array([bool(test_fn(r)) for r in test])
-        said = np.array([any(w in caption_tokens(cands[Path(r["path"]).name]) for w in words) for r in test])
-        if has.sum() and (~has).sum():
-            naming[name] = {"images_with_edit": int(has.sum()), "named_when_applied": float(said[has].mean()),
-                            "named_otherwise": float(said[~has].mean())}
-    out["edit_naming"] = naming
+    out["edit_naming"], out["edit_naming_mean"] = edit_naming(cands, test)
     out["comment_information"] = oracle_contrastive(test)
     out["edit_phrase_auc"] = phrase_auc(vp, tpaths, test)
-    applied = [v["named_when_applied"] for v in naming.values()]
-    other = [v["named_otherwise"] for v in naming.values()]
-    out["edit_naming_mean"] = {"named_when_applied": float(np.mean(applied)), "named_otherwise": float(np.mean(other))}
+    # mutual-information decoding: its weight chosen on the validation images by CIDEr-D
+    val = [r for r in rows if r["split"] == "val"]
+    vpaths = [str(world_dir / r["path"]) for r in val]
+    vrefs = {Path(r["path"]).name: comments[Path(r["path"]).name] for r in val}
+    reference = None
+    if vp.encoder.reference_pixels() is None:  # a model pretrained before references were saved
+        pick = np.random.default_rng([args.seed, 7]).permutation(len(train))[:32]
+        reference = [tr_paths[int(i)] for i in pick]
+    pmi = {"samples": args.pmi_samples, "reference": reference, "validation": {}}
+    for w in args.pmi_weights:
+        got = vp.critique(vpaths, max_tokens=64, batch_size=64,
+                          pmi={"samples": args.pmi_samples, "weight": w, "reference": reference})
+        vc = {Path(r["path"]).name: c.critique for r, c in zip(val, got)}
+        pmi["validation"][str(w)] = {"cider": caption_scores(vrefs, vc)["cider"],
+                                     "edit_naming_mean": edit_naming(vc, val)[1]}
+    weight = max(args.pmi_weights, key=lambda w: pmi["validation"][str(w)]["cider"])
+    t = time.perf_counter()
+    got = vp.critique(tpaths, max_tokens=64, batch_size=64,
+                      pmi={"samples": args.pmi_samples, "weight": weight, "reference": reference})
+    pmi_seconds = time.perf_counter() - t
+    pc = {Path(r["path"]).name: c.critique for r, c in zip(test, got)}
+    naming, mean = edit_naming(pc, test)
+    pmi.update(weight=weight, reference=f"{len(reference)} training images" if reference else "saved with the model",
+               test=caption_scores(refs, pc), generation_seconds=round(pmi_seconds, 2),
+               distinct_critiques=len(set(pc.values())), edit_naming=naming, edit_naming_mean=mean,
+               examples=[{"image": k, "critique": pc[k], "references": refs[k]} for k in list(pc)[:8]])
+    out["critiques_mutual_information"] = pmi
     print(json.dumps({k: out[k] for k in ("zero_shot_gain", "zero_shot_world_vocabulary_gain", "vila_r_gain",
                                           "edit_naming_mean")}), flush=True)
     print(json.dumps({k: v for k, v in out["critiques"].items() if k != "examples"}), flush=True)
+    print(json.dumps({k: v for k, v in pmi.items() if k not in ("examples", "edit_naming")}), flush=True)
     return out
+
+
+def edit_naming(cands: dict[str, str], rows: list[dict], n_boot: int = 1000) -> tuple[dict, dict]:
+    """Per edit, how often a critique uses one of its keywords for the images
+    with that edit and for the others; and the means over the edits, with
+    their difference and its 95% CI (images resampled with replacement)."""
+    from photocritic.captioning import caption_tokens
+
+    naming, has, said = {}, [], []
+    for name, (test_fn, _, words, _) in ATTRIBUTES.items():
+        h = np.array([bool(test_fn(r)) for r in rows])
+        s = np.array([any(w in caption_tokens(cands[Path(r["path"]).name]) for w in words) for r in rows])
+        if h.sum() and (~h).sum():
+            naming[name] = {"images_with_edit": int(h.sum()), "named_when_applied": float(s[h].mean()),
+                            "named_otherwise": float(s[~h].mean())}
+            has.append(h)
+            said.append(s)
+    has, said = np.array(has), np.array(said)  # (edits, images)
+
+    def gap(idx):
+        h, s = has[:, idx], said[:, idx]
+        rates = [(s[k][h[k]].mean() - s[k][~h[k]].mean()) for k in range(len(h)) if h[k].any() and (~h[k]).any()]
+        return float(np.mean(rates))
+
+    rng = np.random.default_rng(0)
+    boots = [gap(rng.integers(0, has.shape[1], has.shape[1])) for _ in range(n_boot)]
+    mean = {"named_when_applied": float(np.mean([v["named_when_applied"] for v in naming.values()])),
+            "named_otherwise": float(np.mean([v["named_otherwise"] for v in naming.values()])),
+            "difference": gap(np.arange(has.shape[1])),
+            "difference_ci95": [float(x) for x in np.percentile(boots, [2.5, 97.5])],
+            "edits_named_more_when_applied": int(sum(v["named_when_applied"] > v["named_otherwise"]
+                                                     for v in naming.values()))}
+    return naming, mean
 
 
 def speed(args, tmp: Path) -> dict:
@@ -461,6 +520,11 @@ def main() -> int:
     ap.add_argument("--alpha", type=float, default=1.0, help="VILA-P's contrastive weight")
     ap.add_argument("--lr-temperature", type=float, default=0.01, help="VILA-P's temperature rate")
     ap.add_argument("--beta", type=float, default=2.0, help="VILA-P's captioning weight")
+    ap.add_argument("--same-text-positives", action="store_true",
+                    help="VILA-P's contrastive loss treats equal comment texts as positives")
+    ap.add_argument("--pmi-samples", type=int, default=8, help="samples per image of mutual-information decoding")
+    ap.add_argument("--pmi-weights", type=float, nargs="+", default=[0.5, 1.0, 1.5],
+                    help="weights of log p(c) tried on the validation images (the best CIDEr-D is kept)")
     ap.add_argument("--variant", help="store the quality figures under quality_variants[NAME] (a run with "
                                       "other VILA-P settings), keeping the main ones")
     ap.add_argument("--batch-size", type=int, default=64)
