@@ -627,3 +627,25 @@ def test_serve_critiques_as_the_api_does(init_dir, world):
     assert [x["critique"] for x in rows[:3]] == [x.critique for x in ref]
     assert all(x["status"] == "ok" and x["critique"] for x in rows[:3])
     assert rows[3]["path"] == "bad.jpg" and rows[3]["status"] == "not_image"
+    with TestClient(create_app(critic)) as c:  # no reference images saved with this model
+        r = c.post("/critique?pmi=2", files=[("files", ("0.png", pngs[0], "image/png"))])
+        assert r.status_code == 400 and "no reference images" in r.json()["error"]
+
+
+def test_serve_critiques_by_mutual_information(vilap, world):
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    import photocritic
+    from photocritic.serving import create_app
+
+    critic = photocritic.load(str(vilap), precision="fp32")
+    buf = io.BytesIO()
+    Image.open(sorted((world / "images").glob("*.jpg"))[0]).convert("RGB").save(buf, "PNG")
+    ref = critic.critique([Image.open(io.BytesIO(buf.getvalue()))], max_tokens=12, pmi={"samples": 3})
+    with TestClient(create_app(critic)) as c:
+        r = c.post("/critique?max_tokens=12&pmi=3", files=[("files", ("a.png", buf.getvalue(), "image/png"))])
+        assert r.status_code == 200 and r.json()["rows"][0]["critique"] == ref[0].critique
+        assert c.post("/critique?pmi=99", files=[("files", ("a.png", buf.getvalue(), "image/png"))]).status_code == 400

@@ -377,14 +377,22 @@ def create_app(critic, limits: Limits | None = None, batch_size: int = 32, max_w
                              "descriptions": getattr(got, "source", None), "rows": [r.as_dict() for r in rows]})
 
     @app.post("/critique", summary="Generated critiques (VILA-P models)")
-    async def critique(files: list[UploadFile] = File(...), max_tokens: int = 32):
+    async def critique(files: list[UploadFile] = File(...), max_tokens: int = 32, pmi: int = 0):
+        """``pmi`` K > 0: mutual-information decoding with K samples per
+        image (at most 32) over the reference images saved with the model."""
         from .captioning import CritiqueRow
 
         if not caps["critique"]:
             return error(400, caps["why_not"]["critique"])
+        if pmi < 0 or pmi > 32:
+            return error(400, f"pmi: samples per image, 0 (greedy) to 32, not {pmi}")
+        if pmi and critic.encoder.reference_pixels() is None:
+            return error(400, f"model {critic.name} has no reference images for mutual-information decoding "
+                              f"(`photocritic pretrain vila-p` saves them)")
+        settings = {"samples": pmi} if pmi else None
         try:
             names, got, where, refused = await whole_model_job(
-                files, lambda ims: critic.critique(ims, max_tokens=min(max(1, max_tokens), 64)))
+                files, lambda ims: critic.critique(ims, max_tokens=min(max(1, max_tokens), 64), pmi=settings))
         except _Refused as exc:
             return error(exc.status, exc.message)
         rows = merged(names, got, where, refused, lambda n, kind, msg: CritiqueRow(path=n, status=kind, error=msg))
