@@ -63,6 +63,7 @@ bench: $(STAMP) sources
 	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500
 	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500 --without content
 	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500 --without content --affinity 100
+	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500 --without content --lr-tower 1e-3
 	$(PY) benchmarks/serve.py
 	$(PY) benchmarks/ray.py
 	$(PY) benchmarks/ray.py --memory

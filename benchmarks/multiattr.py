@@ -187,7 +187,8 @@ def main() -> int:
     if unknown:
         ap.error(f"--without: not attributes of the world: {', '.join(unknown)}")
     part = (args.part + (f", without {'+'.join(without)} descriptions" if without else "")
-            + (f", affinity {args.affinity:g}" if args.affinity != 1.0 else ""))
+            + (f", affinity {args.affinity:g}" if args.affinity != 1.0 else "")
+            + (f", tower lr {args.lr_tower:g}" if args.part == "trainable" and args.lr_tower != 1e-4 else ""))
     seen.write_text(json.dumps({k: {a: d for a, d in v.items() if a not in without}
                                 for k, v in described.items() if Path(k).stem in train_ids}))
 
@@ -208,7 +209,8 @@ def main() -> int:
         if opts is None:
             backbone = TOWER
         else:
-            tag = args.part + ("-without-" + "-".join(without) if without else "") + f"-aff{args.affinity:g}"
+            tag = (args.part + ("-without-" + "-".join(without) if without else "") + f"-aff{args.affinity:g}"
+                   + f"-lr{args.lr_tower:g}")
             backbone = str(work / f"pre-{tag}-{name.replace(' ', '').replace(',', '-')}")
             if (Path(backbone) / "config.json").exists():
                 shutil.rmtree(backbone)

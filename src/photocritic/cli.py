@@ -1000,7 +1000,8 @@ def _add_pmi_options(p) -> None:
                    help="draw K critiques per image (nucleus sampling) besides the greedy one and keep the one "
                         "with the highest log p(critique | image) - W * log p(critique), p(critique) averaged over "
                         "reference images: critiques about this image rather than what the model says of any "
-                        "image. Costs about K x R decoder passes per image (R reference images)")
+                        "image. Costs about (K + 1) x (R + 1) decoder passes per image (R reference images, "
+                        "32 by default)")
     g.add_argument("--pmi-weight", type=float, default=1.0, metavar="W", help="W above (0: the likeliest)")
     g.add_argument("--pmi-reference", nargs="+", metavar="PATH",
                    help="reference images (files or folders) for p(critique); default: the ones saved with "
