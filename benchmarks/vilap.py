@@ -372,7 +372,7 @@ def quality(args, tmp: Path) -> dict:
     if vp.encoder.reference_pixels() is None:  # a model pretrained before references were saved
         pick = np.random.default_rng([args.seed, 7]).permutation(len(train))[:32]
         reference = [tr_paths[int(i)] for i in pick]
-    pmi = {"samples": args.pmi_samples, "reference": reference, "validation": {}}
+    pmi = {"samples": args.pmi_samples, "validation": {}}
     for w in args.pmi_weights:
         got = vp.critique(vpaths, max_tokens=64, batch_size=64,
                           pmi={"samples": args.pmi_samples, "weight": w, "reference": reference})

@@ -276,8 +276,9 @@ def test_pmi_decoding_keeps_the_candidate_with_the_highest_pmi(tiny_coca):
     depend on its batch; weight 0 keeps the likeliest candidate."""
     torch.manual_seed(5)
     px, ref = torch.randn(3, 3, 64, 64), torch.randn(4, 3, 64, 64)
+    ref_gen = tiny_coca.encode_image(ref)["generative"]
     seeds = [11, 12, 13]
-    got = tiny_coca.generate_pmi(px, ref, samples=5, weight=0.7, max_tokens=8, seeds=seeds)
+    got = tiny_coca.generate_pmi(px, ref_gen, samples=5, weight=0.7, max_tokens=8, seeds=seeds)
     gen = tiny_coca.encode_image(px)["generative"]
     greedy = tiny_coca.generate(px, max_tokens=8)
     differs = 0
@@ -294,10 +295,10 @@ def test_pmi_decoding_keeps_the_candidate_with_the_highest_pmi(tiny_coca):
 
         assert got[i] == max(cands, key=lambda c: pmi(c, 0.7))
         differs += got[i] != greedy[i]
-        alone = tiny_coca.generate_pmi(px[i:i + 1], ref, samples=5, weight=0.0, max_tokens=8, seeds=seeds[i:i + 1])
+        alone = tiny_coca.generate_pmi(px[i:i + 1], ref_gen, samples=5, weight=0.0, max_tokens=8, seeds=seeds[i:i + 1])
         assert alone[0] == max(cands, key=lambda c: pmi(c, 0.0))
     assert differs > 0
-    assert tiny_coca.generate_pmi(px[1:], ref, samples=5, weight=0.7, max_tokens=8, seeds=seeds[1:]) == got[1:]
+    assert tiny_coca.generate_pmi(px[1:], ref_gen, samples=5, weight=0.7, max_tokens=8, seeds=seeds[1:]) == got[1:]
 
 
 # -- initialisation from CLIP, the model directory ---------------------------------------------

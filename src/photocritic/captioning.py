@@ -132,7 +132,8 @@ def critique_inputs(critic, inputs, max_tokens: int = 64, beams: int = 1, batch_
     dtype = PRECISIONS[critic.precision]
     opts = None
     if pmi is not None:
-        opts = {"reference": pre.normalize(reference_images(critic, pmi.reference)).to(dtype),
+        ref = pre.normalize(reference_images(critic, pmi.reference)).to(dtype)
+        opts = {"reference": enc.reference_context(ref),
                 "samples": pmi.samples, "weight": pmi.weight, "temperature": pmi.temperature, "top_p": pmi.top_p}
 
     def generate(idx: list[int], pixels: torch.Tensor):

@@ -1015,9 +1015,8 @@ def _pmi_of(args):
     from .captioning import MutualInformation
 
     if args.pmi is None:
-        for opt in ("pmi_reference",):
-            if getattr(args, opt):
-                raise UsageError(f"--{opt.replace('_', '-')} goes with --pmi K")
+        if args.pmi_reference:
+            raise UsageError("--pmi-reference goes with --pmi K")
         return None
     return MutualInformation(samples=args.pmi, weight=args.pmi_weight, reference=args.pmi_reference,
                              seed=args.pmi_seed, temperature=args.pmi_temperature, top_p=args.pmi_top_p)

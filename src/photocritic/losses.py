@@ -67,8 +67,10 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch
     pair i becomes the summed probability of every j with i's text, so a
     repeated comment is not pushed away from the other images it was said of.
     """
-    if text_ids is not None:
-        return _contrastive_same_text(image, text, logit_scale, valid, rows, text_ids)
+    if text_ids is not None:  # one attribute space whose positives are the equal texts
+        n = len(image)
+        mask = torch.ones(n, 1, dtype=torch.bool, device=image.device) if valid is None else valid.bool()[:, None]
+        return attribute_contrastive_loss(image[:, None], text[:, None], mask, logit_scale, text_ids[:, None], rows)
     x = torch.nn.functional.normalize(image.float(), dim=-1)
     y = torch.nn.functional.normalize(text.float(), dim=-1)
     logits = logit_scale.float() * x @ y.t()
@@ -88,22 +90,6 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch
         keep &= mine
     total = (i2t[keep].sum() + t2i[keep].sum()) / 2
     return total / valid.sum().clamp(min=1)
-
-
-def _contrastive_same_text(image, text, logit_scale, valid, rows, text_ids) -> torch.Tensor:
-    x = torch.nn.functional.normalize(image.float(), dim=-1)
-    y = torch.nn.functional.normalize(text.float(), dim=-1)
-    n = len(x)
-    valid = torch.ones(n, dtype=torch.bool, device=x.device) if valid is None else valid.bool()
-    pair = valid[:, None] & valid[None, :]
-    eye = torch.eye(n, dtype=torch.bool, device=x.device)
-    # an invalid pair keeps its own (finite) logit, so its unused rows stay finite in the backward pass
-    logits = (logit_scale.float() * x @ y.t()).masked_fill(~pair & ~eye, float("-inf"))
-    pos = ((text_ids[:, None] == text_ids[None, :]) & pair) | eye
-    i2t = torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~pos, float("-inf")), 1)
-    t2i = torch.logsumexp(logits, 0) - torch.logsumexp(logits.masked_fill(~pos, float("-inf")), 0)
-    keep = valid & _own_rows(n, rows, x.device)
-    return (i2t[keep].sum() + t2i[keep].sum()) / 2 / valid.sum().clamp(min=1)
 
 
 def caption_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,

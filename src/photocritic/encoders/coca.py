@@ -393,12 +393,12 @@ class CoCa(nn.Module):
 
             log p(c | image) - weight * log p(c),  p(c) = 1/R sum_r p(c | reference r)
 
-        with p(c) the model's average over R ``reference`` images (pixels,
-        preprocessed): a critique the image makes likelier than other images
-        do wins over one the model says of any image. ``weight`` 0 keeps the
-        likeliest candidate."""
+        with p(c) the model's average over R reference images, given as
+        ``reference``, their generative pooler output (R, Q, W), computed
+        once for every batch: a critique the image makes likelier than
+        other images do wins over one the model says of any image.
+        ``weight`` 0 keeps the likeliest candidate."""
         gen = self.encode_image(pixels)["generative"]
-        ref = self.encode_image(reference)["generative"]
         n = len(gen)
         cands = [[s] for s in self._decode(gen, max_tokens)]
         if samples > 0:
@@ -416,12 +416,12 @@ class CoCa(nn.Module):
             for s in group:
                 unique.setdefault(tuple(s), len(unique))
         seqs = [list(s) for s in unique]
-        both = torch.cat([gen, ref])
+        both = torch.cat([gen, reference.to(gen.dtype)])
         own = [(unique[tuple(s)], i) for i, group in enumerate(cands) for s in group]
-        marg = [(u, n + r) for u in range(len(seqs)) for r in range(len(ref))]
+        marg = [(u, n + r) for u in range(len(seqs)) for r in range(len(reference))]
         lp = self.text_logprobs(seqs, both, torch.tensor(own + marg, dtype=torch.long, device=gen.device))
         cond = lp[:len(own)]
-        marginal = (torch.logsumexp(lp[len(own):].view(len(seqs), len(ref)), 1) - math.log(len(ref)))
+        marginal = torch.logsumexp(lp[len(own):].view(len(seqs), len(reference)), 1) - math.log(len(reference))
         out, at = [], 0
         for group in cands:
             k = len(group)
@@ -723,14 +723,12 @@ class CoCaEncoder(WrappedModel):
         """Critiques of a batch; with ``prefix``, each starts with that text
         (e.g. "the lighting", to ask about one attribute). ``pmi``: choose
         by mutual information instead (:meth:`CoCa.generate_pmi`; keys
-        ``reference`` (normalised pixels), ``samples``, ``weight``,
-        ``seeds``, ``temperature``, ``top_p``)."""
+        ``reference`` (from :meth:`reference_context`), ``samples``,
+        ``weight``, ``seeds``, ``temperature``, ``top_p``)."""
         if pmi is not None:
             if prefix or beams > 1:
                 raise ValueError("mutual-information decoding takes neither a prefix nor beams")
-            opts = dict(pmi)
-            ref = opts.pop("reference").to(self.device, pixels.dtype)
-            seqs = self.model.generate_pmi(pixels.to(self.device), ref, max_tokens=max_tokens, **opts)
+            seqs = self.model.generate_pmi(pixels.to(self.device), max_tokens=max_tokens, **pmi)
         else:
             ids = self.tokenizer([prefix], add_special_tokens=False)["input_ids"][0] if prefix else None
             seqs = self.model.generate(pixels.to(self.device), max_tokens=max_tokens, beams=beams,
@@ -739,8 +737,16 @@ class CoCaEncoder(WrappedModel):
 
     def reference_pixels(self) -> torch.Tensor | None:
         """The uint8 (R, H, W, 3) reference images saved with the model
-        (:func:`save_reference`), or None."""
-        return load_reference(self.name)
+        (:func:`save_reference`), or None; read from disk once."""
+        if not hasattr(self, "_reference"):
+            self._reference = load_reference(self.name)
+        return self._reference
+
+    @torch.inference_mode()
+    def reference_context(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised reference images -> what :meth:`CoCa.generate_pmi`
+        takes as ``reference`` (their generative pooler output)."""
+        return self.model.encode_image(pixels.to(self.device))["generative"]
 
     def tower(self) -> nn.Module:
         from .hf import HFVisionTower
