@@ -1,3 +1,4 @@
+import contextlib
 import io
 import os
 import shutil
@@ -17,6 +18,54 @@ SHARED = Path(os.environ.get("PHOTOCRITIC_SHARED", REPO.parent / "shared"))
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 needs_torchrun = pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
                                     reason="torchrun is not installed beside this python")
+
+
+CHROMIUM = os.environ.get("PHOTOCRITIC_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (Debian: apt-get install "
+                                                              "chromium; or set PHOTOCRITIC_CHROMIUM to a Chromium binary)")
+
+
+@contextlib.contextmanager
+def served(critic):
+    """A real uvicorn server on loopback in a thread serving ``critic``; yields its URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from photocritic.serving import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(critic), host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        t.join(10)
+
+
+@contextlib.contextmanager
+def browser_page():
+    """A page of headless Chromium (through Playwright), closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            yield browser.new_page(viewport={"width": 1200, "height": 900})
+        finally:
+            browser.close()
 
 
 def run_processes(args: list[str], procs: int, cwd, **env) -> None:

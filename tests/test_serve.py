@@ -2,8 +2,6 @@
 
 import io
 import os
-import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -15,10 +13,9 @@ from PIL import Image
 import photocritic
 from photocritic.serving import Limits, create_app
 
-from conftest import REPO, jpeg_bytes, photo, write_broken_files
+from conftest import REPO, browser_page, jpeg_bytes, needs_chromium, photo, served, write_broken_files
 
 EXAMPLES = sorted((REPO / "examples").glob("*.jpg"))
-CHROMIUM = os.environ.get("PHOTOCRITIC_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _client(critic, **kw):
@@ -193,63 +190,28 @@ def test_explain_endpoint_matches_the_api(tiny_clip_dir):
 # -- the web page in Debian's chromium -----------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def live_server(trained):
-    """A real uvicorn server on loopback in a thread, serving a NIMA model (scores and distributions)."""
-    import uvicorn
-
-    critic = photocritic.load(str(trained["nima"]), precision="fp32")
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(critic), host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield critic, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    t.join(10)
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (Debian: apt-get install chromium; "
-                                              "or set PHOTOCRITIC_CHROMIUM to a Chromium binary)")
-def test_web_page_ranks_dropped_photos_in_chromium(live_server, tmp_path):
+@needs_chromium
+def test_web_page_ranks_dropped_photos_in_chromium(trained, tmp_path):
     """Upload photos through the page's file input; the gallery shows them in
     the order of the CLI's scores, with the scores and distributions; a bad
     file is listed as not scored. The screenshot is saved for a person to see."""
-    from playwright.sync_api import sync_playwright
-
-    critic, url = live_server
+    critic = photocritic.load(str(trained["nima"]), precision="fp32")  # scores and distributions
     photos = [*EXAMPLES, tmp_path / "broken.jpg"]
     photos[-1].write_bytes(b"not a photo")
     ref = critic.score([str(p) for p in photos])
     want = [Path(r.path).name for r in sorted((r for r in ref if r.status == "ok"), key=lambda r: -r.score)]
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(url + "/")
-            page.wait_for_function("document.getElementById('model').textContent.includes('nima')")
-            page.set_input_files("#files", [str(p) for p in photos])
-            page.wait_for_selector("#failed li", timeout=30000)
-            page.wait_for_function(f"document.querySelectorAll('#gallery .card').length === {len(want)}")
-            shown = page.eval_on_selector_all("#gallery .card", "cs => cs.map(c => [c.dataset.name, "
-                                              "parseFloat(c.dataset.score), c.querySelectorAll('.dist span').length])")
-            failed = page.inner_text("#failed")
-            shot = Path(os.environ.get("PHOTOCRITIC_SCREENSHOTS", REPO / "results")) / "serve-page.png"
-            shot.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    with served(critic) as url, browser_page() as page:
+        page.goto(url + "/")
+        page.wait_for_function("document.getElementById('model').textContent.includes('nima')")
+        page.set_input_files("#files", [str(p) for p in photos])
+        page.wait_for_selector("#failed li", timeout=30000)
+        page.wait_for_function(f"document.querySelectorAll('#gallery .card').length === {len(want)}")
+        shown = page.eval_on_selector_all("#gallery .card", "cs => cs.map(c => [c.dataset.name, "
+                                          "parseFloat(c.dataset.score), c.querySelectorAll('.dist span').length])")
+        failed = page.inner_text("#failed")
+        shot = Path(os.environ.get("PHOTOCRITIC_SCREENSHOTS", REPO / "results")) / "serve-page.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shot), full_page=True)
     assert [s[0] for s in shown] == want
     by_name = {Path(r.path).name: r.score for r in ref}
     np.testing.assert_allclose([s[1] for s in shown], [by_name[n] for n in want], atol=1e-3)

@@ -17,7 +17,8 @@ from photocritic.encoders import coca as C
 from photocritic.encoders.base import fit_tower_keys
 from photocritic.losses import caption_loss, contrastive_loss
 
-from conftest import needs_torchrun, run_processes, write_broken_files, write_style_lists
+from conftest import (browser_page, needs_chromium, needs_torchrun, run_processes, served, write_broken_files,
+                      write_style_lists)
 
 
 # -- losses, by hand ---------------------------------------------------------------------------
@@ -506,8 +507,10 @@ def test_random_init_trains_a_tokenizer_on_the_comments(world, tmp_path):
 
     out = tmp_path / "rnd"
     assert _pretrain(["--init", "random:tiny", "--captions", str(world / "comments.json"), "--images",
-                      str(world / "images"), "--output", str(out), "--epochs", "1", "--vocab-size", "300"]) == 0
+                      str(world / "images"), "--output", str(out), "--epochs", "1", "--vocab-size", "300",
+                      "--image-size", "80"]) == 0
     enc = C.CoCaEncoder(out / "coca")
+    assert enc.model.config.vision["image_size"] == 80 and enc.preprocess.output_size == (80, 80)
     tok = enc.tokenizer
     assert 250 <= len(tok) <= 300
     ids = tok(["Too DARK, honestly!"], add_special_tokens=False)["input_ids"][0]
@@ -517,9 +520,10 @@ def test_random_init_trains_a_tokenizer_on_the_comments(world, tmp_path):
     assert rows[0].status == "ok"
     # a bad --init is a usage error before anything is written
     bad = tmp_path / "bad"
-    assert _pretrain(["--init", "random:huge", "--captions", str(world / "comments.json"), "--images",
-                      str(world / "images"), "--output", str(bad)]) == 2
-    assert not bad.exists()
+    for init in (["random:huge"], ["random:tiny", "--image-size", "72"], [str(out), "--image-size", "80"]):
+        assert _pretrain(["--init", *init, "--captions", str(world / "comments.json"), "--images",
+                          str(world / "images"), "--output", str(bad)]) == 2
+        assert not bad.exists()
 
 
 @needs_torchrun
@@ -650,3 +654,40 @@ def test_serve_critiques_by_mutual_information(vilap, world):
         r = c.post("/critique?max_tokens=12&pmi=3", files=[("files", ("a.png", buf.getvalue(), "image/png"))])
         assert r.status_code == 200 and r.json()["rows"][0]["critique"] == ref[0].critique
         assert c.post("/critique?pmi=99", files=[("files", ("a.png", buf.getvalue(), "image/png"))]).status_code == 400
+
+
+@needs_chromium
+def test_web_page_shows_greedy_and_mutual_information_critiques(vilap, world, tmp_path):
+    """The page offers mutual-information critiques for a model with reference
+    images: a photo uploaded with the box unticked gets the API's greedy
+    critique, one uploaded with it ticked the API's `pmi={"samples": 8}` one
+    (the server's default of 32 tokens)."""
+    from PIL import Image
+
+    import photocritic
+
+    critic = photocritic.load(str(vilap), precision="fp32")
+    photos = []
+    for k, p in enumerate(sorted((world / "images").glob("*.jpg"))[:2]):  # lossless uploads
+        photos.append(tmp_path / f"{k}.png")
+        Image.open(p).convert("RGB").save(photos[-1])
+    greedy = critic.critique([str(photos[0])], max_tokens=32)[0].critique
+    varied = critic.critique([str(photos[1])], max_tokens=32, pmi={"samples": 8})[0].critique
+    with served(critic) as url, browser_page() as page:
+        asked = []
+        page.on("request", lambda r: asked.append(r.url[len(url):]) if "/critique" in r.url else None)
+        page.goto(url + "/")
+        page.wait_for_function("document.getElementById('model').textContent.includes('critiques')")
+        assert page.is_visible("#pmi") and not page.is_checked("#pmi")
+        page.set_input_files("#files", [str(photos[0])])
+        page.wait_for_function("document.querySelectorAll('#gallery .card .critique').length === 1")
+        page.check("#pmi")
+        page.set_input_files("#files", [str(photos[1])])
+        page.wait_for_function("document.querySelectorAll('#gallery .card .critique').length === 2")
+        shown = dict(page.eval_on_selector_all("#gallery .card", "cs => cs.map(c => [c.dataset.name, "
+                                               "c.querySelector('.critique').textContent])"))
+    assert asked == ["/critique", "/critique?pmi=8"]
+    # this tiny model's critiques are arbitrary bytes; an HTML parser drops NUL characters
+    assert shown == {"0.png": f"“{greedy}”".replace("\x00", ""), "1.png": f"“{varied}”".replace("\x00", "")}
+    # the two decodings differ on the second photo, so a page sending the wrong request fails here
+    assert critic.critique([str(photos[1])], max_tokens=32)[0].critique != varied

@@ -1481,8 +1481,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(`photocritic critique`).")
     pt.add_argument("--init", required=True,
                     help="the general image-text checkpoint to start from: a CLIP/SigLIP directory, hub id "
-                         "or backbone preset (clip-vit-b-16 ...), a VILA-P/CoCa directory, or random:tiny / random:vit-b-16 (random "
-                         "weights, a tokenizer trained on the comments)")
+                         "or backbone preset (clip-vit-b-16 ...), a VILA-P/CoCa directory, or random:tiny / random:small / "
+                         "random:vit-b-16 (random weights, a tokenizer trained on the comments)")
     pt.add_argument("--captions", required=True, help="image comments: AVA-Captions/Karpathy-style or DPC "
                                                       ".json, .jsonl, or a folder of <id>.txt")
     pt.add_argument("--images", required=True, help="folder holding <id>.jpg (or .png ...) of the commented images")
@@ -1505,6 +1505,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "one another, not negatives (repeated comments such as 'Nice shot!')")
     pt.add_argument("--gen-queries", type=_int_at_least(1),
                     help="queries of the generative pooler (default 196, as VILA; 16 for random:tiny)")
+    pt.add_argument("--image-size", type=_int_at_least(16),
+                    help="a random init's input side in pixels, a multiple of 16 (default: 64 for random:tiny, "
+                         "128 for random:small, 224 for random:vit-b-16)")
     pt.add_argument("--max-length", type=_int_at_least(3), default=64, help="text positions, BOS and CLS included")
     pt.add_argument("--vocab-size", type=_int_at_least(16), default=4096,
                     help="size of the tokenizer trained for a random init")

@@ -166,6 +166,8 @@ def capabilities(critic) -> dict:
             caps[name], caps["why_not"][name] = False, str(exc)
         except Exception:  # noqa: BLE001 - a model kind the check does not know (an ONNX file)
             caps[name], caps["why_not"][name] = False, f"model {critic.name} cannot {name}"
+    # mutual-information decoding needs the reference images `pretrain vila-p` saves with the model
+    caps["critique_pmi"] = caps["critique"] and critic.encoder.reference_pixels() is not None
     return caps
 
 
@@ -386,7 +388,7 @@ def create_app(critic, limits: Limits | None = None, batch_size: int = 32, max_w
             return error(400, caps["why_not"]["critique"])
         if pmi < 0 or pmi > 32:
             return error(400, f"pmi: samples per image, 0 (greedy) to 32, not {pmi}")
-        if pmi and critic.encoder.reference_pixels() is None:
+        if pmi and not caps["critique_pmi"]:
             return error(400, f"model {critic.name} has no reference images for mutual-information decoding "
                               f"(`photocritic pretrain vila-p` saves them)")
         settings = {"samples": pmi} if pmi else None
@@ -405,7 +407,8 @@ def create_app(critic, limits: Limits | None = None, batch_size: int = 32, max_w
         return {"models": [{"name": critic.name, "description": getattr(critic, "description", ""),
                             "method": getattr(head, "name", None) or ("onnx" if head is None else "zeroshot"),
                             "distribution": "distribution" in extra, "attributes": attributes,
-                            "explain": caps["explain"], "critique": caps["critique"]}],
+                            "explain": caps["explain"], "critique": caps["critique"],
+                            "critique_pmi": caps["critique_pmi"]}],
                 "limits": {**asdict(limits), "max_request_bytes": limits.max_request_bytes},
                 "batching": {"batch_size": batcher.batch_size, "max_wait_ms": batcher.max_wait * 1000}}
 

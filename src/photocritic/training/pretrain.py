@@ -64,6 +64,7 @@ class PretrainConfig:
     beta: float = 2.0
     same_text_positives: bool = False  # equal comment texts are positives of one another
     gen_queries: int | None = None     # default: 196 (VILA); 16 for random:tiny
+    image_size: int | None = None      # a random init's input side (default: its size's; a multiple of 16)
     max_length: int = 64
     vocab_size: int = 4096             # the tokenizer trained for a random init
     tokenizer_corpus: str | None = None  # more texts (a comments file) for that tokenizer
@@ -257,7 +258,11 @@ def build_initial(cfg: PretrainConfig, corpus: list[str]):
     from ..encoders import coca as C
     from ..zoo import _coca_of
 
+    if cfg.image_size is not None and not cfg.init.startswith("random:"):
+        raise UsageError(f"--image-size sets the input of a random init; --init {cfg.init} brings its own")
     if cfg.init.startswith("random:"):
+        if cfg.image_size is not None and (cfg.image_size < 16 or cfg.image_size % 16):
+            raise UsageError(f"--image-size {cfg.image_size}: give a multiple of the patch side, 16")
         if cfg.tokenizer_corpus:
             from ..data.comments import load_comments_option
 
@@ -265,7 +270,8 @@ def build_initial(cfg: PretrainConfig, corpus: list[str]):
         tok = C.train_tokenizer(corpus, vocab_size=cfg.vocab_size)
         ids = tuple(tok.convert_tokens_to_ids(t) for t in ("<bos>", "<eos>", "<pad>"))
         config = C.random_config(cfg.init.split(":", 1)[1], len(tok), ids,
-                                 gen_queries=cfg.gen_queries or 16, max_length=cfg.max_length)
+                                 gen_queries=cfg.gen_queries or 16, max_length=cfg.max_length,
+                                 image_size=cfg.image_size)
         torch.manual_seed(cfg.seed)
         return C.CoCa(config), tok
     from ..zoo import BACKBONES
