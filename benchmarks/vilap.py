@@ -15,7 +15,8 @@ Stages, as in the paper, on a world split by source photo (70/10/20):
 
 Then, on the test photos (sources neither stage saw): zero-shot SRCC with
 VILA's six prompt pairs; VILA-R trained on the training ratings on top of
-each CoCa; zero-shot mAP of ten edit "attributes" (dark, blurry, noisy ...);
+each CoCa (with seeds 0..4, as one VILA-R's test SRCC moves by several
+hundredths with its seed; their mean is compared); zero-shot mAP of ten edit "attributes" (dark, blurry, noisy ...);
 critiques (greedy) against the nearest-neighbour baseline (the first comment
 of the closest training image, by the same model's image embedding); and the
 rate at which critiques name the edit applied. The same for critiques by
@@ -243,17 +244,28 @@ def embed(model, paths):
     return emb
 
 
-def paired_gain(a: np.ndarray, b: np.ndarray, true: np.ndarray, n_boot: int = 1000) -> dict:
-    """SRCC(a) - SRCC(b) with a paired bootstrap 95% CI."""
+def paired_gain(a, b, true: np.ndarray, n_boot: int = 1000) -> dict:
+    """SRCC(a) - SRCC(b) with a paired bootstrap 95% CI (images resampled).
+    ``a`` and ``b`` may each be a list of score arrays (models trained with
+    different seeds): then the gain is that of their mean SRCCs, every
+    model scored on the same resample."""
     from photocritic.metrics import srcc
 
+    a = a if isinstance(a, list) else [a]
+    b = b if isinstance(b, list) else [b]
+
+    def gain(i):
+        return float(np.mean([srcc(x[i], true[i]) for x in a]) - np.mean([srcc(x[i], true[i]) for x in b]))
+
     rng = np.random.default_rng(0)
-    vals = []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(true), len(true))
-        vals.append(srcc(a[i], true[i]) - srcc(b[i], true[i]))
+    vals = [gain(rng.integers(0, len(true), len(true))) for _ in range(n_boot)]
     lo, hi = np.percentile(vals, [2.5, 97.5])
-    return {"gain": srcc(a, true) - srcc(b, true), "ci95": [float(lo), float(hi)]}
+    return {"gain": gain(np.arange(len(true))), "ci95": [float(lo), float(hi)]}
+
+
+def vilar_dir(tmp: Path, stage: str, seed: int) -> Path:
+    """Where the VILA-R of ``stage`` trained with ``seed`` goes (seed 0: the original single run's folder)."""
+    return tmp / (f"vilar-{stage}" if seed == 0 else f"vilar-{stage}-seed{seed}")
 
 
 def quality(args, tmp: Path) -> dict:
@@ -286,7 +298,8 @@ def quality(args, tmp: Path) -> dict:
               "--seed", str(args.seed)]
     general = ["pretrain", "vila-p", "--init", f"random:{args.size}", "--captions", str(tmp / "generic.json"),
                "--tokenizer-corpus", str(tmp / "comments_train.json"), "--output", str(tmp / "general"),
-               "--epochs", str(args.general_epochs), "--lr", "1e-3", "--lr-image", "1e-3", *common]
+               "--epochs", str(args.general_epochs), "--lr", "1e-3", "--lr-image", "1e-3",
+               *(["--image-size", str(args.image_size)] if args.image_size else []), *common]
     vilap = ["pretrain", "vila-p", "--init", str(tmp / "general"), "--captions", str(tmp / "comments_train.json"),
              "--output", str(tmp / "vilap"), "--epochs", str(args.epochs), "--lr", str(args.lr),
              "--lr-image", str(args.lr_image), "--alpha", str(args.alpha), "--beta", str(args.beta),
@@ -295,8 +308,10 @@ def quality(args, tmp: Path) -> dict:
     timing = {"general_seconds": pretrain_stage(general, tmp / "general", "general stage"),
               "vilap_seconds": pretrain_stage(vilap, tmp / "vilap", "VILA-P stage")}
     for stage in ("general", "vilap"):
-        run(["train", "vila-r", "--backbone", str(tmp / stage), "--dataset", str(world_dir), "--split", "train",
-             "--val-split", "val", "--output", str(tmp / f"vilar-{stage}"), "--no-cache", "-q", "--overwrite"])
+        for seed in range(args.vila_r_seeds):
+            run(["train", "vila-r", "--backbone", str(tmp / stage), "--dataset", str(world_dir), "--split", "train",
+                 "--val-split", "val", "--output", str(vilar_dir(tmp, stage, seed)), "--seed", str(seed),
+                 "--no-cache", "-q", "--overwrite"])
     test = [r for r in rows if r["split"] == "test"]
     train = [r for r in rows if r["split"] == "train"]
     tpaths = [str(world_dir / r["path"]) for r in test]
@@ -304,10 +319,10 @@ def quality(args, tmp: Path) -> dict:
     mean = np.array([sum(k * int(r[f"score{k}"]) for k in range(1, 11)) / sum(int(r[f"score{k}"]) for k in range(1, 11))
                      for r in test])
     out = {"world": world_summary(world), "data": data, "timing": timing,
-           "settings": {k: getattr(args, k) for k in ("n", "seed", "size", "general_epochs", "epochs", "lr",
-                                                    "lr_image", "alpha", "beta", "lr_temperature",
+           "settings": {k: getattr(args, k) for k in ("n", "seed", "size", "image_size", "general_epochs", "epochs",
+                                                    "lr", "lr_image", "alpha", "beta", "lr_temperature",
                                                     "batch_size", "same_text_positives", "pmi_samples",
-                                                    "pmi_weights")},
+                                                    "pmi_weights", "vila_r_seeds")},
            "test_images": len(test), "stages": {}}
     scores, models = {}, {}
     for stage in ("general", "vilap"):
@@ -319,9 +334,10 @@ def quality(args, tmp: Path) -> dict:
         zw = np.array([float(r) for r in photocritic.load(str(tmp / stage), precision="fp32",
                                                           prompts=PromptSet.from_dict(WORLD_PROMPTS))
                        .score(tpaths, batch_size=64)])
-        vr = np.array([float(r) for r in photocritic.load(str(tmp / f"vilar-{stage}"), precision="fp32")
-                       .score(tpaths, batch_size=64)])
-        scores[stage] = (zs, vr, zw)
+        vrs = [np.array([float(r) for r in photocritic.load(str(vilar_dir(tmp, stage, seed)), precision="fp32")
+                         .score(tpaths, batch_size=64)]) for seed in range(args.vila_r_seeds)]
+        vr = vrs[0]
+        scores[stage] = (zs, vr, zw, vrs)
         # attributes: zero-shot mAP, a prompt pair averaged per attribute
         labels = np.array([[float(spec[0](r)) for spec in ATTRIBUTES.values()] for r in test])
         emb = embed(m, tpaths)
@@ -333,12 +349,17 @@ def quality(args, tmp: Path) -> dict:
             "zero_shot": {"srcc": srcc(zs, mean), "plcc": plcc(zs, mean), "srcc_true_mean": srcc(zs, true)},
             "zero_shot_world_vocabulary": {"srcc": srcc(zw, mean), "plcc": plcc(zw, mean)},
             "vila_r": {"srcc": srcc(vr, mean), "plcc": plcc(vr, mean)},
+            "vila_r_seeds": {"srcc": [srcc(v, mean) for v in vrs],
+                             "mean_srcc": float(np.mean([srcc(v, mean) for v in vrs])),
+                             "best_epochs": [json.loads((vilar_dir(tmp, stage, seed) / "metrics.json").read_text())
+                                             ["history"]["best_epoch"] for seed in range(args.vila_r_seeds)]},
             "attribute_map": mp, "attribute_ap": dict(zip(ATTRIBUTES, map(float, aps))),
             "attribute_base_rates": dict(zip(ATTRIBUTES, map(float, labels.mean(0))))}
         print(f"{stage}: {json.dumps({k: v for k, v in out['stages'][stage].items() if k != 'attribute_ap'})}",
               flush=True)
     out["zero_shot_gain"] = paired_gain(scores["vilap"][0], scores["general"][0], mean)
     out["vila_r_gain"] = paired_gain(scores["vilap"][1], scores["general"][1], mean)
+    out["vila_r_seed_mean_gain"] = paired_gain(scores["vilap"][3], scores["general"][3], mean)
     out["zero_shot_world_vocabulary_gain"] = paired_gain(scores["vilap"][2], scores["general"][2], mean)
     # critiques against the nearest-neighbour retrieval baseline
     vp = models["vilap"]
@@ -392,6 +413,7 @@ def quality(args, tmp: Path) -> dict:
                examples=[{"image": k, "critique": pc[k], "references": refs[k]} for k in list(pc)[:8]])
     out["critiques_mutual_information"] = pmi
     print(json.dumps({k: out[k] for k in ("zero_shot_gain", "zero_shot_world_vocabulary_gain", "vila_r_gain",
+                                          "vila_r_seed_mean_gain",
                                           "edit_naming_mean")}), flush=True)
     print(json.dumps({k: v for k, v in out["critiques"].items() if k != "examples"}), flush=True)
     print(json.dumps({k: v for k, v in pmi.items() if k not in ("examples", "edit_naming")}), flush=True)
@@ -513,6 +535,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", default="small")
+    ap.add_argument("--image-size", type=int, help="the random init's input side (default: its size's)")
     ap.add_argument("--general-epochs", type=int, default=25)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--lr", type=float, default=3e-4)
@@ -527,6 +550,9 @@ def main() -> int:
                     help="weights of log p(c) tried on the validation images (the best CIDEr-D is kept)")
     ap.add_argument("--variant", help="store the quality figures under quality_variants[NAME] (a run with "
                                       "other VILA-P settings), keeping the main ones")
+    ap.add_argument("--vila-r-seeds", type=int, default=5,
+                    help="VILA-R is trained on each encoder with seeds 0..N-1 (initialisation and batch order); "
+                         "the seed-0 figures are reported alone as well")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--part", choices=["all", "quality", "speed"], default="all")
