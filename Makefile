@@ -59,6 +59,7 @@ bench: $(STAMP) sources
 	$(PY) benchmarks/vilap.py --work build/vilap-bench
 	$(PY) benchmarks/vilap.py --part quality --work build/vilap-bench --variant same-text-positives \
 	  --same-text-positives
+	$(PY) benchmarks/vilap.py --part quality --work build/vilap-bench-192 --variant image-192px --image-size 192
 	$(PY) benchmarks/multiattr.py --part frozen
 	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500
 	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500 --without content
