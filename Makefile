@@ -46,9 +46,9 @@ bench: $(STAMP) sources
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/learnability.py --n 6000 --finetune-epochs 6
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000
-	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --key mmlq_shared_attention \
+	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --train-seeds 1 --key mmlq_shared_attention \
 	  --param shared_self_attention=true
-	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --key mmlq_regularised \
+	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --train-seeds 1 --key mmlq_regularised \
 	  --param shared_self_attention=true --param lr=1e-4 --param dropout=0.3 --param width=128 \
 	  --param weight_decay=0.05
 	$(PY) benchmarks/comments.py

@@ -19,7 +19,9 @@ such a kept run.
 EfficientNet-Lite0, comment tokens of MiniLM): ``image``, ``comments``,
 ``image+comments``, and ``image`` + retrieved comments (trained with the
 comments of half the training images, the rest retrieved; every test image
-gets retrieved comments only). Written under ``mmlq`` in the same file.
+gets retrieved comments only). Each row is trained with five seeds
+(``--train-seeds``): the first seed's figures, and the mean SRCCs compared
+with a paired bootstrap. Written under ``mmlq`` in the same file.
 
 Needs >= 30 source photos: Debian's wallpaper packages (see
 photocritic.data.synthetic.INSTALL_HINT) plus scikit-image's.
@@ -86,6 +88,24 @@ def srcc_gain(pred: np.ndarray, ref: np.ndarray, true: np.ndarray) -> dict:
     return {"value": round(float(gain(p, t)), 4), "ci95": [round(lo, 4), round(hi, 4)]}
 
 
+def seed_mean_gain(preds: list[np.ndarray], refs: list[np.ndarray], true: np.ndarray) -> dict:
+    """The mean SRCC of ``preds`` (models trained with different seeds)
+    minus that of ``refs``, with a paired bootstrap 95 % CI: every model is
+    scored on the same resampled images (those every model scored)."""
+    from photocritic.metrics import bootstrap_ci, srcc
+
+    cols = np.stack([*preds, *refs], 1)
+    both = ~np.isnan(cols).any(1)
+    x, t, k = cols[both], true[both], len(preds)
+
+    def gain(x, y):
+        return float(np.mean([srcc(x[:, j], y) for j in range(k)])
+                     - np.mean([srcc(x[:, j], y) for j in range(k, x.shape[1])]))
+
+    lo, hi = bootstrap_ci(gain, x, t, n_boot=1000, seed=0)
+    return {"value": round(gain(x, t), 4), "ci95": [round(lo, 4), round(hi, 4)]}
+
+
 def untrained_rows(tiny_clip: Path) -> list:
     """(label, model) of the rows trained on no rating of the world: the
     untrained prior, the shipped lite and zero-shot on the tiny CLIP."""
@@ -134,6 +154,9 @@ def main() -> int:
                     help="priors: only the untrained rows, kept under heads_n{N}")
     ap.add_argument("--retrieve", type=int, default=3, help="--part mmlq: comments of K nearest images")
     ap.add_argument("--param", action="append", default=[], help="--part mmlq: MMLQ NAME=VALUE")
+    ap.add_argument("--train-seeds", type=int, default=5,
+                    help="--part mmlq: each row is trained with seeds --seed .. --seed+N-1 (initialisation and "
+                         "batch order; the world stays that of --seed), and the rows' mean SRCCs are compared too")
     ap.add_argument("--key", default="mmlq", help="--part mmlq: where in the results file")
     ap.add_argument("--results", default=str(RESULTS), help="the results file (default: %(default)s)")
     args = ap.parse_args()
@@ -292,20 +315,25 @@ def mmlq_part(args) -> int:
             (f"image + retrieved comments (k={args.retrieve}, group_by source)",
              {"inputs": "image+comments", "retrieve_comments": args.retrieve, "group_by": "source"}, "half")]
     files = {"all": str(tmp / "world" / "comments.json"), "half": str(tmp / "half.json")}
-    results, preds, models = [], [], {}
+    results, preds, models, seed_preds = [], [], {}, []
     for label, opts, which in runs:
-        out = tmp / f"q{len(results)}"
-        t1 = time.perf_counter()
         opts = dict(opts)
         group_by = opts.pop("group_by", None)
-        res = train({**common, "params": {**params, **opts}, "comments": files.get(which), "output": str(out),
-                     "group_by": group_by}, log=lambda m: None)
-        secs = time.perf_counter() - t1
-        model = photocritic.load(str(out))
+        runs_of_row = []
+        for extra in range(args.train_seeds):  # seed args.seed first: the row's own figures
+            out = tmp / f"q{len(results)}-{extra}"
+            t1 = time.perf_counter()
+            res = train({**common, "seed": args.seed + extra, "params": {**params, **opts},
+                         "comments": files.get(which), "output": str(out), "group_by": group_by}, log=lambda m: None)
+            secs = time.perf_counter() - t1
+            model = photocritic.load(str(out))
+            # test images: their own comments, except in the retrieval row (every one retrieved)
+            rows = model.score(test.image_paths(), cache=str(store), ids=list(test.ids),
+                               comments=comments_all if which == "all" else ({} if which else None))
+            runs_of_row.append((res, secs, model, rows))
+        seed_preds.append([by_row(r[3]) for r in runs_of_row])
+        res, secs, model, rows = runs_of_row[0]
         models[label] = model
-        # test images: their own comments, except in the retrieval row (every one retrieved)
-        rows = model.score(test.image_paths(), cache=str(store), ids=list(test.ids),
-                           comments=comments_all if which == "all" else ({} if which else None))
         ok = [i for i, r in enumerate(rows) if r.status == "ok"]
         preds.append(by_row(rows))
         m = compute_metrics(np.array([rows[i].score for i in ok]), test.mean[ok], True,
@@ -317,15 +345,30 @@ def mmlq_part(args) -> int:
                          "train_images": {k: v for k, v in res.metrics["train_images"].items()
                                           if k in ("used", "with_comments", "retrieved")},
                          "test_retrieved": getattr(rows, "report", {}).get("retrieved")})
+        seed_srcc = [compute_metrics(x[~np.isnan(x)], test.mean[~np.isnan(x)], True, n_boot=0)["srcc"]
+                     for x in seed_preds[-1]]
+        row["seeds"] = json_safe({"seeds": [args.seed + k for k in range(args.train_seeds)], "srcc": seed_srcc,
+                                  "mean_srcc": float(np.mean(seed_srcc)),
+                                  "best_epochs": [(r[0].metrics.get("history") or {}).get("best_epoch")
+                                                  for r in runs_of_row]})
         results.append(row)
         print(f"{label:<36} SRCC {m['srcc']:.3f} PLCC {m['plcc']:.3f} acc {m['accuracy']:.3f} "
-              f"EMD {m['emd_r2']:.4f}  ({secs:.0f} s)")
-    for r, p in zip(results[1:], preds[1:]):  # paired against the image-only row, the same resamples
+              f"EMD {m['emd_r2']:.4f}  ({secs:.0f} s); over seeds {np.round(seed_srcc, 3)}")
+    for r, p, sp in zip(results[1:], preds[1:], seed_preds[1:]):  # paired against image-only, same resamples
         r["srcc_minus_image"] = srcc_gain(p, preds[0], test.mean)
-        print(f"{r['mode']:<36} SRCC minus image's: {r['srcc_minus_image']}")
+        r["seed_mean_srcc_minus_image"] = seed_mean_gain(sp, seed_preds[0], test.mean)
+        print(f"{r['mode']:<36} SRCC minus image's: {r['srcc_minus_image']}; "
+              f"seed means: {r['seed_mean_srcc_minus_image']}")
     siblings = sibling_retrieval(results, preds, models, test, comments_all, store)
     srcc = {r["mode"]: r["srcc"] for r in results}
+    mean = {r["mode"]: r["seeds"]["mean_srcc"] for r in results}
     checks = {"image+comments beats image": srcc["image+comments"] > srcc["image"],
+              f"image+comments beats image (mean of {args.train_seeds} seeds)":
+                  mean["image+comments"] > mean["image"],
+              f"image+comments beats comments (mean of {args.train_seeds} seeds)":
+                  mean["image+comments"] > mean["comments"],
+              **{f"{r['mode'].replace('comments (', 'comments beats image (')} (mean of {args.train_seeds} seeds)":
+                 r["seeds"]["mean_srcc"] > mean["image"] for r in results if "retrieved" in r["mode"]},
               "image+comments beats comments": srcc["image+comments"] > srcc["comments"],
               **{f"{r['mode'].replace('comments (', 'comments beats image (')}": r["srcc"] > srcc["image"]
                  for r in results if "retrieved" in r["mode"]},
@@ -337,7 +380,7 @@ def mmlq_part(args) -> int:
     results_file = Path(args.results)
     data = json.loads(results_file.read_text()) if results_file.exists() else {}
     data[args.key] = {"cpu": cpu_info()["cpu_model"], "date": time.strftime("%Y-%m-%d"), "seed": args.seed,
-                    "params": params,
+                    "train_seeds": args.train_seeds, "params": params,
                     "world": world_summary(world), "test_images": len(test),
                     "text_encoder": "minilm", "backbone": "efficientnet-lite0", "results": results,
                     "retrieval_with_commented_test_images": siblings, "checks": checks}
