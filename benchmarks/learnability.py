@@ -76,16 +76,7 @@ def evaluate(model, test, store) -> dict:
 def srcc_gain(pred: np.ndarray, ref: np.ndarray, true: np.ndarray) -> dict:
     """SRCC of ``pred`` minus SRCC of ``ref`` on the same test images, with a
     paired bootstrap 95 % CI (both resampled with the same images)."""
-    from photocritic.metrics import bootstrap_ci, srcc
-
-    both = ~(np.isnan(pred) | np.isnan(ref))
-    p, t = np.stack([pred[both], ref[both]], 1), true[both]
-
-    def gain(x, y):
-        return srcc(x[:, 0], y) - srcc(x[:, 1], y)
-
-    lo, hi = bootstrap_ci(gain, p, t, n_boot=1000, seed=0)
-    return {"value": round(float(gain(p, t)), 4), "ci95": [round(lo, 4), round(hi, 4)]}
+    return seed_mean_gain([pred], [ref], true)
 
 
 def seed_mean_gain(preds: list[np.ndarray], refs: list[np.ndarray], true: np.ndarray) -> dict:

@@ -16,8 +16,8 @@ Stages, as in the paper, on a world split by source photo (70/10/20):
 Then, on the test photos (sources neither stage saw): zero-shot SRCC with
 VILA's six prompt pairs; VILA-R trained on the training ratings on top of
 each CoCa (with seeds 0..4, as one VILA-R's test SRCC moves by several
-hundredths with its seed; their mean is compared); zero-shot mAP of ten edit "attributes" (dark, blurry, noisy ...);
-critiques (greedy) against the nearest-neighbour baseline (the first comment
+hundredths with its seed; their mean is compared); zero-shot mAP of ten
+edit "attributes" (dark, blurry, noisy ...); critiques (greedy) against the nearest-neighbour baseline (the first comment
 of the closest training image, by the same model's image embedding); and the
 rate at which critiques name the edit applied. The same for critiques by
 mutual-information decoding (``critique --pmi``), its weight chosen on the

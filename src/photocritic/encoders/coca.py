@@ -602,6 +602,8 @@ def random_config(size: str, vocab_size: int, ids: tuple[int, int, int], gen_que
     if size not in sizes:
         raise ValueError(f"unknown CoCa size {size!r} (known: {', '.join(sizes)})")
     vw, vl, vh, patch, img, tw, tl, proj = sizes[size]
+    if image_size is not None and (image_size < patch or image_size % patch):
+        raise ValueError(f"image size {image_size}: give a multiple of random:{size}'s patch side, {patch}")
     img = image_size or img
     vision = dict(hidden_size=vw, intermediate_size=4 * vw, num_hidden_layers=vl, num_attention_heads=vh,
                   num_channels=3, image_size=img, patch_size=patch, hidden_act="quick_gelu",

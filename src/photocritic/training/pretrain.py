@@ -261,8 +261,6 @@ def build_initial(cfg: PretrainConfig, corpus: list[str]):
     if cfg.image_size is not None and not cfg.init.startswith("random:"):
         raise UsageError(f"--image-size sets the input of a random init; --init {cfg.init} brings its own")
     if cfg.init.startswith("random:"):
-        if cfg.image_size is not None and (cfg.image_size < 16 or cfg.image_size % 16):
-            raise UsageError(f"--image-size {cfg.image_size}: give a multiple of the patch side, 16")
         if cfg.tokenizer_corpus:
             from ..data.comments import load_comments_option
 
