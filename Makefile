@@ -46,6 +46,10 @@ bench: $(STAMP) sources
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/learnability.py --n 6000 --finetune-epochs 6
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000
+	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --key mmlq_trained_on_retrieved \
+	  --trained-on-retrieved-k 3 8 --modes image \
+	  "image + retrieved comments (k=3, group_by source, trained on retrieved)" \
+	  "image + retrieved comments (k=8, group_by source, trained on retrieved)"
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --train-seeds 1 --key mmlq_shared_attention \
 	  --param shared_self_attention=true
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --train-seeds 1 --key mmlq_regularised \
@@ -61,10 +65,13 @@ bench: $(STAMP) sources
 	  --same-text-positives
 	$(PY) benchmarks/vilap.py --part quality --work build/vilap-bench-192 --variant image-192px --image-size 192
 	$(PY) benchmarks/multiattr.py --part frozen
-	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500
-	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500 --without content
-	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500 --without content --affinity 100
-	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500 --without content --lr-tower 1e-3
+	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500 --affinity 1 --affinity-on features
+	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500 --without content --affinity 1 \
+	  --affinity-on features
+	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500 --without content --affinity 100 \
+	  --affinity-on features
+	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500 --without content --lr-tower 1e-3 \
+	  --affinity 1 --affinity-on features
 	$(PY) benchmarks/serve.py
 	$(PY) benchmarks/ray.py
 	$(PY) benchmarks/ray.py --memory

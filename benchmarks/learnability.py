@@ -22,6 +22,10 @@ comments of half the training images, the rest retrieved; every test image
 gets retrieved comments only). Each row is trained with five seeds
 (``--train-seeds``): the first seed's figures, and the mean SRCCs compared
 with a paired bootstrap. Written under ``mmlq`` in the same file.
+``--trained-on-retrieved-k K...`` adds rows trained with every training
+image's comments retrieved from other source photos (MMLQ's
+``train_on_retrieved``); ``--modes`` runs only some rows (``image`` among
+them), under another ``--key``.
 
 Needs >= 30 source photos: Debian's wallpaper packages (see
 photocritic.data.synthetic.INSTALL_HINT) plus scikit-image's.
@@ -145,6 +149,11 @@ def main() -> int:
                     help="priors: only the untrained rows, kept under heads_n{N}")
     ap.add_argument("--retrieve", type=int, default=3, help="--part mmlq: comments of K nearest images")
     ap.add_argument("--param", action="append", default=[], help="--part mmlq: MMLQ NAME=VALUE")
+    ap.add_argument("--trained-on-retrieved-k", type=int, nargs="*", default=[], metavar="K",
+                    help="--part mmlq: rows trained with every training image's comments retrieved "
+                         "(train_on_retrieved, group_by source), one per K")
+    ap.add_argument("--modes", nargs="+", metavar="MODE",
+                    help="--part mmlq: only these rows (image among them; the others' checks are left out)")
     ap.add_argument("--train-seeds", type=int, default=5,
                     help="--part mmlq: each row is trained with seeds --seed .. --seed+N-1 (initialisation and "
                          "batch order; the world stays that of --seed), and the rows' mean SRCCs are compared too")
@@ -304,7 +313,16 @@ def mmlq_part(args) -> int:
              {"inputs": "image+comments", "retrieve_comments": args.retrieve}, "half"),
             # training images retrieve only from other source photos, as the unseen test photos must
             (f"image + retrieved comments (k={args.retrieve}, group_by source)",
-             {"inputs": "image+comments", "retrieve_comments": args.retrieve, "group_by": "source"}, "half")]
+             {"inputs": "image+comments", "retrieve_comments": args.retrieve, "group_by": "source"}, "half"),
+            # every training image reads retrieved comments (its own are in the bank only), as a test image does
+            *[(f"image + retrieved comments (k={k}, group_by source, trained on retrieved)",
+               {"inputs": "image+comments", "retrieve_comments": k, "group_by": "source",
+                "train_on_retrieved": True}, "all") for k in args.trained_on_retrieved_k]]
+    if args.modes:
+        unknown = [m for m in args.modes if m not in [r[0] for r in runs]]
+        if unknown or "image" not in args.modes:
+            raise SystemExit(f"--modes: {unknown or 'image'} (must include image; rows: {[r[0] for r in runs]})")
+        runs = [r for r in runs if r[0] in args.modes]
     files = {"all": str(tmp / "world" / "comments.json"), "half": str(tmp / "half.json")}
     results, preds, models, seed_preds = [], [], {}, []
     for label, opts, which in runs:
@@ -318,9 +336,10 @@ def mmlq_part(args) -> int:
                          "comments": files.get(which), "output": str(out), "group_by": group_by}, log=lambda m: None)
             secs = time.perf_counter() - t1
             model = photocritic.load(str(out))
-            # test images: their own comments, except in the retrieval row (every one retrieved)
+            # test images: their own comments, except in the retrieval rows (every one retrieved)
+            retrieves = "retrieve_comments" in opts
             rows = model.score(test.image_paths(), cache=str(store), ids=list(test.ids),
-                               comments=comments_all if which == "all" else ({} if which else None))
+                               comments={} if retrieves else (comments_all if which == "all" else None))
             runs_of_row.append((res, secs, model, rows))
         seed_preds.append([by_row(r[3]) for r in runs_of_row])
         res, secs, model, rows = runs_of_row[0]
@@ -334,7 +353,7 @@ def mmlq_part(args) -> int:
                          "best_epoch": (res.metrics.get("history") or {}).get("best_epoch"),
                          "val": {k: res.metrics["final_val"].get(k) for k in ("srcc", "emd")},
                          "train_images": {k: v for k, v in res.metrics["train_images"].items()
-                                          if k in ("used", "with_comments", "retrieved")},
+                                          if k in ("used", "with_comments", "retrieved", "own_comments_unread")},
                          "test_retrieved": getattr(rows, "report", {}).get("retrieved")})
         seed_srcc = [compute_metrics(x[~np.isnan(x)], test.mean[~np.isnan(x)], True, n_boot=0)["srcc"]
                      for x in seed_preds[-1]]
@@ -353,14 +372,15 @@ def mmlq_part(args) -> int:
     siblings = sibling_retrieval(results, preds, models, test, comments_all, store)
     srcc = {r["mode"]: r["srcc"] for r in results}
     mean = {r["mode"]: r["seeds"]["mean_srcc"] for r in results}
-    checks = {"image+comments beats image": srcc["image+comments"] > srcc["image"],
-              f"image+comments beats image (mean of {args.train_seeds} seeds)":
-                  mean["image+comments"] > mean["image"],
-              f"image+comments beats comments (mean of {args.train_seeds} seeds)":
-                  mean["image+comments"] > mean["comments"],
+    both = "image+comments" in srcc and "comments" in srcc
+    checks = {**({"image+comments beats image": srcc["image+comments"] > srcc["image"],
+                  f"image+comments beats image (mean of {args.train_seeds} seeds)":
+                      mean["image+comments"] > mean["image"],
+                  f"image+comments beats comments (mean of {args.train_seeds} seeds)":
+                      mean["image+comments"] > mean["comments"],
+                  "image+comments beats comments": srcc["image+comments"] > srcc["comments"]} if both else {}),
               **{f"{r['mode'].replace('comments (', 'comments beats image (')} (mean of {args.train_seeds} seeds)":
                  r["seeds"]["mean_srcc"] > mean["image"] for r in results if "retrieved" in r["mode"]},
-              "image+comments beats comments": srcc["image+comments"] > srcc["comments"],
               **{f"{r['mode'].replace('comments (', 'comments beats image (')}": r["srcc"] > srcc["image"]
                  for r in results if "retrieved" in r["mode"]},
               **{f"{mode.replace('comments (', 'comments beats image (')}, bank with the commented test "

@@ -6,19 +6,24 @@ only, and every figure is on the test photos.
 Tower: EfficientNet-Lite0 (frozen, its tokens fused per attribute), MiniLM
 for the descriptions. Pretrained models, each of the same size:
 
-* ``multi``: a space per attribute, semantic affinity weight 1;
+* ``multi``: a space per attribute, semantic affinity weight 10 on the
+  attribute spaces (the defaults of ``pretrain multiattr``);
 * ``multi, no affinity``: the same without the affinity loss;
-* ``single``: one space of 7 x the width on all descriptions joined, affinity 1.
+* ``single``: one space of 7 x the width on all descriptions joined, the
+  same affinity loss on its space.
 
 For each, and for the tower itself (no pretraining):
 
 * per-attribute SRCC against the true attribute scores: zero-shot from the
   attribute spaces ("excellent lighting" / "very poor lighting" ...), and
   with ``train attributes`` heads (training split's attribute scores);
-* overall SRCC with a ``linear`` head (ridge auto) on the pretrained image
-  features (``image.pooled``, f);
-* nearest-neighbour source-photo retrieval accuracy from f: for each test
-  image, whether its most similar other test image shows the same photo;
+* overall SRCC with a ``linear`` head (ridge auto) on each pretrained
+  representation: the attribute embeddings (``image.attributes``, what the
+  heads read) and the adapted tower feature (``image.pooled``, f);
+* nearest-neighbour source-photo retrieval accuracy from each: for each
+  test image, whether its most similar other test image shows the same
+  photo. The affinity check compares the attribute embeddings (where the
+  default loss acts), at the linear head's SRCC on them;
 * ``explain``: how often the lowest-scoring of the five edited attributes is
   the one the edits damaged most (the lowest true quality), against chance
   (1/5) and against always naming the most common one.
@@ -158,8 +163,10 @@ def main() -> int:
     ap.add_argument("--without", default="",
                     help="attributes (comma-separated) left out of the pretraining descriptions, e.g. content: "
                          "the affinity ablation in which no description names the subject")
-    ap.add_argument("--affinity", type=float, default=1.0,
-                    help="the semantic affinity weight of the 'multi' variant (default 1)")
+    ap.add_argument("--affinity", type=float, default=10.0,
+                    help="the semantic affinity weight of the 'multi' and 'single' variants (default 10)")
+    ap.add_argument("--affinity-on", choices=["spaces", "features"], default="spaces",
+                    help="what the affinity loss acts on (pretrain multiattr --affinity-on)")
     ap.add_argument("--work", help="a folder to keep (and reuse) the world and the feature store in")
     ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args()
@@ -187,19 +194,20 @@ def main() -> int:
     if unknown:
         ap.error(f"--without: not attributes of the world: {', '.join(unknown)}")
     part = (args.part + (f", without {'+'.join(without)} descriptions" if without else "")
-            + (f", affinity {args.affinity:g}" if args.affinity != 1.0 else "")
+            + (f", affinity {args.affinity:g}" if args.affinity != 10.0 else "")
+            + (f", affinity on {args.affinity_on}" if args.affinity_on != "spaces" else "")
             + (f", tower lr {args.lr_tower:g}" if args.part == "trainable" and args.lr_tower != 1e-4 else ""))
     seen.write_text(json.dumps({k: {a: d for a, d in v.items() if a not in without}
                                 for k, v in described.items() if Path(k).stem in train_ids}))
 
     if args.part == "trainable":
         t = dict(tower="trainable", lr_tower=args.lr_tower)
-        variants = {"multi": dict(spaces="multi", affinity=args.affinity, **t),
+        variants = {"multi": dict(spaces="multi", affinity=args.affinity, affinity_on=args.affinity_on, **t),
                     "multi, no affinity": dict(spaces="multi", affinity=0.0, **t)}
     else:
-        variants = {"multi": dict(spaces="multi", affinity=args.affinity),
+        variants = {"multi": dict(spaces="multi", affinity=args.affinity, affinity_on=args.affinity_on),
                     "multi, no affinity": dict(spaces="multi", affinity=0.0),
-                    "single": dict(spaces="single", affinity=1.0)}
+                    "single": dict(spaces="single", affinity=args.affinity, affinity_on=args.affinity_on)}
     rows, preds = {}, {}
     common = {"dataset": str(world), "split": "train", "val_split": "val", "cache": str(store), "quiet": True,
               "seed": args.seed, "attribute_labels": str(world / "labels.csv")}
@@ -210,7 +218,7 @@ def main() -> int:
             backbone = TOWER
         else:
             tag = (args.part + ("-without-" + "-".join(without) if without else "") + f"-aff{args.affinity:g}"
-                   + f"-lr{args.lr_tower:g}")
+                   + f"-{args.affinity_on}-lr{args.lr_tower:g}")
             backbone = str(work / f"pre-{tag}-{name.replace(' ', '').replace(',', '-')}")
             if (Path(backbone) / "config.json").exists():
                 shutil.rmtree(backbone)
@@ -235,16 +243,22 @@ def main() -> int:
         row["heads_attribute_srcc"] = per_attribute(hp, true_attr)
         row["explain_heads"] = explain_check(hp, true_q)
         preds[name, "heads"] = hp
-        lin = work / f"linear-{args.part}-{len(rows)}"
-        train({**common, "attribute_labels": None, "method": "linear", "backbone": backbone, "output": str(lin),
-               "overwrite": True, "params": {"ridge": "auto", "view": "image.pooled"}}, log=lambda m: None)
-        got = photocritic.load(str(lin), precision="fp32").score(test_paths, cache=str(store))
-        overall = np.array([r.score for r in got])
-        row["linear_overall_srcc"] = round(srcc(overall, test.mean), 4)
-        preds[name, "linear"] = overall
-        f = features(backbone, test_paths, store)
-        row["nn_source_accuracy"], preds[name, "nn"] = nn_source_accuracy(f, sources)
-        row["mean_cosine"] = source_cosines(f, sources)
+        # each representation: the attribute embeddings (pretrained models) and f
+        for view, key in ([("image.attributes", "")] if opts is not None else []) + [("image.pooled", "_f")]:
+            lin = work / f"linear-{args.part}-{len(rows)}"
+            train({**common, "attribute_labels": None, "method": "linear", "backbone": backbone, "output": str(lin),
+                   "overwrite": True, "params": {"ridge": "auto", "view": view}}, log=lambda m: None)
+            got = photocritic.load(str(lin), precision="fp32").score(test_paths, cache=str(store))
+            overall = np.array([r.score for r in got])
+            row["linear_overall_srcc" + key] = round(srcc(overall, test.mean), 4)
+            preds[name, "linear" + key] = overall
+            f = features(backbone, test_paths, store, view)
+            row["nn_source_accuracy" + key], preds[name, "nn" + key] = nn_source_accuracy(f, sources)
+            row["mean_cosine" + key] = source_cosines(f, sources)
+        if opts is None:  # the tower has one representation: the reference for both
+            for k in ("linear_overall_srcc", "nn_source_accuracy", "mean_cosine"):
+                row[k] = row[k + "_f"]
+            preds[name, "linear"], preds[name, "nn"] = preds[name, "linear_f"], preds[name, "nn_f"]
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows[name] = row
         print(f"{name:<24} heads mean SRCC {row['heads_attribute_srcc']['mean']:.3f}"
@@ -253,9 +267,9 @@ def main() -> int:
               + f"  explain {row['explain_heads']['named_right']:.3f}  ({row['seconds']:.0f} s)", flush=True)
 
     def cmp(a, b, kind):
-        if kind == "nn":
+        if kind.startswith("nn"):
             return paired(lambda x, _t: float(np.mean(x)), preds[a, kind], preds[b, kind], preds[a, kind])
-        if kind == "linear":
+        if kind.startswith("linear"):
             return paired(srcc, preds[a, kind], preds[b, kind], test.mean)
         return paired(mean_attr_srcc, preds[a, kind], preds[b, kind], true_attr)
 
@@ -263,22 +277,25 @@ def main() -> int:
         "affinity - none, NN source accuracy": cmp("multi", "multi, no affinity", "nn"),
         "affinity - none, heads mean attribute SRCC": cmp("multi", "multi, no affinity", "heads"),
         "affinity - none, linear overall SRCC": cmp("multi", "multi, no affinity", "linear"),
+        "affinity - none, NN source accuracy from f": cmp("multi", "multi, no affinity", "nn_f"),
+        "affinity - none, linear overall SRCC on f": cmp("multi", "multi, no affinity", "linear_f"),
         "multi - tower, heads mean attribute SRCC": cmp("multi", "tower (no pretraining)", "heads"),
         "multi - tower, linear overall SRCC": cmp("multi", "tower (no pretraining)", "linear"),
     }
     r = rows
     visual = lambda row: all(row[a] > 0 for a in VISUAL)  # noqa: E731
     checks = {
-        "affinity raises NN source accuracy":
+        "affinity raises NN source accuracy (attribute embeddings)":
             r["multi"]["nn_source_accuracy"] > r["multi, no affinity"]["nn_source_accuracy"],
-        "at an equal or better aesthetic SRCC (linear overall)":
+        "at an equal or better aesthetic SRCC (linear overall on them)":
             r["multi"]["linear_overall_srcc"] >= r["multi, no affinity"]["linear_overall_srcc"],
     }
     if args.part == "frozen":
         comparisons.update({
             "multi - single, zero-shot mean attribute SRCC": cmp("multi", "single", "zero-shot"),
             "multi - single, heads mean attribute SRCC": cmp("multi", "single", "heads"),
-            "multi - single, linear overall SRCC": cmp("multi", "single", "linear")})
+            "multi - single, linear overall SRCC": cmp("multi", "single", "linear"),
+            "multi - single, linear overall SRCC on f": cmp("multi", "single", "linear_f")})
         checks = {
             "the five visible attributes correlate with their true values (SRCC > 0; heads and zero-shot, multi)":
                 visual(r["multi"]["heads_attribute_srcc"]) and visual(r["multi"]["zero_shot_attribute_srcc"]),
@@ -302,6 +319,7 @@ def main() -> int:
     kept = json.loads(results.read_text()).get("parts", {}) if results.exists() else {}
     kept[part] = {"world": {"images": args.n, "seed": args.seed, "test_images": len(test_paths)},
                   "descriptions_left_out": without, "affinity_weight_of_multi": args.affinity,
+                  "affinity_on": args.affinity_on,
                   "epochs": args.epochs, "batch_size": args.batch_size, "date": time.strftime("%Y-%m-%d"),
                   **({"lr_tower": args.lr_tower} if args.part == "trainable" else {}),
                   "results": rows, "comparisons": comparisons, "checks": checks}

@@ -10,7 +10,8 @@ import torch
 from conftest import needs_torchrun, run_processes
 
 from photocritic.cli import main
-from photocritic.losses import attribute_contrastive_loss, contrastive_loss, semantic_affinity_loss
+from photocritic.losses import (attribute_contrastive_loss, contrastive_loss, semantic_affinity_loss,
+                               space_affinity_loss)
 
 
 # -- losses, against hand computations -------------------------------------------------
@@ -90,6 +91,25 @@ def test_semantic_affinity_loss_by_hand():
     valid = torch.tensor([True, True, True, False])
     sub = semantic_affinity_loss(torch.tensor(f[:3]), torch.tensor(g[:3]))
     assert float(semantic_affinity_loss(torch.tensor(f), torch.tensor(g), valid)) == pytest.approx(float(sub))
+
+
+def test_space_affinity_loss_by_hand():
+    """The mean over spaces of each space's affinity gap to the initial features."""
+    rng = np.random.default_rng(6)
+    e, g = rng.normal(size=(5, 3, 4)), rng.normal(size=(5, 7))
+    gz = _norm(g)
+    per_space = []
+    for s in range(3):
+        ez = _norm(e[:, s])
+        per_space.append(np.mean([(ez[i] @ ez[j] - gz[i] @ gz[j]) ** 2 for i in range(5) for j in range(5) if i != j]))
+    got = space_affinity_loss(torch.tensor(e), torch.tensor(g))
+    assert float(got) == pytest.approx(np.mean(per_space), rel=1e-6)
+    valid = torch.tensor([True, True, False, True, True])
+    keep = [0, 1, 3, 4]
+    assert float(space_affinity_loss(torch.tensor(e), torch.tensor(g), valid)) == pytest.approx(
+        float(space_affinity_loss(torch.tensor(e[keep]), torch.tensor(g[keep]))), rel=1e-6)
+    parts = sum(space_affinity_loss(torch.tensor(e), torch.tensor(g), rows=slice(s, s + 2)) for s in (0, 2, 4))
+    assert float(parts) == pytest.approx(float(got), rel=1e-6)
 
 
 def test_process_shares_add_up_to_the_loss():

@@ -94,6 +94,66 @@ def test_grouped_retrieval_equals_masked_brute_force():
         bank.retrieve(vecs[:1], 2, query_groups=[0])
 
 
+class _Pooled:
+    """A stand-in critic whose ``image.pooled`` embedding of path "p<j>" is vecs[j]."""
+
+    def __init__(self, vecs):
+        self.vecs = vecs
+
+    def with_view(self, view):
+        assert view == "image.pooled"
+        return self
+
+    def embed_paths(self, paths, cache, **kw):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(status="ok", error=None) for _ in paths], self.vecs[[int(p[1:]) for p in paths]]
+
+
+def test_train_on_retrieved_reads_every_images_retrieved_comments_never_its_own(tiny_text, tmp_path):
+    """retrieve_all: an image with comments of its own reads those of its k
+    nearest bank images of other groups instead (the tokens equal the
+    encoder's on those comments); without it, it reads its own."""
+    from types import SimpleNamespace
+
+    from photocritic.encoders.text import SentenceEncoder
+    from photocritic.features import TokenStore
+    from photocritic.tokeninputs import gather_token_inputs
+
+    rng = np.random.default_rng(5)
+    vecs = rng.normal(size=(12, 6)).astype(np.float32)
+    ids = [f"i{j}" for j in range(12)]
+    groups = {i: j // 3 for j, i in enumerate(ids)}  # 4 groups of 3
+    comments = {i: [f"comment {j} of {i}", "nice"] for j, i in enumerate(ids) if j % 4 != 3}
+    bank = CommentBank([i for i in ids if i in comments], vecs[[j for j, i in enumerate(ids) if i in comments]],
+                       {i: comments[i] for i in ids if i in comments})
+    enc = SentenceEncoder(tiny_text, max_length=64)
+    method = SimpleNamespace(requires=("text.tokens",), max_tokens=None)
+    paths = [f"p{j}" for j in range(12)]
+
+    def encoded(texts):
+        seq, _ = enc.comment_ids(texts)
+        return enc.encode_ids([seq])[0][0].numpy().astype(np.float16)
+
+    with TokenStore(tmp_path / "t") as store:
+        kw = dict(critic=_Pooled(vecs), encoder=enc, comments=comments, store=store, bank=bank, retrieve_k=2,
+                  groups=groups)
+        got = gather_token_inputs(method, ids, paths, retrieve_all=True, **kw)
+        assert got.keep == list(range(12)) and got.report["retrieved"] == 12
+        assert got.report["own_comments_unread"] == len(comments) == 9
+        unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+        for j, i in enumerate(ids):
+            sims = unit @ unit[j]
+            sims[[m for m in range(12) if groups[ids[m]] == groups[i] or ids[m] not in comments]] = -np.inf
+            want = [ids[m] for m in np.argsort(-sims, kind="stable")[:2]]
+            assert got.retrieved[j].sources == want
+            np.testing.assert_allclose(got.features["text.tokens"][j], encoded(comments[want[0]] + comments[want[1]]),
+                                       atol=1e-3)
+        plain = gather_token_inputs(method, ids, paths, **kw)
+        assert sorted(plain.retrieved) == [3, 7, 11] and "own_comments_unread" not in plain.report
+        np.testing.assert_allclose(plain.features["text.tokens"][0], encoded(comments["i0"]), atol=1e-3)
+
+
 @pytest.fixture(scope="module")
 def half_commented(world, tmp_path_factory):
     """The world's comments for half of its training images only."""
@@ -163,3 +223,21 @@ def test_mmlq_with_retrieved_comments_trains_scores_and_critiques(world, store, 
                  "--output", str(tmp_path / "nb"), "--cache", str(store), "-q", "--precision", "fp32"]) == 0
     assert main(["critique", test_imgs[0], "--model", str(tmp_path / "nb"), "--retrieve", "2", "-q"]) == 2
     assert "no comment bank" in capsys.readouterr().err
+
+
+def test_train_on_retrieved_from_the_command_line(world, store, tiny_text, tmp_path, capsys):
+    common = ["train", "mmlq", "--backbone", "efficientnet-lite0", "--dataset", str(world), "--split", "train",
+              "--val-split", "val", "--comments", str(world / "comments.json"), "--text-encoder", str(tiny_text),
+              "--epochs", "1", "--param", "width=16", "--param", "heads=2", "--cache", str(store), "-q",
+              "--precision", "fp32", "--train-on-retrieved"]
+    assert main([*common, "--output", str(tmp_path / "x")]) == 2
+    assert "pass --retrieve-comments K" in capsys.readouterr().err
+    out = tmp_path / "m"
+    assert main([*common, "--retrieve-comments", "2", "--group-by", "source", "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    m = json.loads((out / "metrics.json").read_text())
+    t = m["train_images"]
+    assert t["retrieved"] == t["used"] == t["listed"] and t["own_comments_unread"] == t["with_comments"] > 0, t
+    assert f"train_on_retrieved: {t['listed']} of {t['listed']} images read retrieved comments" in err
+    assert json.loads((out / "config.json").read_text())["method"]["params"]["train_on_retrieved"] is True
+    assert len(photocritic.load(str(out)).comment_bank) == t["with_comments"]

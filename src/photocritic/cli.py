@@ -891,6 +891,8 @@ def _cmd_train(args) -> int:
         params["anchor"] = "learned"
     if args.no_residual:
         params["residual"] = False
+    if args.train_on_retrieved:
+        params["train_on_retrieved"] = True
     if args.ridge is not None:
         params["ridge"] = args.ridge if args.ridge == "auto" else float(args.ridge)
     options = {k: getattr(args, k) for k in ("method", "backbone", "dataset", "split", "val_split", "images",
@@ -1444,6 +1446,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--retrieve-comments", type=int, metavar="K",
                     help="mmlq: an image without comments gets those of its K nearest training images "
                          "(image embeddings of --backbone); the bank is kept in the model for scoring")
+    tr.add_argument("--train-on-retrieved", action="store_true",
+                    help="mmlq --retrieve-comments: every training image reads retrieved comments (its own go "
+                         "into the bank only), as images without comments are scored; use with --group-by")
     tr.add_argument("--attribute-labels", metavar="PATH",
                     help="attributes: per-image attribute scores (1-10): a .csv with an id/path column and one "
                          "column per attribute (the synthetic world's labels.csv), or {id: {attribute: score}} "
@@ -1552,8 +1557,11 @@ def build_parser() -> argparse.ArgumentParser:
     ma.add_argument("--spaces", choices=["multi", "single"], default="multi",
                     help="one embedding space per attribute, or one space for all descriptions joined "
                          "(the same parameters; the ablation)")
-    ma.add_argument("--affinity", type=float, default=1.0,
+    ma.add_argument("--affinity", type=float, default=10.0,
                     help="weight of the semantic affinity loss (0: off)")
+    ma.add_argument("--affinity-on", choices=["spaces", "features"], default="spaces",
+                    help="what the affinity loss keeps near the initial tower's similarities: the attribute "
+                         "embeddings (what the attribute heads read; the default) or the adapted feature f")
     ma.add_argument("--fusion", choices=["auto", "tokens", "pooled"], default="auto",
                     help="fuse attributes with the tower's tokens (attention pooling) or its pooled "
                          "feature only (auto: tokens where the tower has them)")

@@ -193,3 +193,16 @@ def semantic_affinity_loss(features: torch.Tensor, initial: torch.Tensor, valid:
     diff = (f @ f.t() - g @ g.t()) ** 2
     v = valid.sum()
     return (diff * (off & mine[:, None])).sum() / (v * (v - 1)).clamp(min=1)
+
+
+def space_affinity_loss(embeddings: torch.Tensor, initial: torch.Tensor, valid: torch.Tensor | None = None,
+                        rows: slice | None = None) -> torch.Tensor:
+    """The semantic affinity loss on the attribute spaces: the mean over
+    the K spaces of :func:`semantic_affinity_loss` between the images'
+    embeddings in that space (``embeddings``: (N, K, d)) and the initial
+    features. What the attribute heads read are these embeddings; the
+    contrastive loss alone pulls images with like descriptions together in
+    each space whatever they show, and this keeps in each space which
+    images look alike to the general model."""
+    k = embeddings.shape[1]
+    return sum(semantic_affinity_loss(embeddings[:, s], initial, valid, rows) for s in range(k)) / k

@@ -46,11 +46,14 @@ class TokenInputs:
 
 def gather_token_inputs(method, ids: list[str], paths: list[str] | None, *, critic=None, encoder=None,
                         comments: dict | None = None, store=None, bank=None, retrieve_k: int = 0,
-                        pooled_cache=None, score_kw: dict | None = None, groups: dict | None = None
-                        ) -> TokenInputs:
+                        pooled_cache=None, score_kw: dict | None = None, groups: dict | None = None,
+                        retrieve_all: bool = False) -> TokenInputs:
     """Everything ``method`` reads for each (id, path), from (and into) ``store``.
     ``groups`` (id -> group, covering ``ids`` and the bank): an image
-    retrieves no comments from bank images of its own group."""
+    retrieves no comments from bank images of its own group.
+    ``retrieve_all`` (with a bank and ``retrieve_k``): every image reads
+    retrieved comments, its own (if any) unread, as an image without
+    comments will be scored."""
     from .textviews import comment_tokens
 
     score_kw = dict(score_kw or {})
@@ -69,6 +72,9 @@ def gather_token_inputs(method, ids: list[str], paths: list[str] | None, *, crit
                 texts[k] = kept
         lacking = [k for k in range(n) if k not in texts]
         report.update(with_comments=len(texts), without_comments=len(lacking))
+        if retrieve_all and retrieve_k and bank is not None:
+            report["own_comments_unread"] = len(texts)
+            texts, lacking = {}, list(range(n))
         if lacking and retrieve_k and bank is not None:
             rows, vecs = pooled_embeddings(critic, [paths[k] for k in lacking], pooled_cache, score_kw)
             ok = [(k, r) for k, r in zip(lacking, rows) if r.status == "ok"]
@@ -124,7 +130,10 @@ def describe(report: dict, name: str = "") -> list[str]:
     """Log lines for a :class:`TokenInputs` report."""
     pre = f"{name}: " if name else ""
     lines = []
-    if report.get("without_comments"):
+    if "own_comments_unread" in report:
+        lines.append(f"{pre}train_on_retrieved: {report.get('retrieved', 0)} of {report['listed']} images read "
+                     f"retrieved comments; the own comments of {report['own_comments_unread']} are not read")
+    elif report.get("without_comments"):
         how = (f"{report['retrieved']} filled by retrieval" if "retrieved" in report else "left out")
         lines.append(f"{pre}{report['without_comments']} of {report['listed']} images have no comments: {how}")
     sets = report.get("comment_sets", {})

@@ -17,7 +17,12 @@ Modes (``inputs``): ``image+comments``, ``image`` (visual queries only) and
 ``minilm``, ``mpnet``, a CLIP/SigLIP text tower, a directory or a hub id
 (:func:`photocritic.encoders.text.text_encoder`); ``max_tokens``: the
 comment-token limit; ``retrieve_comments`` K: an image without comments
-gets those of its K nearest training images (:mod:`photocritic.retrieval`).
+gets those of its K nearest training images (:mod:`photocritic.retrieval`);
+``train_on_retrieved``: every training and validation image reads
+retrieved comments (a training image's own go into the bank only), so the
+model learns how far retrieved comments can be trusted, from the
+distribution it will be scored on (with ``train --group-by``, retrieved
+from other groups only, as an unseen image's are).
 
 The paper gives no query, block or width counts. The defaults (8 + 8
 queries, 2 blocks, width 256, 4 heads, self-attention per modality, dropout
@@ -147,9 +152,10 @@ class MMLQ(TorchHead):
                  width: int = 256, heads: int = 4, dropout: float = 0.1, shared_self_attention: bool = False,
                  epochs: int = 60, batch_size: int = 32, lr: float = 3e-4, weight_decay: float = 0.01,
                  patience: int = 8, seed: int = 0, text_encoder: str = "minilm", max_tokens: int = 512,
-                 retrieve_comments: int = 0):
+                 retrieve_comments: int = 0, train_on_retrieved: bool = False):
         super().__init__(epochs, batch_size, lr, weight_decay, patience, seed)
         self.retrieve_comments = int(retrieve_comments)
+        self.train_on_retrieved = bool(train_on_retrieved)
         self.inputs = inputs
         self.text_encoder = text_encoder
         self.max_tokens = max_tokens

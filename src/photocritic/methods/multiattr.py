@@ -24,9 +24,16 @@ layers are not in our sources):
   one d-wide space per attribute, compared by cosine with a learnt logit
   scale per space (initialised to 1 / 0.07);
 * **losses** (:mod:`photocritic.losses`): the per-attribute InfoNCE over the
-  present descriptions, plus ``affinity`` x the semantic affinity loss
-  between f and the initial tower's p, standardised as the adapter does
-  (the features training starts from: the loss is 0 at the start).
+  present descriptions, plus ``affinity`` (default 10) x the semantic
+  affinity loss against the initial tower's p, standardised as the adapter
+  does. With ``affinity_on="spaces"`` (the default) it is the mean over the
+  spaces of the gap between the images' cosine similarities in that space
+  (x_s) and in p (:func:`~photocritic.losses.space_affinity_loss`): the
+  spaces are what the attribute heads read, and the contrastive loss alone
+  lets images of unlike content but like descriptions meet there. With
+  ``"features"`` it is the gap between f's and p's (0 at the start, since
+  f starts at p standardised); on a frozen tower f barely moves, so this
+  form keeps nothing the spaces lose (benchmarks/multiattr.py).
 
 ``spaces="single"`` is the ablation: one space of width K d (the same
 parameters in the projections) matched to all of an image's descriptions

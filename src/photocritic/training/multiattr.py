@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, UsageError
-from ..losses import attribute_contrastive_loss, semantic_affinity_loss
+from ..losses import attribute_contrastive_loss, semantic_affinity_loss, space_affinity_loss
 from ..methods.multiattr import SINGLE, MultiAttrNet, attribute_query_text, default_prompts
 
 MULTIATTR_DIR = "multiattr"
@@ -53,7 +53,9 @@ class MultiAttrConfig:
     tower: str = "frozen"            # "frozen" (adapters on its features) or "trainable"
     lr_tower: float | None = None    # the trained tower's rate (default lr / 100)
     spaces: str = "multi"            # "multi": a space per attribute; "single": one space (the ablation)
-    affinity: float = 1.0            # weight of the semantic affinity loss (0: off)
+    affinity: float = 10.0           # weight of the semantic affinity loss (0: off)
+    affinity_on: str = "spaces"      # what it keeps near the initial tower's: "spaces" (the attribute
+                                     # embeddings, averaged over spaces) or "features" (f)
     fusion: str = "auto"             # "tokens" (attention over the tower's tokens), "pooled", "auto"
     space_dim: int = 64
     adapter_dim: int = 128
@@ -179,18 +181,20 @@ def batch_losses(model, batch: dict, cfg: MultiAttrConfig, world: int, device) -
     # the reference: the initial tower's features as the adapter standardises them (f's starting point)
     mask, ids, p = batch["mask"], batch["ids"], net.adapter.standardised(batch["initial"].float())
     scale = net.logit_scale.exp()
+    kept = space_affinity_loss if cfg.affinity_on == "spaces" else semantic_affinity_loss
     if world == 1:
         con = attribute_contrastive_loss(e, y, mask, scale, ids)
-        aff = semantic_affinity_loss(f, p) if cfg.affinity > 0 else f.new_zeros(())
+        aff = kept(e if cfg.affinity_on == "spaces" else f, p) if cfg.affinity > 0 else f.new_zeros(())
         return con, aff
     width, valid, rows = shard_layout(torch.ones(len(f), dtype=torch.bool, device=device), world, device)
     g_mask = torch.cat(_gather_plain(_pad_rows(mask.long(), width), world)).bool() & valid[:, None]
     g_ids = torch.cat(_gather_plain(_pad_rows(ids, width), world))
-    con = attribute_contrastive_loss(gather_rows(e, width), gather_rows(y, width), g_mask, scale, g_ids, rows=rows)
+    g_e = gather_rows(e, width)
+    con = attribute_contrastive_loss(g_e, gather_rows(y, width), g_mask, scale, g_ids, rows=rows)
     aff = f.new_zeros(())
     if cfg.affinity > 0:
         g_p = torch.cat(_gather_plain(_pad_rows(p.float(), width), world))
-        aff = semantic_affinity_loss(gather_rows(f, width), g_p, valid=valid, rows=rows)
+        aff = kept(g_e if cfg.affinity_on == "spaces" else gather_rows(f, width), g_p, valid=valid, rows=rows)
     return con, aff
 
 
@@ -269,6 +273,8 @@ def pretrain_multiattr(cfg: MultiAttrConfig, log=None):
         raise UsageError(f"--fusion {cfg.fusion}: use tokens, pooled or auto")
     if cfg.affinity < 0:
         raise UsageError("--affinity is a loss weight: 0 or more")
+    if cfg.affinity_on not in ("spaces", "features"):
+        raise UsageError(f"--affinity-on must be spaces or features, not {cfg.affinity_on!r}")
     if cfg.tower not in ("frozen", "trainable"):
         raise UsageError(f"--tower {cfg.tower}: use frozen or trainable")
     trainable = cfg.tower == "trainable"
@@ -472,7 +478,7 @@ def write_multiattr_dir(output: Path, net: MultiAttrNet, spec: dict, cfg: MultiA
     tower = {k: v for k, v in spec.items()}
     config = {"format": "photocritic-multiattr", "version": 1, "tower": tower, "net": net.config,
               "attributes": names, "spaces": cfg.spaces, "text_encoder": cfg.text_encoder,
-              "text_encoder_id": encoder.id, "affinity": cfg.affinity,
+              "text_encoder_id": encoder.id, "affinity": cfg.affinity, "affinity_on": cfg.affinity_on,
               "tower_weights": "tower.safetensors" if tower_state is not None else None,
               "tower_view": "image.prelogits" if tower_state is not None else "image.pooled"}
     (d / "config.json").write_text(json.dumps(config, indent=2) + "\n")

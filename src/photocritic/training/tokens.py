@@ -44,6 +44,7 @@ def token_features(cfg: dict, method: Method, ds, store, log, critic=None, encod
     got = gather_token_inputs(method, list(ds.ids), ds.image_paths() if critic is not None else None,
                               critic=critic, encoder=encoder, comments=comments, store=store, bank=bank,
                               retrieve_k=k if bank is not None else 0, pooled_cache=pooled_cache, groups=groups,
+                              retrieve_all=bool(getattr(method, "train_on_retrieved", False)),
                               score_kw=dict(batch_size=cfg["extract_batch_size"], progress=not cfg["quiet"],
                                             decode=cfg["decode"], workers=cfg["workers"]))
     for line in describe(got.report, ds.name):
@@ -54,7 +55,8 @@ def token_features(cfg: dict, method: Method, ds, store, log, critic=None, encod
                   "from_cache": got.report.get("images_from_cache", 0),
                   "computed": got.report.get("images_computed", 0),
                   **{key: got.report[key] for key in ("with_comments", "without_comments", "retrieved",
-                                                      "comment_sets") if key in got.report}}
+                                                      "own_comments_unread", "comment_sets")
+                     if key in got.report}}
     idx = np.array(got.keep, dtype=int)
     targets = Targets(ds.mean[idx], None if ds.distribution is None else ds.distribution[idx])
     info.update(used=len(idx), ids=[ds.ids[i] for i in idx], seconds=round(time.perf_counter() - t0, 3))
@@ -97,6 +99,8 @@ def train_on_tokens(cfg: dict, spec: dict | None, method: Method, train_set, val
             cfg = {**cfg, "quiet": True}
     if k and "text.tokens" not in method.requires:
         raise UsageError("--retrieve-comments fills in comments; the model reads none (--inputs image)")
+    if getattr(method, "train_on_retrieved", False) and not k:
+        raise UsageError("--train-on-retrieved trains on retrieved comments: pass --retrieve-comments K")
     if k and spec is None:
         raise UsageError("--retrieve-comments finds the comments of similar images: it needs --backbone "
                          "(image embeddings), also with --inputs comments")
@@ -129,6 +133,10 @@ def train_on_tokens(cfg: dict, spec: dict | None, method: Method, train_set, val
                         groups = dict(zip(both, label_column(cfg["dataset"], cfg["group_by"], both).tolist()))
                         notes.append(f"group_by {cfg['group_by']}: images retrieve comments only from images "
                                      f"of other groups")
+                        log(notes[-1])
+                    elif method.train_on_retrieved:
+                        notes.append("train_on_retrieved without --group-by: a training image may retrieve the "
+                                     "comments of other versions of its photo, which no unseen photo can")
                         log(notes[-1])
                 tr = token_features(cfg, method, train_set, store, log, critic, encoder, comments, bank,
                                     pooled_cache, groups)
