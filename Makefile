@@ -47,8 +47,10 @@ bench: $(STAMP) sources
 	$(PY) benchmarks/learnability.py --n 6000 --finetune-epochs 6
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --key mmlq_trained_on_retrieved \
-	  --trained-on-retrieved-k 3 8 --modes image \
-	  "image + retrieved comments (k=3, group_by source, trained on retrieved)" \
+	  --trained-on-retrieved-k 8 --modes image \
+	  "image + retrieved comments (k=8, group_by source, trained on retrieved)"
+	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --seed 1 --key mmlq_trained_on_retrieved_world1 \
+	  --trained-on-retrieved-k 8 --modes image \
 	  "image + retrieved comments (k=8, group_by source, trained on retrieved)"
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --train-seeds 1 --key mmlq_shared_attention \
 	  --param shared_self_attention=true
