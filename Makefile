@@ -49,6 +49,8 @@ bench: $(STAMP) sources
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --key mmlq_trained_on_retrieved \
 	  --trained-on-retrieved-k 8 --modes image \
 	  "image + retrieved comments (k=8, group_by source, trained on retrieved)"
+	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --seed 1 --key mmlq_world1 \
+	  --modes image comments image+comments
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --seed 1 --key mmlq_trained_on_retrieved_world1 \
 	  --trained-on-retrieved-k 8 --modes image \
 	  "image + retrieved comments (k=8, group_by source, trained on retrieved)"
@@ -67,6 +69,8 @@ bench: $(STAMP) sources
 	  --same-text-positives
 	$(PY) benchmarks/vilap.py --part quality --work build/vilap-bench-192 --variant image-192px --image-size 192
 	$(PY) benchmarks/multiattr.py --part frozen
+	$(PY) benchmarks/multiattr.py --part seeds
+	$(PY) benchmarks/multiattr.py --part seeds --affinity 1 --affinity-form neighbours
 	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500 --affinity 1 --affinity-on features
 	$(PY) benchmarks/multiattr.py --part trainable --epochs 4 --n 1500 --without content --affinity 1 \
 	  --affinity-on features

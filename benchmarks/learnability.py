@@ -369,6 +369,12 @@ def mmlq_part(args) -> int:
         r["seed_mean_srcc_minus_image"] = seed_mean_gain(sp, seed_preds[0], test.mean)
         print(f"{r['mode']:<36} SRCC minus image's: {r['srcc_minus_image']}; "
               f"seed means: {r['seed_mean_srcc_minus_image']}")
+    modes = [r["mode"] for r in results]
+    if "image+comments" in modes and "comments" in modes:  # the check's other half, with its CI
+        both, alone = (seed_preds[modes.index(m)] for m in ("image+comments", "comments"))
+        gain = seed_mean_gain(both, alone, test.mean)
+        results[modes.index("image+comments")]["seed_mean_srcc_minus_comments"] = gain
+        print(f"{'image+comments':<36} seed means minus comments': {gain}")
     siblings = sibling_retrieval(results, preds, models, test, comments_all, store)
     srcc = {r["mode"]: r["srcc"] for r in results}
     mean = {r["mode"]: r["seeds"]["mean_srcc"] for r in results}

@@ -10,8 +10,8 @@ import torch
 from conftest import needs_torchrun, run_processes
 
 from photocritic.cli import main
-from photocritic.losses import (attribute_contrastive_loss, contrastive_loss, semantic_affinity_loss,
-                               space_affinity_loss)
+from photocritic.losses import (affinity_loss, attribute_contrastive_loss, contrastive_loss,
+                               neighbour_affinity_loss, semantic_affinity_loss, space_affinity_loss)
 
 
 # -- losses, against hand computations -------------------------------------------------
@@ -110,6 +110,52 @@ def test_space_affinity_loss_by_hand():
         float(space_affinity_loss(torch.tensor(e[keep]), torch.tensor(g[keep]))), rel=1e-6)
     parts = sum(space_affinity_loss(torch.tensor(e), torch.tensor(g), rows=slice(s, s + 2)) for s in (0, 2, 4))
     assert float(parts) == pytest.approx(float(got), rel=1e-6)
+
+
+def test_neighbour_affinity_loss_by_hand():
+    """Mean over images of KL(P_i || Q_i), each a softmax over the other images' cosines / t."""
+    rng = np.random.default_rng(8)
+    f, g = rng.normal(size=(5, 3)), rng.normal(size=(5, 4))
+    fz, gz = _norm(f), _norm(g)
+
+    def dist(z, i, t, keep):
+        others = [j for j in keep if j != i]
+        w = np.exp([z[i] @ z[j] / t for j in others])
+        return dict(zip(others, w / w.sum()))
+
+    def by_hand(keep, t):
+        total = 0.0
+        for i in keep:
+            p, q = dist(gz, i, t, keep), dist(fz, i, t, keep)
+            total += sum(p[j] * np.log(p[j] / q[j]) for j in p)
+        return total / len(keep)
+
+    for t in (0.05, 0.5):
+        got = neighbour_affinity_loss(torch.tensor(f), torch.tensor(g), temperature=t)
+        assert float(got) == pytest.approx(by_hand(range(5), t), rel=1e-6)
+    # 0 when the learnt features are the initial ones rotated and scaled; > 0 otherwise
+    q, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+    assert float(neighbour_affinity_loss(torch.tensor(2 * g @ q), torch.tensor(g))) == pytest.approx(0, abs=1e-6)
+    assert float(neighbour_affinity_loss(torch.tensor(f), torch.tensor(g))) > 0.01
+    # an invalid (padding) row is neither a term nor a neighbour, and its values never matter
+    valid = torch.tensor([True, True, False, True, True])
+    keep = [0, 1, 3, 4]
+    f2 = f.copy()
+    f2[2] = 1e6
+    got = neighbour_affinity_loss(torch.tensor(f2), torch.tensor(g), valid)
+    assert float(got) == pytest.approx(by_hand(keep, 0.05), rel=1e-6)
+    # one valid image has no neighbour: nothing to keep, and no NaN
+    lone = torch.tensor([True, False, False, False, False])
+    assert float(neighbour_affinity_loss(torch.tensor(f), torch.tensor(g), lone)) == 0.0
+    # process shares add up; the spaces' mean takes the form; an unknown form is an error
+    whole = neighbour_affinity_loss(torch.tensor(f), torch.tensor(g))
+    parts = sum(neighbour_affinity_loss(torch.tensor(f), torch.tensor(g), rows=slice(s, s + 2)) for s in (0, 2, 4))
+    assert float(parts) == pytest.approx(float(whole), rel=1e-6)
+    e = torch.tensor(rng.normal(size=(5, 2, 3)))
+    want = np.mean([float(neighbour_affinity_loss(e[:, s], torch.tensor(g), temperature=0.2)) for s in range(2)])
+    assert float(space_affinity_loss(e, torch.tensor(g), form="neighbours", temperature=0.2)) == pytest.approx(want)
+    with pytest.raises(ValueError, match="unknown affinity form"):
+        affinity_loss(torch.tensor(f), torch.tensor(g), form="pairs")
 
 
 def test_process_shares_add_up_to_the_loss():
@@ -339,8 +385,19 @@ def test_resume_continues_bit_for_bit(world, few, tiny_clip_dir, tiny_text, stor
     a, b = (load_file(str(tmp_path / d / "multiattr" / "net.safetensors")) for d in "ab")
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    # other options than the checkpoint's: refused, the output kept
+    # other options than the checkpoint's (the network's or the loss's): refused, the output kept
     assert _pretrain(base[:-2] + ["--output", tmp_path / "b", "--epochs", 3, "--resume", "--spaces", "single"]) == 2
+    assert _pretrain(base + ["--output", tmp_path / "b", "--epochs", 3, "--resume", "--affinity", 2]) == 2
+    kept = load_file(str(tmp_path / "b" / "multiattr" / "net.safetensors"))
+    assert all(torch.equal(kept[k], b[k]) for k in b)
+    # the neighbours form trains other weights and is recorded; a temperature of 0 is refused
+    assert _pretrain(base + ["--output", tmp_path / "n", "--epochs", 2, "--affinity-form", "neighbours",
+                             "--affinity-temperature", 0.1]) == 0
+    cfg = json.loads((tmp_path / "n" / "multiattr" / "config.json").read_text())
+    assert (cfg["affinity_form"], cfg["affinity_temperature"]) == ("neighbours", 0.1)
+    n = load_file(str(tmp_path / "n" / "multiattr" / "net.safetensors"))
+    assert any(not torch.equal(a[k], n[k]) for k in a)
+    assert _pretrain(base + ["--output", tmp_path / "z", "--affinity-temperature", 0]) == 2
 
 
 @needs_torchrun

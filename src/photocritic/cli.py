@@ -1562,6 +1562,12 @@ def build_parser() -> argparse.ArgumentParser:
     ma.add_argument("--affinity-on", choices=["spaces", "features"], default="spaces",
                     help="what the affinity loss keeps near the initial tower's similarities: the attribute "
                          "embeddings (what the attribute heads read; the default) or the adapted feature f")
+    ma.add_argument("--affinity-form", choices=["gram", "neighbours"], default="gram",
+                    help="gram: every pair's cosine stays what the initial tower's is (the default); "
+                         "neighbours: only each image's near neighbours under the initial tower stay near "
+                         "(a KL between softmaxed similarities)")
+    ma.add_argument("--affinity-temperature", type=float, default=0.05,
+                    help="the neighbours form's softmax temperature (default 0.05)")
     ma.add_argument("--fusion", choices=["auto", "tokens", "pooled"], default="auto",
                     help="fuse attributes with the tower's tokens (attention pooling) or its pooled "
                          "feature only (auto: tokens where the tower has them)")

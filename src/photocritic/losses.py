@@ -170,6 +170,15 @@ def attribute_contrastive_loss(image: torch.Tensor, text: torch.Tensor, mask: to
     return total / mask.sum().clamp(min=1)
 
 
+def _pairs(features: torch.Tensor, initial: torch.Tensor, valid: torch.Tensor | None):
+    """Both feature sets L2-normalised, the valid rows, and the valid pairs i != j."""
+    f = torch.nn.functional.normalize(features.float(), dim=-1)
+    g = torch.nn.functional.normalize(initial.float(), dim=-1)
+    valid = torch.ones(len(f), dtype=torch.bool, device=f.device) if valid is None else valid.bool()
+    off = valid[:, None] & valid[None, :] & ~torch.eye(len(f), dtype=torch.bool, device=f.device)
+    return f, g, valid, off
+
+
 def semantic_affinity_loss(features: torch.Tensor, initial: torch.Tensor, valid: torch.Tensor | None = None,
                            rows: slice | None = None) -> torch.Tensor:
     """The semantic affinity loss (our form; Huang et al. name the loss, not
@@ -184,25 +193,68 @@ def semantic_affinity_loss(features: torch.Tensor, initial: torch.Tensor, valid:
     to rotating or rescaling the features, unlike a distance to g itself.
     ``rows``: this process's slice of the gathered batch (the shares add up
     to L_aff)."""
-    f = torch.nn.functional.normalize(features.float(), dim=-1)
-    g = torch.nn.functional.normalize(initial.float(), dim=-1)
+    f, g, valid, off = _pairs(features, initial, valid)
     n = len(f)
-    valid = torch.ones(n, dtype=torch.bool, device=f.device) if valid is None else valid.bool()
-    off = valid[:, None] & valid[None, :] & ~torch.eye(n, dtype=torch.bool, device=f.device)
     mine = _own_rows(n, rows, f.device)
     diff = (f @ f.t() - g @ g.t()) ** 2
     v = valid.sum()
     return (diff * (off & mine[:, None])).sum() / (v * (v - 1)).clamp(min=1)
 
 
+def neighbour_affinity_loss(features: torch.Tensor, initial: torch.Tensor, valid: torch.Tensor | None = None,
+                            rows: slice | None = None, temperature: float = 0.05) -> torch.Tensor:
+    """The semantic affinity loss in its neighbourhood form (our choice, the
+    ``--affinity-form neighbours`` of ``pretrain multiattr``): for each
+    valid image i, the distribution over the batch's other valid images
+    j != i of softmax_j(cos(g_i, g_j) / t) under the frozen initial
+    features g (P_i) and under the learnt ones f (Q_i); the loss is
+
+        L_nb = 1/V * sum_i KL(P_i || Q_i)
+
+    over the V valid images (an image with no other valid image adds
+    nothing). Where :func:`semantic_affinity_loss` asks every pair's
+    similarity to stay what it was, which makes the whole geometry the
+    general model's, this asks only that an image's near neighbours under
+    g (at t = 0.05, mostly other views of the same scene) stay near: the
+    rest of the space is free for what the contrastive loss teaches. KL in
+    this direction penalises losing a neighbour, not gaining one.
+    ``rows``: this process's slice of the gathered batch (the shares add up
+    to L_nb)."""
+    f, g, valid, off = _pairs(features, initial, valid)
+    n = len(f)
+    floor = torch.finfo(f.dtype).min / 4  # a finite "minus infinity": rows with no neighbour stay NaN-free
+    log_p = torch.log_softmax(torch.where(off, g @ g.t() / temperature, floor), dim=1)
+    log_q = torch.log_softmax(torch.where(off, f @ f.t() / temperature, floor), dim=1)
+    kl = torch.where(off, log_p.exp() * (log_p - log_q), torch.zeros((), device=f.device)).sum(1)
+    counted = off.any(1) & _own_rows(n, rows, f.device)
+    return (kl * counted).sum() / valid.sum().clamp(min=1)
+
+
+AFFINITY_FORMS = ("gram", "neighbours")
+
+
 def space_affinity_loss(embeddings: torch.Tensor, initial: torch.Tensor, valid: torch.Tensor | None = None,
-                        rows: slice | None = None) -> torch.Tensor:
+                        rows: slice | None = None, form: str = "gram", temperature: float = 0.05) -> torch.Tensor:
     """The semantic affinity loss on the attribute spaces: the mean over
-    the K spaces of :func:`semantic_affinity_loss` between the images'
-    embeddings in that space (``embeddings``: (N, K, d)) and the initial
-    features. What the attribute heads read are these embeddings; the
-    contrastive loss alone pulls images with like descriptions together in
-    each space whatever they show, and this keeps in each space which
-    images look alike to the general model."""
+    the K spaces of the affinity loss between the images' embeddings in
+    that space (``embeddings``: (N, K, d)) and the initial features —
+    :func:`semantic_affinity_loss` (``form="gram"``) or
+    :func:`neighbour_affinity_loss` (``"neighbours"``). What the attribute
+    heads read are these embeddings; the contrastive loss alone pulls
+    images with like descriptions together in each space whatever they
+    show, and this keeps in each space which images look alike to the
+    general model."""
     k = embeddings.shape[1]
-    return sum(semantic_affinity_loss(embeddings[:, s], initial, valid, rows) for s in range(k)) / k
+    return sum(affinity_loss(embeddings[:, s], initial, valid, rows, form, temperature) for s in range(k)) / k
+
+
+def affinity_loss(features: torch.Tensor, initial: torch.Tensor, valid: torch.Tensor | None = None,
+                  rows: slice | None = None, form: str = "gram", temperature: float = 0.05) -> torch.Tensor:
+    """The semantic affinity loss of ``form`` ("gram": every pair's cosine;
+    "neighbours": each image's near neighbours) between learnt features
+    and the initial ones."""
+    if form == "gram":
+        return semantic_affinity_loss(features, initial, valid, rows)
+    if form == "neighbours":
+        return neighbour_affinity_loss(features, initial, valid, rows, temperature)
+    raise ValueError(f"unknown affinity form {form!r}; use one of {', '.join(AFFINITY_FORMS)}")

@@ -33,7 +33,15 @@ layers are not in our sources):
   lets images of unlike content but like descriptions meet there. With
   ``"features"`` it is the gap between f's and p's (0 at the start, since
   f starts at p standardised); on a frozen tower f barely moves, so this
-  form keeps nothing the spaces lose (benchmarks/multiattr.py).
+  form keeps nothing the spaces lose (benchmarks/multiattr.py). The gap
+  itself has two forms (``affinity_form``): ``"gram"``, the mean squared
+  difference of every pair's cosine
+  (:func:`~photocritic.losses.semantic_affinity_loss`), and
+  ``"neighbours"``, the KL between each image's softmaxed similarities to
+  the others under p and under the learnt representation
+  (:func:`~photocritic.losses.neighbour_affinity_loss`), which keeps only
+  each image's near neighbours and leaves the rest of the space to the
+  contrastive loss.
 
 ``spaces="single"`` is the ablation: one space of width K d (the same
 parameters in the projections) matched to all of an image's descriptions

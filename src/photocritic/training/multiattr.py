@@ -26,6 +26,7 @@ processes, so two processes train the weights one does.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, UsageError
-from ..losses import attribute_contrastive_loss, semantic_affinity_loss, space_affinity_loss
+from ..losses import AFFINITY_FORMS, affinity_loss, attribute_contrastive_loss, space_affinity_loss
 from ..methods.multiattr import SINGLE, MultiAttrNet, attribute_query_text, default_prompts
 
 MULTIATTR_DIR = "multiattr"
@@ -56,6 +57,8 @@ class MultiAttrConfig:
     affinity: float = 10.0           # weight of the semantic affinity loss (0: off)
     affinity_on: str = "spaces"      # what it keeps near the initial tower's: "spaces" (the attribute
                                      # embeddings, averaged over spaces) or "features" (f)
+    affinity_form: str = "gram"      # "gram" (every pair's cosine) or "neighbours" (each image's near ones)
+    affinity_temperature: float = 0.05  # the neighbours form's softmax temperature
     fusion: str = "auto"             # "tokens" (attention over the tower's tokens), "pooled", "auto"
     space_dim: int = 64
     adapter_dim: int = 128
@@ -181,7 +184,8 @@ def batch_losses(model, batch: dict, cfg: MultiAttrConfig, world: int, device) -
     # the reference: the initial tower's features as the adapter standardises them (f's starting point)
     mask, ids, p = batch["mask"], batch["ids"], net.adapter.standardised(batch["initial"].float())
     scale = net.logit_scale.exp()
-    kept = space_affinity_loss if cfg.affinity_on == "spaces" else semantic_affinity_loss
+    kept = functools.partial(space_affinity_loss if cfg.affinity_on == "spaces" else affinity_loss,
+                             form=cfg.affinity_form, temperature=cfg.affinity_temperature)
     if world == 1:
         con = attribute_contrastive_loss(e, y, mask, scale, ids)
         aff = kept(e if cfg.affinity_on == "spaces" else f, p) if cfg.affinity > 0 else f.new_zeros(())
@@ -275,6 +279,10 @@ def pretrain_multiattr(cfg: MultiAttrConfig, log=None):
         raise UsageError("--affinity is a loss weight: 0 or more")
     if cfg.affinity_on not in ("spaces", "features"):
         raise UsageError(f"--affinity-on must be spaces or features, not {cfg.affinity_on!r}")
+    if cfg.affinity_form not in AFFINITY_FORMS:
+        raise UsageError(f"--affinity-form must be {' or '.join(AFFINITY_FORMS)}, not {cfg.affinity_form!r}")
+    if not cfg.affinity_temperature > 0:
+        raise UsageError("--affinity-temperature must be above 0")
     if cfg.tower not in ("frozen", "trainable"):
         raise UsageError(f"--tower {cfg.tower}: use frozen or trainable")
     trainable = cfg.tower == "trainable"
@@ -332,6 +340,9 @@ def pretrain_multiattr(cfg: MultiAttrConfig, log=None):
                   "text_dim": int(encoder.dim), "spaces": table.spaces,
                   "space_dim": cfg.space_dim * (len(names) if cfg.spaces == "single" else 1),
                   "adapter_dim": cfg.adapter_dim, "hidden": cfg.hidden}
+    # what a checkpoint must share to be resumed: the network and the loss
+    resume_key = {**net_config, "loss": {k: getattr(cfg, k) for k in ("affinity", "affinity_on", "affinity_form",
+                                                                       "affinity_temperature")}}
     torch.manual_seed(cfg.seed)
     net = MultiAttrNet(net_config, attr_feat)
     net.adapter.standardise(pooled[tr] if tr else pooled)
@@ -362,7 +373,7 @@ def pretrain_multiattr(cfg: MultiAttrConfig, log=None):
     acc.wait_for_everyone()
     if cfg.resume:
         state = torch.load(ck / "state.pt", map_location="cpu", weights_only=False)
-        if state["config"] != net_config:
+        if state["config"] != resume_key:
             raise DataError(f"--resume: {output}'s checkpoint was made with other options or data")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
@@ -408,7 +419,7 @@ def pretrain_multiattr(cfg: MultiAttrConfig, log=None):
         say(f"epoch {epoch}: train loss {row['train_loss']:.4f}"
             + (f", val contrastive {row['val_contrastive']:.4f}, val affinity {row['val_affinity']:.5f}"
                if "val_loss" in row else ""))
-        best, best_epoch = close_epoch(acc, core, opt, sched, ck, rows, row, best, best_epoch, config=net_config)
+        best, best_epoch = close_epoch(acc, core, opt, sched, ck, rows, row, best, best_epoch, config=resume_key)
     seconds = time.perf_counter() - t0
     if not main:
         return None
@@ -479,6 +490,7 @@ def write_multiattr_dir(output: Path, net: MultiAttrNet, spec: dict, cfg: MultiA
     config = {"format": "photocritic-multiattr", "version": 1, "tower": tower, "net": net.config,
               "attributes": names, "spaces": cfg.spaces, "text_encoder": cfg.text_encoder,
               "text_encoder_id": encoder.id, "affinity": cfg.affinity, "affinity_on": cfg.affinity_on,
+              "affinity_form": cfg.affinity_form, "affinity_temperature": cfg.affinity_temperature,
               "tower_weights": "tower.safetensors" if tower_state is not None else None,
               "tower_view": "image.prelogits" if tower_state is not None else "image.pooled"}
     (d / "config.json").write_text(json.dumps(config, indent=2) + "\n")
