@@ -51,6 +51,8 @@ bench: $(STAMP) sources
 	  "image + retrieved comments (k=8, group_by source, trained on retrieved)"
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --seed 1 --key mmlq_world1 \
 	  --modes image comments image+comments
+	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --seed 2 --key mmlq_world2 --trained-on-retrieved-k 8 \
+	  --modes image comments image+comments "image + retrieved comments (k=8, group_by source, trained on retrieved)"
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --seed 1 --key mmlq_trained_on_retrieved_world1 \
 	  --trained-on-retrieved-k 8 --modes image \
 	  "image + retrieved comments (k=8, group_by source, trained on retrieved)"
