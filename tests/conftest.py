@@ -71,14 +71,16 @@ def browser_page():
 def run_processes(args: list[str], procs: int, cwd, **env) -> None:
     """``photocritic ARGS`` as ``procs`` data-parallel processes: one is the
     plain in-process run (torchrun would add only its start-up), more go
-    through torchrun with one thread each (``env``: extra variables for them)."""
+    through torchrun with one thread each (``env``: extra variables for them).
+    Their temporary files (torchrun's own ``torchelastic_*`` folders) go in
+    ``cwd``, a test's temporary folder, not in the machine's /tmp."""
     from photocritic.cli import main
 
     if procs == 1:
         assert main([str(a) for a in args]) == 0
         return
     cmd = [TORCHRUN, "--nproc_per_node", str(procs), "-m", "photocritic", *map(str, args)]
-    res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, capture_output=True, text=True,
+    res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(cwd), **env}, capture_output=True, text=True,
                          timeout=300, cwd=cwd)
     # a failing process's own message first (torchrun's report of it comes last and is long)
     said = [line for line in res.stderr.splitlines() if line.startswith(("photocritic:", "Traceback"))
