@@ -228,14 +228,12 @@ def main() -> int:
         return 0
     if args.part == "trainable":
         t = dict(tower="trainable", lr_tower=args.lr_tower)
-        variants = {"multi": dict(spaces="multi", affinity=args.affinity, affinity_on=args.affinity_on, **t),
+        variants = {"multi": dict(spaces="multi", **affinity_opts(args), **t),
                     "multi, no affinity": dict(spaces="multi", affinity=0.0, **t)}
     else:
-        variants = {"multi": dict(spaces="multi", affinity=args.affinity, affinity_on=args.affinity_on,
-                              affinity_form=args.affinity_form),
+        variants = {"multi": dict(spaces="multi", **affinity_opts(args)),
                     "multi, no affinity": dict(spaces="multi", affinity=0.0),
-                    "single": dict(spaces="single", affinity=args.affinity, affinity_on=args.affinity_on,
-                              affinity_form=args.affinity_form)}
+                    "single": dict(spaces="single", **affinity_opts(args))}
     rows, preds = {}, {}
     for name, opts in [("tower (no pretraining)", None)] + list(variants.items()):
         t0 = time.perf_counter()
@@ -245,13 +243,8 @@ def main() -> int:
         else:
             tag = (args.part + ("-without-" + "-".join(without) if without else "") + f"-aff{args.affinity:g}"
                    + f"-{args.affinity_on}-{args.affinity_form}-lr{args.lr_tower:g}")
-            backbone = str(work / f"pre-{tag}-{name.replace(' ', '').replace(',', '-')}")
-            if (Path(backbone) / "config.json").exists():
-                shutil.rmtree(backbone)
-            pretrain_multiattr(MultiAttrConfig(init=TOWER, attributes=str(seen), images=str(world / "images"),
-                                               output=backbone, epochs=args.epochs, batch_size=args.batch_size,
-                                               seed=args.seed, cache=str(store), precision="fp32", quiet=True,
-                                               **opts))
+            backbone = pretrained(args, work / f"pre-{tag}-{name.replace(' ', '').replace(',', '-')}", opts,
+                                  args.seed, seen, world, store)
             m = json.loads((Path(backbone) / "metrics.json").read_text())
             row.update(best_epoch=m["best_epoch"], pretrain_seconds=m["seconds"],
                        params=sum(int(np.prod(v.shape)) for v in _state(backbone).values()))
@@ -271,16 +264,9 @@ def main() -> int:
         preds[name, "heads"] = hp
         # each representation: the attribute embeddings (pretrained models) and f
         for view, key in ([("image.attributes", "")] if opts is not None else []) + [("image.pooled", "_f")]:
-            lin = work / f"linear-{args.part}-{len(rows)}"
-            train({**common, "attribute_labels": None, "method": "linear", "backbone": backbone, "output": str(lin),
-                   "overwrite": True, "params": {"ridge": "auto", "view": view}}, log=lambda m: None)
-            got = photocritic.load(str(lin), precision="fp32").score(test_paths, cache=str(store))
-            overall = np.array([r.score for r in got])
-            row["linear_overall_srcc" + key] = round(srcc(overall, test.mean), 4)
-            preds[name, "linear" + key] = overall
-            f = features(backbone, test_paths, store, view)
-            row["nn_source_accuracy" + key], preds[name, "nn" + key] = nn_source_accuracy(f, sources)
-            row["mean_cosine" + key] = source_cosines(f, sources)
+            got, preds[name, "linear" + key], preds[name, "nn" + key] = linear_and_nn(
+                backbone, view, work / f"linear-{args.part}-{len(rows)}", common, test, sources, store)
+            row.update({k + key: v for k, v in got.items()})
         if opts is None:  # the tower has one representation: the reference for both
             for k in ("linear_overall_srcc", "nn_source_accuracy", "mean_cosine"):
                 row[k] = row[k + "_f"]
@@ -293,11 +279,7 @@ def main() -> int:
               + f"  explain {row['explain_heads']['named_right']:.3f}  ({row['seconds']:.0f} s)", flush=True)
 
     def cmp(a, b, kind):
-        if kind.startswith("nn"):
-            return paired(lambda x, _t: float(np.mean(x)), preds[a, kind], preds[b, kind], preds[a, kind])
-        if kind.startswith("linear"):
-            return paired(srcc, preds[a, kind], preds[b, kind], test.mean)
-        return paired(mean_attr_srcc, preds[a, kind], preds[b, kind], true_attr)
+        return compare(kind, preds[a, kind], preds[b, kind], test.mean, true_attr)
 
     comparisons = {
         "affinity - none, NN source accuracy": cmp("multi", "multi, no affinity", "nn"),
@@ -358,17 +340,47 @@ def _kept(results: Path) -> dict:
     return json.loads(results.read_text()).get("parts", {}) if results.exists() else {}
 
 
+def affinity_opts(args) -> dict:
+    """The affinity loss's options of the variants that have one."""
+    return dict(affinity=args.affinity, affinity_on=args.affinity_on, affinity_form=args.affinity_form)
+
+
+def pretrained(args, out: Path, opts: dict, seed: int, seen: Path, world: Path, store: Path) -> str:
+    """``pretrain multiattr`` with ``opts`` and ``seed`` into ``out`` (a
+    finished earlier run there is replaced); returns the directory."""
+    if (out / "config.json").exists():
+        shutil.rmtree(out)
+    pretrain_multiattr(MultiAttrConfig(init=TOWER, attributes=str(seen), images=str(world / "images"),
+                                       output=str(out), epochs=args.epochs, batch_size=args.batch_size,
+                                       seed=seed, cache=str(store), precision="fp32", quiet=True, **opts))
+    return str(out)
+
+
 def linear_and_nn(backbone: str, view: str, out: Path, common: dict, test, sources: np.ndarray,
-                  store: Path) -> tuple[float, np.ndarray, float, np.ndarray]:
-    """A ``linear`` head (ridge auto) on ``view`` of ``backbone``: its overall
-    SRCC on the test images and its predictions; and the NN source-photo
-    accuracy from the same view, with each image's hit."""
+                  store: Path) -> tuple[dict, np.ndarray, np.ndarray]:
+    """A ``linear`` head (ridge auto) on ``view`` of ``backbone``, and the
+    view's NN source-photo retrieval: the figures (``linear_overall_srcc``
+    on the test images, ``nn_source_accuracy``, ``mean_cosine``), the
+    head's predictions and each image's NN hit."""
     train({**common, "attribute_labels": None, "method": "linear", "backbone": backbone, "output": str(out),
            "overwrite": True, "params": {"ridge": "auto", "view": view}}, log=lambda m: None)
     paths = test.image_paths()
     pred = np.array([r.score for r in photocritic.load(str(out), precision="fp32").score(paths, cache=str(store))])
-    acc, hits = nn_source_accuracy(features(backbone, paths, store, view), sources)
-    return round(srcc(pred, test.mean), 4), pred, acc, hits
+    f = features(backbone, paths, store, view)
+    acc, hits = nn_source_accuracy(f, sources)
+    return ({"linear_overall_srcc": round(srcc(pred, test.mean), 4), "nn_source_accuracy": acc,
+             "mean_cosine": source_cosines(f, sources)}, pred, hits)
+
+
+def compare(kind: str, a, b, test_mean: np.ndarray, true_attr: np.ndarray | None = None) -> dict:
+    """``a`` minus ``b`` (predictions, or lists of them over seeds) on the
+    measure of ``kind``: NN hit rate ("nn..."), overall SRCC ("linear..."),
+    else the mean per-attribute SRCC; paired bootstrap CI."""
+    if kind.startswith("nn"):
+        return paired(lambda x, _t: float(np.mean(x)), a, b, test_mean)  # the truth is unused
+    if kind.startswith("linear"):
+        return paired(srcc, a, b, test_mean)
+    return paired(mean_attr_srcc, a, b, true_attr)
 
 
 def seeds_part(args, work: Path, world: Path, store: Path, seen: Path, test, sources: np.ndarray,
@@ -382,8 +394,7 @@ def seeds_part(args, work: Path, world: Path, store: Path, seen: Path, test, sou
     the same resampled test images. Only what the check needs is measured:
     linear overall SRCC and NN source accuracy, from the attribute
     embeddings and from f."""
-    variants = {"multi": dict(spaces="multi", affinity=args.affinity, affinity_on=args.affinity_on,
-                              affinity_form=args.affinity_form),
+    variants = {"multi": dict(spaces="multi", **affinity_opts(args)),
                 "multi, no affinity": dict(spaces="multi", affinity=0.0)}
     views = {"": "image.attributes", "_f": "image.pooled"}
     seeds = list(range(args.pretrain_seeds))
@@ -392,19 +403,15 @@ def seeds_part(args, work: Path, world: Path, store: Path, seen: Path, test, sou
     for seed in seeds:
         for name, opts in variants.items():
             t0 = time.perf_counter()
-            backbone = str(work / f"pre-seeds-{name.replace(' ', '').replace(',', '-')}-{seed}")
-            if (Path(backbone) / "config.json").exists():
-                shutil.rmtree(backbone)
-            pretrain_multiattr(MultiAttrConfig(init=TOWER, attributes=str(seen), images=str(world / "images"),
-                                               output=backbone, epochs=args.epochs, batch_size=args.batch_size,
-                                               seed=seed, cache=str(store), precision="fp32", quiet=True, **opts))
+            backbone = pretrained(args, work / f"pre-seeds-{name.replace(' ', '').replace(',', '-')}-{seed}", opts,
+                                  seed, seen, world, store)
             row = rows[name]
             row.setdefault("best_epoch", []).append(json.loads((Path(backbone) / "metrics.json").read_text())["best_epoch"])
             for key, view in views.items():
-                lin, preds[name, seed, "linear" + key], nn, preds[name, seed, "nn" + key] = linear_and_nn(
+                got, preds[name, seed, "linear" + key], preds[name, seed, "nn" + key] = linear_and_nn(
                     backbone, view, work / "linear-seeds", common, test, sources, store)
-                row.setdefault("linear_overall_srcc" + key, []).append(lin)
-                row.setdefault("nn_source_accuracy" + key, []).append(round(nn, 4))
+                row.setdefault("linear_overall_srcc" + key, []).append(got["linear_overall_srcc"])
+                row.setdefault("nn_source_accuracy" + key, []).append(round(got["nn_source_accuracy"], 4))
             row.setdefault("seconds", []).append(round(time.perf_counter() - t0, 1))
             print(f"seed {seed} {name:<20} linear {row['linear_overall_srcc'][-1]:.3f} (f {row['linear_overall_srcc_f'][-1]:.3f})"
                   f"  NN-source {row['nn_source_accuracy'][-1]:.3f} (f {row['nn_source_accuracy_f'][-1]:.3f})"
@@ -416,9 +423,7 @@ def seeds_part(args, work: Path, world: Path, store: Path, seen: Path, test, sou
 
     def over_seeds(kind):
         a, b = ([preds[n, s, kind] for s in seeds] for n in variants)
-        if kind.startswith("nn"):
-            return paired(lambda x, _t: float(np.mean(x)), a, b, a[0])
-        return paired(srcc, a, b, test.mean)
+        return compare(kind, a, b, test.mean)
 
     comparisons = {
         "affinity - none, NN source accuracy (mean over seeds)": over_seeds("nn"),
