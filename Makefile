@@ -56,6 +56,8 @@ bench: $(STAMP) sources
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --seed 1 --key mmlq_trained_on_retrieved_world1 \
 	  --trained-on-retrieved-k 8 --modes image \
 	  "image + retrieved comments (k=8, group_by source, trained on retrieved)"
+	for s in 0 1 2; do $(PY) benchmarks/learnability.py --part mmlq --n 2000 --seed $$s --folds 5 \
+	  --train-seeds 1 || exit 1; done
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --train-seeds 1 --key mmlq_shared_attention \
 	  --param shared_self_attention=true
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --train-seeds 1 --key mmlq_regularised \

@@ -1,0 +1,75 @@
+"""The statistics helpers of the benchmark scripts, against independent
+references: the figures in benchmarks/results rest on them."""
+
+import csv
+import importlib.util
+import sys
+
+import numpy as np
+from scipy.stats import spearmanr
+from sklearn.metrics import average_precision_score
+
+from conftest import REPO
+
+
+def _bench(name):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_source_average_precision_is_sklearns_per_row():
+    m = _bench("multiattr")
+    rng = np.random.default_rng(0)
+    f, src = rng.normal(size=(80, 6)), rng.integers(0, 5, 80)
+    src[0] = 9  # a photo with one image: nothing to retrieve, AP 0
+    z = f / np.linalg.norm(f, axis=1, keepdims=True)
+    sims = z @ z.T
+    ref = [average_precision_score(np.delete(src == src[i], i), np.delete(sims[i], i)) if i else 0.0
+           for i in range(80)]
+    got = m.source_average_precision(f, src)
+    np.testing.assert_allclose(got, ref, atol=1e-12)
+    # a perfect embedding (one direction per photo) ranks every sibling first
+    assert m.source_average_precision(np.eye(5)[src[1:] % 5] + 1e-3 * f[1:, :5], src[1:] % 5).min() == 1.0
+
+
+def test_fold_mean_gain_value_and_pairing():
+    m = _bench("learnability")
+    rng = np.random.default_rng(1)
+    truth = [rng.normal(size=n) for n in (40, 55, 30)]
+    a = [t + rng.normal(scale=0.5, size=len(t)) for t in truth]
+    b = [t + rng.normal(scale=2.0, size=len(t)) for t in truth]
+    got = m.fold_mean_gain(a, b, truth, n_boot=300)
+    ref = np.mean([spearmanr(x, t)[0] - spearmanr(y, t)[0] for x, y, t in zip(a, b, truth)])
+    assert abs(got["value"] - ref) < 1e-4
+    assert got["ci95"][0] < got["value"] < got["ci95"][1]
+    assert got["per_fold"] == [round(spearmanr(x, t)[0] - spearmanr(y, t)[0], 4) for x, y, t in zip(a, b, truth)]
+    same = m.fold_mean_gain(a, a, truth, n_boot=50)  # paired: a model against itself is exactly 0
+    assert (same["value"], same["ci95"], same["per_fold"]) == (0.0, [0.0, 0.0], [0.0, 0.0, 0.0])
+    # images a model did not score (NaN) leave the comparison in that fold, for both models
+    half = [x.copy() for x in a]
+    for x in half:
+        x[::2] = np.nan
+    got = m.fold_mean_gain(half, b, truth, n_boot=50)
+    ref = np.mean([spearmanr(x[1::2], t[1::2])[0] - spearmanr(y[1::2], t[1::2])[0] for x, y, t in zip(a, b, truth)])
+    assert abs(got["value"] - ref) < 1e-4
+
+
+def test_fold_files_test_every_photo_once(tmp_path):
+    m = _bench("learnability")
+    rows = [[f"images/{i:03d}.jpg", "train", f"photo{i % 23}"] for i in range(200)]
+    with open(tmp_path / "labels.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["path", "split", "source"], *rows])
+    files = m.fold_files(tmp_path, 5, seed=0)
+    tested = []
+    for path in files:
+        with open(path, newline="") as fh:
+            got = list(csv.DictReader(fh))
+        assert [r["path"] for r in got] == [r[0] for r in rows]  # every image, in order, other columns kept
+        by = {s: {r["source"] for r in got if r["split"] == s} for s in ("train", "val", "test")}
+        assert by["train"] and by["val"] and by["test"]
+        assert not (by["train"] & by["val"] or by["train"] & by["test"] or by["val"] & by["test"])
+        tested += sorted(by["test"])
+    assert sorted(tested) == sorted({r[2] for r in rows})  # each photo a test photo in exactly one fold
