@@ -136,7 +136,8 @@ def train_on_tokens(cfg: dict, spec: dict | None, method: Method, train_set, val
                         log(notes[-1])
                     elif method.train_on_retrieved:
                         notes.append("train_on_retrieved without --group-by: a training image may retrieve the "
-                                     "comments of other versions of its photo, which no unseen photo can")
+                                     "comments of other versions of its photo, which an unseen photo can only "
+                                     "when its other versions join the bank (score --retrieve-from-inputs)")
                         log(notes[-1])
                 tr = token_features(cfg, method, train_set, store, log, critic, encoder, comments, bank,
                                     pooled_cache, groups)
