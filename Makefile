@@ -58,6 +58,12 @@ bench: $(STAMP) sources
 	  "image + retrieved comments (k=8, group_by source, trained on retrieved)"
 	for s in 0 1 2; do $(PY) benchmarks/learnability.py --part mmlq --n 2000 --seed $$s --folds 5 \
 	  --train-seeds 1 || exit 1; done
+	for s in 0 1 2; do $(PY) benchmarks/learnability.py --part mmlq --n 2000 --seed $$s --folds 5 \
+	  --train-seeds 1 --trained-on-retrieved-k 8 --key mmlq_folds_world$${s}_siblings --modes image \
+	  "image + retrieved comments (k=8, trained on retrieved, commented test images in the bank)" || exit 1; done
+	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --seed 1 --folds 5 --train-seeds 1 \
+	  --trained-on-retrieved-k 8 --key mmlq_folds_world1_siblings_source --modes image \
+	  "image + retrieved comments (k=8, trained on retrieved from other photos, commented test images in the bank)"
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --train-seeds 1 --key mmlq_shared_attention \
 	  --param shared_self_attention=true
 	$(PY) benchmarks/learnability.py --part mmlq --n 2000 --train-seeds 1 --key mmlq_regularised \

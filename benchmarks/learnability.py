@@ -372,8 +372,13 @@ def mmlq_folds_part(args) -> int:
             # the comments of its nearest training images, other versions of its own photo among them
             **{f"image + retrieved comments (k={k}, trained on retrieved, commented test images in the bank)":
                ({"inputs": "image+comments", "retrieve_comments": k, "train_on_retrieved": True}, "siblings")
+               for k in args.trained_on_retrieved_k},
+            # the same bank at test time, trained as an unseen photo reads (other photos' comments only)
+            **{f"image + retrieved comments (k={k}, trained on retrieved from other photos, commented test "
+               f"images in the bank)":
+               ({"inputs": "image+comments", "retrieve_comments": k, "train_on_retrieved": True}, "siblings/source")
                for k in args.trained_on_retrieved_k}}
-    modes = args.modes or [m for m, (_, which) in rows.items() if which != "siblings"]
+    modes = args.modes or [m for m, (_, which) in rows.items() if not (which or "").startswith("siblings")]
     unknown = [m for m in modes if m not in rows]
     if unknown or "image" not in modes:
         raise SystemExit(f"--modes: {unknown or 'image'} (must include image; rows: {list(rows)})")
@@ -386,7 +391,8 @@ def mmlq_folds_part(args) -> int:
         half = {k: v for k, v in comments_all.items() if Path(k).stem in set(train_set.ids[::2])}
         (tmp / f"half{f}.json").write_text(json.dumps(half))
         files = {"all": str(tmp / "world" / "comments.json"), "half": str(tmp / f"half{f}.json"),
-                 "siblings": str(tmp / "world" / "comments.json")}
+                 "siblings": str(tmp / "world" / "comments.json"),
+                 "siblings/source": str(tmp / "world" / "comments.json")}
         fold = {"fold": f, "test_images": len(test), "train_images": len(train_set), "srcc": {}, "best_epochs": {}}
         for mode in modes:
             opts, which = rows[mode]
@@ -397,9 +403,12 @@ def mmlq_folds_part(args) -> int:
                              "quiet": True, "method": "mmlq", "backbone": "efficientnet-lite0",
                              "seed": args.seed + extra, "params": {**params, **opts},
                              "comments": files.get(which), "output": str(out),
-                             "group_by": "source" if "retrieve_comments" in opts else None}, log=lambda m: None)
+                             # a bank of other photos: trained on other photos' comments; a bank that
+                             # holds other versions of the photo: trained on a bank that does too
+                             "group_by": "source" if "retrieve_comments" in opts and which != "siblings"
+                             else None}, log=lambda m: None)
                 model = photocritic.load(str(out))
-                if which == "siblings":
+                if (which or "").startswith("siblings"):
                     given = {k: v for k, v in comments_all.items() if Path(k).stem in set(test.ids[::2])}
                     p = by_row(model.score(test.image_paths(), cache=str(store), ids=list(test.ids),
                                            comments=given, bank_from_inputs=True))
