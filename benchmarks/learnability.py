@@ -264,6 +264,23 @@ def main() -> int:
     return 0
 
 
+def comments_of(comments_all: dict, ids) -> dict:
+    """The entries of ``comments_all`` (keyed by image path) of the images ``ids``."""
+    keep = set(ids)
+    return {k: v for k, v in comments_all.items() if Path(k).stem in keep}
+
+
+def save_entry(results: str, key: str, entry: dict) -> None:
+    """``entry`` under ``key`` of the results file, the other keys kept."""
+    import json
+
+    results_file = Path(results)
+    data = json.loads(results_file.read_text()) if results_file.exists() else {}
+    data[key] = entry
+    results_file.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {results_file} ({key})")
+
+
 def sibling_retrieval(results, preds, models, test, comments_all, store) -> dict:
     """The retrieval models when the bank also holds the test images that
     have comments (every other test image): the rest, scored with comments
@@ -272,7 +289,7 @@ def sibling_retrieval(results, preds, models, test, comments_all, store) -> dict
     edits of an unseen photo then have comments, as other frames of a new
     shoot might; the model was trained on none of these photos."""
     given_ids = set(test.ids[::2])
-    given = {k: v for k, v in comments_all.items() if Path(k).stem in given_ids}
+    given = comments_of(comments_all, given_ids)
     query = np.arange(1, len(test), 2)
     true = test.mean[query]
     image = preds[0][query]
@@ -362,23 +379,23 @@ def mmlq_folds_part(args) -> int:
     tmp, world, store, comments_all = mmlq_world(args, "pc-learn-mmlq-folds-")
     t0 = time.perf_counter()
     params = mmlq_params(args)
-    rows = {"image": ({"inputs": "image"}, None),
-            "comments": ({"inputs": "comments"}, "all"),
-            "image+comments": ({"inputs": "image+comments"}, "all"),
+    # mode -> (MMLQ options, training comments: all / half / none, train --group-by, siblings): with
+    # siblings, a new shoot in which some frames have comments: every other test image's comments join
+    # the bank, the others are scored with retrieved comments only (run only when named in --modes)
+    retrieved = {"inputs": "image+comments", "train_on_retrieved": True}
+    rows = {"image": ({"inputs": "image"}, None, None, False),
+            "comments": ({"inputs": "comments"}, "all", None, False),
+            "image+comments": ({"inputs": "image+comments"}, "all", None, False),
             f"image + retrieved comments (k={args.retrieve}, group_by source)":
-                ({"inputs": "image+comments", "retrieve_comments": args.retrieve}, "half"),
-            # a new shoot in which some frames have comments: every other test image's comments join the
-            # bank, the others are scored with retrieved comments only; trained as such an image reads, on
-            # the comments of its nearest training images, other versions of its own photo among them
+                ({"inputs": "image+comments", "retrieve_comments": args.retrieve}, "half", "source", False),
+            # trained as such an image reads: other versions of its own photo among its neighbours
             **{f"image + retrieved comments (k={k}, trained on retrieved, commented test images in the bank)":
-               ({"inputs": "image+comments", "retrieve_comments": k, "train_on_retrieved": True}, "siblings")
-               for k in args.trained_on_retrieved_k},
+               ({**retrieved, "retrieve_comments": k}, "all", None, True) for k in args.trained_on_retrieved_k},
             # the same bank at test time, trained as an unseen photo reads (other photos' comments only)
             **{f"image + retrieved comments (k={k}, trained on retrieved from other photos, commented test "
                f"images in the bank)":
-               ({"inputs": "image+comments", "retrieve_comments": k, "train_on_retrieved": True}, "siblings/source")
-               for k in args.trained_on_retrieved_k}}
-    modes = args.modes or [m for m, (_, which) in rows.items() if not (which or "").startswith("siblings")]
+               ({**retrieved, "retrieve_comments": k}, "all", "source", True) for k in args.trained_on_retrieved_k}}
+    modes = args.modes or [m for m, row in rows.items() if not row[3]]
     unknown = [m for m in modes if m not in rows]
     if unknown or "image" not in modes:
         raise SystemExit(f"--modes: {unknown or 'image'} (must include image; rows: {list(rows)})")
@@ -388,28 +405,22 @@ def mmlq_folds_part(args) -> int:
         ds = load_dataset(labels)
         train_set, test = ds.split("train")[0], ds.split("test")[0]
         truth.append(test.mean)
-        half = {k: v for k, v in comments_all.items() if Path(k).stem in set(train_set.ids[::2])}
-        (tmp / f"half{f}.json").write_text(json.dumps(half))
-        files = {"all": str(tmp / "world" / "comments.json"), "half": str(tmp / f"half{f}.json"),
-                 "siblings": str(tmp / "world" / "comments.json"),
-                 "siblings/source": str(tmp / "world" / "comments.json")}
+        (tmp / f"half{f}.json").write_text(json.dumps(comments_of(comments_all, train_set.ids[::2])))
+        files = {"all": str(tmp / "world" / "comments.json"), "half": str(tmp / f"half{f}.json")}
+        given = comments_of(comments_all, test.ids[::2])  # the siblings rows' commented test images
         fold = {"fold": f, "test_images": len(test), "train_images": len(train_set), "srcc": {}, "best_epochs": {}}
         for mode in modes:
-            opts, which = rows[mode]
+            opts, which, group_by, siblings = rows[mode]
             seed_preds, epochs = [], []
             for extra in range(args.train_seeds):
                 out = tmp / f"f{f}-{len(fold['srcc'])}-{extra}"
                 res = train({"dataset": str(labels), "split": "train", "val_split": "val", "cache": str(store),
                              "quiet": True, "method": "mmlq", "backbone": "efficientnet-lite0",
                              "seed": args.seed + extra, "params": {**params, **opts},
-                             "comments": files.get(which), "output": str(out),
-                             # a bank of other photos: trained on other photos' comments; a bank that
-                             # holds other versions of the photo: trained on a bank that does too
-                             "group_by": "source" if "retrieve_comments" in opts and which != "siblings"
-                             else None}, log=lambda m: None)
+                             "comments": files.get(which), "output": str(out), "group_by": group_by},
+                            log=lambda m: None)
                 model = photocritic.load(str(out))
-                if (which or "").startswith("siblings"):
-                    given = {k: v for k, v in comments_all.items() if Path(k).stem in set(test.ids[::2])}
+                if siblings:
                     p = by_row(model.score(test.image_paths(), cache=str(store), ids=list(test.ids),
                                            comments=given, bank_from_inputs=True))
                     p[::2] = np.nan  # the commented ones: in the bank, not scored
@@ -462,16 +473,13 @@ def mmlq_folds_part(args) -> int:
     print(checks)
     from photocritic.device import cpu_info
 
-    results_file = Path(args.results)
-    data = json.loads(results_file.read_text()) if results_file.exists() else {}
-    data[args.key] = {"cpu": cpu_info()["cpu_model"], "date": time.strftime("%Y-%m-%d"), "seed": args.seed,
-                      "folds": args.folds, "train_seeds": args.train_seeds, "params": params,
-                      "protocol": "cross-validation by source photo: every photo tested once; mean over folds "
-                                  "of the per-fold SRCC; CIs: images resampled inside each fold",
-                      "world": world_summary(world), "text_encoder": "minilm", "backbone": "efficientnet-lite0",
-                      "results": results, "folds_detail": folds, "checks": checks}
-    results_file.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"wrote {results_file} ({args.key})")
+    save_entry(args.results, args.key, {
+        "cpu": cpu_info()["cpu_model"], "date": time.strftime("%Y-%m-%d"), "seed": args.seed,
+        "folds": args.folds, "train_seeds": args.train_seeds, "params": params,
+        "protocol": "cross-validation by source photo: every photo tested once; mean over folds "
+                    "of the per-fold SRCC; CIs: images resampled inside each fold",
+        "world": world_summary(world), "text_encoder": "minilm", "backbone": "efficientnet-lite0",
+        "results": results, "folds_detail": folds, "checks": checks})
     return 0
 
 
@@ -507,8 +515,7 @@ def mmlq_part(args) -> int:
     tmp, world, store, comments_all = mmlq_world(args, "pc-learn-mmlq-")
     ds = load_dataset(tmp / "world")
     train_set, test = ds.split("train")[0], ds.split("test")[0]
-    half = {k: v for k, v in comments_all.items() if Path(k).stem in set(train_set.ids[::2])}
-    (tmp / "half.json").write_text(json.dumps(half))
+    (tmp / "half.json").write_text(json.dumps(comments_of(comments_all, train_set.ids[::2])))
     common = {"dataset": str(tmp / "world"), "split": "train", "val_split": "val", "cache": str(store),
               "quiet": True, "seed": args.seed, "method": "mmlq", "backbone": "efficientnet-lite0"}
     params = mmlq_params(args)
@@ -600,15 +607,11 @@ def mmlq_part(args) -> int:
     print(checks)
     from photocritic.device import cpu_info
 
-    results_file = Path(args.results)
-    data = json.loads(results_file.read_text()) if results_file.exists() else {}
-    data[args.key] = {"cpu": cpu_info()["cpu_model"], "date": time.strftime("%Y-%m-%d"), "seed": args.seed,
-                    "train_seeds": args.train_seeds, "params": params,
-                    "world": world_summary(world), "test_images": len(test),
-                    "text_encoder": "minilm", "backbone": "efficientnet-lite0", "results": results,
-                    "retrieval_with_commented_test_images": siblings, "checks": checks}
-    results_file.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"wrote {results_file} ({args.key})")
+    save_entry(args.results, args.key, {
+        "cpu": cpu_info()["cpu_model"], "date": time.strftime("%Y-%m-%d"), "seed": args.seed,
+        "train_seeds": args.train_seeds, "params": params, "world": world_summary(world),
+        "test_images": len(test), "text_encoder": "minilm", "backbone": "efficientnet-lite0", "results": results,
+        "retrieval_with_commented_test_images": siblings, "checks": checks})
     return 0
 
 
