@@ -10,6 +10,7 @@ Table 2).
     python benchmarks/learnability.py [--n 2000] [--finetune-epochs 6]
     python benchmarks/learnability.py --part mmlq [--n 2000]
     python benchmarks/learnability.py --part priors --n 2000
+    python benchmarks/learnability.py --part retrieval-ceiling --seed 1
 
 A heads run on a world of another size than the file's keeps the file's
 run under ``heads_n{size}``; ``--part priors`` adds the untrained rows to
@@ -30,6 +31,11 @@ them), under another ``--key``.
 ``--part mmlq --folds K``: the same modes cross-validated by source photo
 on one world (every photo a test photo once; the mean over folds of each
 fold's SRCC, paired CIs inside folds), under ``mmlq_folds_world{SEED}``.
+
+``--part retrieval-ceiling``: on the same folds, with no network trained,
+how much neighbours found by the comment bank's search could add to an
+image ridge: their true mean votes, or what their comments say (a ridge on
+MiniLM embeddings), under ``retrieval_ceiling_world{SEED}``.
 
 Needs >= 30 source photos: Debian's wallpaper packages (see
 photocritic.data.synthetic.INSTALL_HINT) plus scikit-image's.
@@ -149,8 +155,9 @@ def main() -> int:
     ap.add_argument("--finetune-epochs", type=int, default=6,
                     help="a cap for the CPU budget (the method itself has none)")
     ap.add_argument("--skip-finetune", action="store_true")
-    ap.add_argument("--part", choices=["heads", "mmlq", "priors"], default="heads",
-                    help="priors: only the untrained rows, kept under heads_n{N}")
+    ap.add_argument("--part", choices=["heads", "mmlq", "priors", "retrieval-ceiling"], default="heads",
+                    help="priors: only the untrained rows, kept under heads_n{N}; retrieval-ceiling: what "
+                         "neighbours' votes or comments could add to an image ridge (--folds, default 5)")
     ap.add_argument("--retrieve", type=int, default=3, help="--part mmlq: comments of K nearest images")
     ap.add_argument("--param", action="append", default=[], help="--part mmlq: MMLQ NAME=VALUE")
     ap.add_argument("--trained-on-retrieved-k", type=int, nargs="*", default=[], metavar="K",
@@ -176,6 +183,10 @@ def main() -> int:
         return mmlq_part(args)
     if args.part == "priors":
         return priors_part(args)
+    if args.part == "retrieval-ceiling":
+        args.folds = args.folds or 5
+        args.key = args.key or f"retrieval_ceiling_world{args.seed}"
+        return retrieval_ceiling_part(args)
     tmp = Path(tempfile.mkdtemp(prefix="pc-learn-"))
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     sources = find_sources()
@@ -391,7 +402,10 @@ def mmlq_folds_part(args) -> int:
             # trained as such an image reads: other versions of its own photo among its neighbours
             **{f"image + retrieved comments (k={k}, trained on retrieved, commented test images in the bank)":
                ({**retrieved, "retrieve_comments": k}, "all", None, True) for k in args.trained_on_retrieved_k},
-            # the same bank at test time, trained as an unseen photo reads (other photos' comments only)
+            # trained and scored as an unseen photo reads: other photos' comments only (the training bank)
+            **{f"image + retrieved comments (k={k}, trained on retrieved from other photos)":
+               ({**retrieved, "retrieve_comments": k}, "all", "source", False) for k in args.trained_on_retrieved_k},
+            # the same training, with the commented test images in the bank at test time
             **{f"image + retrieved comments (k={k}, trained on retrieved from other photos, commented test "
                f"images in the bank)":
                ({**retrieved, "retrieve_comments": k}, "all", "source", True) for k in args.trained_on_retrieved_k}}
@@ -469,7 +483,11 @@ def mmlq_folds_part(args) -> int:
               **({"image+comments beats comments (mean over folds)": mean["image+comments"] > mean["comments"]}
                  if "image+comments" in mean and "comments" in mean else {}),
               **{f"{r['mode']} beats image (mean over folds, on the same images)": r["srcc_minus_image"]["value"] > 0
-                 for r in results if "retrieved" in r["mode"]}}
+                 for r in results if "retrieved" in r["mode"]},
+              # the same comparisons, met only where the paired 95 % CI lies above 0 (one training seed)
+              **{f"{r['mode']} beats {ref} beyond noise (paired 95 % CI above 0)": r[f"srcc_minus_{ref}"]["ci95"][0] > 0
+                 for r in results for ref in ("image", "comments") if "ci95" in r.get(f"srcc_minus_{ref}", {})
+                 and (r["mode"] == "image+comments" or "retrieved" in r["mode"])}}
     print(checks)
     from photocritic.device import cpu_info
 
@@ -480,6 +498,108 @@ def mmlq_folds_part(args) -> int:
                     "of the per-fold SRCC; CIs: images resampled inside each fold",
         "world": world_summary(world), "text_encoder": "minilm", "backbone": "efficientnet-lite0",
         "results": results, "folds_detail": folds, "checks": checks})
+    return 0
+
+
+def neighbour_mean(bank, queries: np.ndarray, values: dict, k: int) -> np.ndarray:
+    """Per query, the mean of ``values`` (bank id -> number) over its ``k``
+    nearest bank images (the comment bank's own search)."""
+    return np.array([np.mean([values[i] for i in r.sources]) for r in bank.retrieve(queries, k)])
+
+
+def retrieval_ceiling_part(args) -> int:
+    """``--part retrieval-ceiling``: how much could comments retrieved from
+    other photos add to an image model on this world? Cross-validated by
+    source photo (the folds of ``--folds``), with no network trained: a ridge
+    on the test image's ``image.pooled`` features stands for ``image``; its
+    k nearest training images in the comment bank's own search (the space
+    ``--retrieve-comments`` uses) bring either their true mean votes (what
+    perfect comments could say) or what their comments say (a ridge on the
+    MiniLM embedding of each image's comments, cross-fitted by source photo
+    so that no image's reading saw its own photo's labels). Each signal is
+    added to the image ridge's standardised prediction at weights 0.25, 0.5
+    and 1 (chosen here on the test folds: an optimistic ceiling)."""
+    import csv
+
+    import torch
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+
+    from photocritic.device import cpu_info
+    from photocritic.encoders.text import text_encoder
+    from photocritic.features import EmbeddingCache
+    from photocritic.metrics import srcc
+    from photocritic.models import Critic
+    from photocritic.retrieval import CommentBank
+    from photocritic.scoremap import ScoreMap
+    from photocritic.zoo import backbone_spec
+
+    tmp, world, store, comments_all = mmlq_world(args, "pc-learn-ceiling-")
+    ds = load_dataset(tmp / "world")
+    ids = list(ds.ids)
+    with open(tmp / "world" / "labels.csv", newline="", encoding="utf-8") as fh:
+        source = {Path(r["path"]).stem: r["source"] for r in csv.DictReader(fh)}
+    groups = np.array([source[i] for i in ids])
+    critic = Critic(backbone_spec("efficientnet-lite0"), None, ScoreMap()).configure(device="cpu", precision="fp32")
+    with EmbeddingCache(store) as cache:
+        rows, vecs = critic.with_view("image.pooled").embed_paths(ds.image_paths(), cache)
+    if len(vecs) != len(ids):
+        raise SystemExit(f"{len(ids) - len(vecs)} images did not read")
+    x = np.asarray(vecs, np.float32)
+    texts = {Path(k).stem: v for k, v in comments_all.items()}
+    with torch.no_grad():
+        c = text_encoder("minilm").encode_text([" ".join(texts[i]) for i in ids]).numpy()
+    y, pos = ds.mean, {i: j for j, i in enumerate(ids)}
+    ks, weights = (3, 8, 32), (0.25, 0.5, 1.0)
+    image, truth = [], []
+    signals: dict = {}  # name -> per fold: test predictions
+    folds = []
+    for f, labels in enumerate(fold_files(tmp / "world", args.folds, args.seed)):
+        d = load_dataset(labels)
+        tr = np.array([pos[i] for i in d.split("train")[0].ids])
+        te = np.array([pos[i] for i in d.split("test")[0].ids])
+        mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-6
+        ridge = RidgeCV(alphas=np.logspace(0, 5, 11)).fit((x[tr] - mu) / sd, y[tr])
+        p = ridge.predict((x[te] - mu) / sd)
+        read = cross_val_predict(RidgeCV(alphas=np.logspace(-2, 4, 13)), c[tr], y[tr], cv=GroupKFold(5),
+                                 groups=groups[tr])
+        bank = CommentBank([ids[j] for j in tr], x[tr], {ids[j]: texts[ids[j]] for j in tr})
+        own = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(c[tr], y[tr]).predict(c[te])
+        fold = {"fold": f, "test_images": len(te), "image_ridge_srcc": round(srcc(p, y[te]), 4),
+                "own_comments_ridge_srcc": round(srcc(own, y[te]), 4)}
+        for k in ks:
+            for name, vals in ((f"true votes, k={k}", dict(zip((ids[j] for j in tr), y[tr]))),
+                               (f"comments read, k={k}", dict(zip((ids[j] for j in tr), read)))):
+                signals.setdefault(name, []).append(neighbour_mean(bank, x[te], vals, k))
+                fold[f"{name} alone"] = round(srcc(signals[name][-1], y[te]), 4)
+        image.append(p)
+        truth.append(y[te])
+        folds.append(fold)
+        print(fold, flush=True)
+
+    def z(v):
+        return (v - v.mean()) / v.std()
+
+    results = [{"row": "image (ridge on image.pooled)",
+                "mean_srcc_over_folds": round(float(np.mean([fd["image_ridge_srcc"] for fd in folds])), 4)},
+               {"row": "own comments (ridge on MiniLM), for scale",
+                "mean_srcc_over_folds": round(float(np.mean([fd["own_comments_ridge_srcc"] for fd in folds])), 4)}]
+    for name, per_fold in signals.items():
+        row = {"row": f"neighbours' {name}",
+               "alone_mean_srcc_over_folds": round(float(np.mean([fd[f"{name} alone"] for fd in folds])), 4)}
+        for w in weights:
+            mixed = [z(p) + w * z(s) for p, s in zip(image, per_fold)]
+            row[f"image + {w} x neighbours, minus image"] = fold_mean_gain(mixed, image, truth)
+        results.append(row)
+        print(row["row"], row["alone_mean_srcc_over_folds"],
+              {w: row[f"image + {w} x neighbours, minus image"]["value"] for w in weights}, flush=True)
+    save_entry(args.results, args.key, {
+        "cpu": cpu_info()["cpu_model"], "date": time.strftime("%Y-%m-%d"), "seed": args.seed, "folds": args.folds,
+        "protocol": "cross-validation by source photo; image: ridge on the test image's image.pooled features; "
+                    "neighbours: its k nearest training images in the comment bank's search; their true mean "
+                    "votes, or their comments read by a ridge on MiniLM embeddings cross-fitted by source "
+                    "photo; mixed: z(image) + w z(neighbours), w chosen on the test folds (optimistic)",
+        "world": world_summary(world), "results": results, "folds_detail": folds})
     return 0
 
 

@@ -73,3 +73,19 @@ def test_fold_files_test_every_photo_once(tmp_path):
         assert not (by["train"] & by["val"] or by["train"] & by["test"] or by["val"] & by["test"])
         tested += sorted(by["test"])
     assert sorted(tested) == sorted({r[2] for r in rows})  # each photo a test photo in exactly one fold
+
+
+def test_neighbour_mean_is_brute_force_knn_mean():
+    from photocritic.retrieval import CommentBank
+
+    m = _bench("learnability")
+    rng = np.random.default_rng(2)
+    bank_x, queries = rng.normal(size=(60, 8)), rng.normal(size=(15, 8))
+    ids = [f"b{i}" for i in range(60)]
+    values = dict(zip(ids, rng.normal(size=60)))
+    bank = CommentBank(ids, bank_x, {i: ["x"] for i in ids})
+    unit = bank_x / np.linalg.norm(bank_x, axis=1, keepdims=True)
+    for k in (1, 5):
+        nearest = np.argsort(-(queries @ unit.T), axis=1)[:, :k]  # cosine order: the query's norm does not matter
+        ref = np.array([np.mean([values[ids[j]] for j in row]) for row in nearest])
+        np.testing.assert_allclose(m.neighbour_mean(bank, queries, values, k), ref, rtol=1e-6)

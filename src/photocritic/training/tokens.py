@@ -134,7 +134,7 @@ def train_on_tokens(cfg: dict, spec: dict | None, method: Method, train_set, val
                         notes.append(f"group_by {cfg['group_by']}: images retrieve comments only from images "
                                      f"of other groups")
                         log(notes[-1])
-                    elif method.train_on_retrieved:
+                    elif getattr(method, "train_on_retrieved", False):
                         notes.append("train_on_retrieved without --group-by: a training image may retrieve the "
                                      "comments of other versions of its photo, which an unseen photo can only "
                                      "when its other versions join the bank (score --retrieve-from-inputs)")
