@@ -518,7 +518,11 @@ def retrieval_ceiling_part(args) -> int:
     MiniLM embedding of each image's comments, cross-fitted by source photo
     so that no image's reading saw its own photo's labels). Each signal is
     added to the image ridge's standardised prediction at weights 0.25, 0.5
-    and 1 (chosen here on the test folds: an optimistic ceiling)."""
+    and 1 (chosen here on the test folds: an optimistic ceiling). The same
+    again with the commented test images in the bank, as the folds part's
+    sibling rows have it: every other test image joins the bank (its
+    comments read by a ridge fitted on all the training images), and the
+    rest retrieve from it, other versions of their own photo among them."""
     import csv
 
     import torch
@@ -551,8 +555,9 @@ def retrieval_ceiling_part(args) -> int:
         c = text_encoder("minilm").encode_text([" ".join(texts[i]) for i in ids]).numpy()
     y, pos = ds.mean, {i: j for j, i in enumerate(ids)}
     ks, weights = (3, 8, 32), (0.25, 0.5, 1.0)
-    image, truth = [], []
-    signals: dict = {}  # name -> per fold: test predictions
+    banks = ("other photos", "commented test images in the bank")
+    image, truth = {b: [] for b in banks}, {b: [] for b in banks}
+    signals: dict = {}  # (bank, signal) -> per fold: the queries' neighbour means
     folds = []
     for f, labels in enumerate(fold_files(tmp / "world", args.folds, args.seed)):
         d = load_dataset(labels)
@@ -561,19 +566,27 @@ def retrieval_ceiling_part(args) -> int:
         mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-6
         ridge = RidgeCV(alphas=np.logspace(0, 5, 11)).fit((x[tr] - mu) / sd, y[tr])
         p = ridge.predict((x[te] - mu) / sd)
-        read = cross_val_predict(RidgeCV(alphas=np.logspace(-2, 4, 13)), c[tr], y[tr], cv=GroupKFold(5),
-                                 groups=groups[tr])
-        bank = CommentBank([ids[j] for j in tr], x[tr], {ids[j]: texts[ids[j]] for j in tr})
-        own = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(c[tr], y[tr]).predict(c[te])
+        reader = RidgeCV(alphas=np.logspace(-2, 4, 13))
+        read = cross_val_predict(reader, c[tr], y[tr], cv=GroupKFold(5), groups=groups[tr])
+        own = reader.fit(c[tr], y[tr]).predict(c[te])  # test photos: unseen by this reader
         fold = {"fold": f, "test_images": len(te), "image_ridge_srcc": round(srcc(p, y[te]), 4),
                 "own_comments_ridge_srcc": round(srcc(own, y[te]), 4)}
-        for k in ks:
-            for name, vals in ((f"true votes, k={k}", dict(zip((ids[j] for j in tr), y[tr]))),
-                               (f"comments read, k={k}", dict(zip((ids[j] for j in tr), read)))):
-                signals.setdefault(name, []).append(neighbour_mean(bank, x[te], vals, k))
-                fold[f"{name} alone"] = round(srcc(signals[name][-1], y[te]), 4)
-        image.append(p)
-        truth.append(y[te])
+        # other photos: every test image retrieves from the training images; with the commented test
+        # images in the bank (every other one, as the folds part's sibling rows): the others retrieve
+        # from the training images and those, other versions of their own photo among them
+        given, query = te[::2], te[1::2]
+        setups = {banks[0]: (tr, te, np.arange(len(te)), read),
+                  banks[1]: (np.concatenate([tr, given]), query, np.arange(1, len(te), 2),
+                             np.concatenate([read, own[::2]]))}
+        for b, (members, queries, at, reading) in setups.items():
+            bank = CommentBank([ids[j] for j in members], x[members], {ids[j]: texts[ids[j]] for j in members})
+            image[b].append(p[at])
+            truth[b].append(y[queries])
+            for k in ks:
+                for name, vals in ((f"true votes, k={k}", y[members]), (f"comments read, k={k}", reading)):
+                    got = neighbour_mean(bank, x[queries], dict(zip((ids[j] for j in members), vals)), k)
+                    signals.setdefault((b, name), []).append(got)
+                    fold[f"{name} alone ({b})"] = round(srcc(got, y[queries]), 4)
         folds.append(fold)
         print(fold, flush=True)
 
@@ -584,21 +597,27 @@ def retrieval_ceiling_part(args) -> int:
                 "mean_srcc_over_folds": round(float(np.mean([fd["image_ridge_srcc"] for fd in folds])), 4)},
                {"row": "own comments (ridge on MiniLM), for scale",
                 "mean_srcc_over_folds": round(float(np.mean([fd["own_comments_ridge_srcc"] for fd in folds])), 4)}]
-    for name, per_fold in signals.items():
-        row = {"row": f"neighbours' {name}",
-               "alone_mean_srcc_over_folds": round(float(np.mean([fd[f"{name} alone"] for fd in folds])), 4)}
+    for (b, name), per_fold in signals.items():
+        row = {"row": f"neighbours' {name}", "bank": b, "queries": "every test image" if b == banks[0] else
+               "every other test image (the rest are in the bank)",
+               "alone_mean_srcc_over_folds": round(float(np.mean([fd[f"{name} alone ({b})"] for fd in folds])), 4),
+               "image_on_the_same_images": round(float(np.mean([srcc(i, t) for i, t in zip(image[b], truth[b])])),
+                                                 4)}
         for w in weights:
-            mixed = [z(p) + w * z(s) for p, s in zip(image, per_fold)]
-            row[f"image + {w} x neighbours, minus image"] = fold_mean_gain(mixed, image, truth)
+            mixed = [z(i) + w * z(sig) for i, sig in zip(image[b], per_fold)]
+            row[f"image + {w} x neighbours, minus image"] = fold_mean_gain(mixed, image[b], truth[b])
         results.append(row)
-        print(row["row"], row["alone_mean_srcc_over_folds"],
+        print(b, row["row"], row["alone_mean_srcc_over_folds"],
               {w: row[f"image + {w} x neighbours, minus image"]["value"] for w in weights}, flush=True)
     save_entry(args.results, args.key, {
         "cpu": cpu_info()["cpu_model"], "date": time.strftime("%Y-%m-%d"), "seed": args.seed, "folds": args.folds,
         "protocol": "cross-validation by source photo; image: ridge on the test image's image.pooled features; "
-                    "neighbours: its k nearest training images in the comment bank's search; their true mean "
-                    "votes, or their comments read by a ridge on MiniLM embeddings cross-fitted by source "
-                    "photo; mixed: z(image) + w z(neighbours), w chosen on the test folds (optimistic)",
+                    "neighbours: its k nearest training images in the comment bank's search (bank 'other "
+                    "photos'), or, for every other test image, its k nearest among the training images and "
+                    "the other test images (bank 'commented test images in the bank'); their true mean "
+                    "votes, or their comments read by a ridge on MiniLM embeddings (cross-fitted by source "
+                    "photo over the training images; fitted on all of them for test images); mixed: "
+                    "z(image) + w z(neighbours), w chosen on the test folds (optimistic)",
         "world": world_summary(world), "results": results, "folds_detail": folds})
     return 0
 
