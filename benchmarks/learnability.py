@@ -399,16 +399,16 @@ def mmlq_folds_part(args) -> int:
             "image+comments": ({"inputs": "image+comments"}, "all", None, False),
             f"image + retrieved comments (k={args.retrieve}, group_by source)":
                 ({"inputs": "image+comments", "retrieve_comments": args.retrieve}, "half", "source", False),
-            # trained as such an image reads: other versions of its own photo among its neighbours
-            **{f"image + retrieved comments (k={k}, trained on retrieved, commented test images in the bank)":
-               ({**retrieved, "retrieve_comments": k}, "all", None, True) for k in args.trained_on_retrieved_k},
-            # trained and scored as an unseen photo reads: other photos' comments only (the training bank)
-            **{f"image + retrieved comments (k={k}, trained on retrieved from other photos)":
-               ({**retrieved, "retrieve_comments": k}, "all", "source", False) for k in args.trained_on_retrieved_k},
-            # the same training, with the commented test images in the bank at test time
-            **{f"image + retrieved comments (k={k}, trained on retrieved from other photos, commented test "
-               f"images in the bank)":
-               ({**retrieved, "retrieve_comments": k}, "all", "source", True) for k in args.trained_on_retrieved_k}}
+            **{f"image + retrieved comments (k={k}, {label})":
+               ({**retrieved, "retrieve_comments": k}, "all", group_by, siblings)
+               for label, group_by, siblings in (
+                   # trained as such an image reads: other versions of its own photo among its neighbours
+                   ("trained on retrieved, commented test images in the bank", None, True),
+                   # trained and scored as an unseen photo reads: other photos' comments (the training bank)
+                   ("trained on retrieved from other photos", "source", False),
+                   # the same training, with the commented test images in the bank at test time
+                   ("trained on retrieved from other photos, commented test images in the bank", "source", True))
+               for k in args.trained_on_retrieved_k}}
     modes = args.modes or [m for m, row in rows.items() if not row[3]]
     unknown = [m for m in modes if m not in rows]
     if unknown or "image" not in modes:
@@ -523,8 +523,6 @@ def retrieval_ceiling_part(args) -> int:
     sibling rows have it: every other test image joins the bank (its
     comments read by a ridge fitted on all the training images), and the
     rest retrieve from it, other versions of their own photo among them."""
-    import csv
-
     import torch
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import GroupKFold, cross_val_predict
@@ -536,14 +534,13 @@ def retrieval_ceiling_part(args) -> int:
     from photocritic.models import Critic
     from photocritic.retrieval import CommentBank
     from photocritic.scoremap import ScoreMap
+    from photocritic.training.run import label_column
     from photocritic.zoo import backbone_spec
 
     tmp, world, store, comments_all = mmlq_world(args, "pc-learn-ceiling-")
     ds = load_dataset(tmp / "world")
     ids = list(ds.ids)
-    with open(tmp / "world" / "labels.csv", newline="", encoding="utf-8") as fh:
-        source = {Path(r["path"]).stem: r["source"] for r in csv.DictReader(fh)}
-    groups = np.array([source[i] for i in ids])
+    groups = label_column(str(tmp / "world"), "source", ids)
     critic = Critic(backbone_spec("efficientnet-lite0"), None, ScoreMap()).configure(device="cpu", precision="fp32")
     with EmbeddingCache(store) as cache:
         rows, vecs = critic.with_view("image.pooled").embed_paths(ds.image_paths(), cache)
