@@ -23,11 +23,14 @@ rate at which critiques name the edit applied. The same for critiques by
 mutual-information decoding (``critique --pmi``), its weight chosen on the
 validation images by CIDEr-D.
 
+``--part information``: where the comment-to-image information is lost
+(:func:`information`); it trains no CoCa.
+
 ``--part speed``: pretraining steps/s with the real data loader (JPEG files)
 against in-memory tensors, and critique tokens/s with and without the
 key-value cache at 64 tokens.
 
-    python benchmarks/vilap.py [--n 3000] [--part all|quality|speed]
+    python benchmarks/vilap.py [--n 3000] [--part all|quality|speed|information]
 writes benchmarks/results/vilap.json.
 """
 
@@ -161,44 +164,171 @@ def write_captions(world: Path, rows: list[dict], comments: dict, out: Path) -> 
                                       for v in generic.values())}
 
 
-def oracle_contrastive(rows: list[dict], batch: int = 64, sims: int = 400) -> dict:
+def oracle_contrastive(rows: list[dict], batch: int = 64, appeals: list[float] | None = None,
+                       draws: int = 1, seed: int = 0) -> dict:
     """How much a single comment can tell about its image in this world: the
     text-to-image InfoNCE loss (batches of ``batch``) of the Bayes oracle
     that knows every image's true attribute qualities and edits and the
-    comment generator (:func:`photocritic.data.synthetic.make_comments`
-    itself), against chance, log(batch). A comment's opener and closer are
-    drawn independently of its image, so the oracle's likelihood ratio is
-    that of its phrase; each image's phrase distribution is estimated from
-    ``sims`` draws of the generator."""
+    comment generator, against chance, log(batch). A comment's opener and
+    closer are drawn independently of its image, so the oracle's likelihood
+    ratio is that of its phrase, whose exact distribution per image
+    :func:`photocritic.data.synthetic.comment_phrase_probabilities` gives.
+
+    With ``appeals`` (the training sources' appeals) the oracle knows only
+    what the pixels of a photo no training image shows can tell: the edits.
+    The hidden appeal is one of ``appeals`` and the mood U(0, 1), so whether
+    content and emotion are praised is marginalised out. Each image's
+    comment is still drawn with its true qualities. The loss is averaged
+    over ``draws`` batchings of the rows (the first in their order), with a
+    comment drawn per image in each."""
     from photocritic.data.synthetic import ATTRIBUTES as ATTRS
-    from photocritic.data.synthetic import EDITS, NOISE, PRAISE, criticisms, make_comments
+    from photocritic.data.synthetic import EDITS, comment_phrase_probabilities
+
+    hidden = None
+    if appeals is not None:
+        a = np.asarray(appeals, dtype=float)
+        hidden = {"content": float(np.mean(a > 0.6)),
+                  "emotion": float(np.mean(1 - np.clip((0.6 - 0.6 * a) / 0.4, 0, 1)))}  # P(0.6a + 0.4m > 0.6)
+    true, known = [], []
+    for r in rows:
+        q = {k: (float(r[k]) - 1) / 9 for k in ATTRS}
+        edits = {k: float(r[k]) for k in EDITS}
+        true.append(comment_phrase_probabilities(q, edits))
+        known.append(true[-1] if hidden is None else comment_phrase_probabilities(q, edits, good=hidden))
+    phrases = sorted({p for d in true + known for p in d})
+    true, known = (np.array([[d.get(p, 0.0) for p in phrases] for d in ds]) for ds in (true, known))
+    rng = np.random.default_rng(seed)
+    losses = []
+    for d in range(draws):  # the first in the rows' order; then shuffled
+        order = np.arange(len(rows)) if d == 0 else rng.permutation(len(rows))
+        for s in range(0, len(rows) - batch + 1, batch):
+            ix = order[s:s + batch]
+            said = np.array([rng.choice(len(phrases), p=p / p.sum()) for p in true[ix]])
+            lik = known[ix][:, said]  # [image j, comment i]
+            losses.append(float(np.mean(np.log(lik.sum(0)) - np.log(np.diag(lik)))))
+    return {"oracle_loss": float(np.mean(losses)), "chance": float(np.log(batch)), "batch": batch,
+            "knows": "edits only" if appeals is not None else "edits, appeal and mood", "draws": draws}
+
+
+def phrase_ids(comment_lists: list[list[str]]) -> tuple[list[list[int]], int]:
+    """Each comment's phrase (the generator's own list; openers and closers carry nothing): a text
+    encoder that reads a comment perfectly."""
+    from photocritic.data.synthetic import ATTRIBUTES as ATTRS
+    from photocritic.data.synthetic import NOISE, PRAISE, criticisms
 
     phrases = sorted({p for a in ATTRS for p in PRAISE[a] + criticisms(a)} | set(NOISE))
     assert not any(p != o and p in o for p in phrases for o in phrases), "a phrase inside another"
-    index = {p: k for k, p in enumerate(phrases)}
+    return [[next(k for k, p in enumerate(phrases) if p in c.lower()) for c in cs] for cs in comment_lists], \
+        len(phrases)
 
-    def phrase_of(text: str) -> int:
-        low = text.lower()
-        return next(k for p, k in index.items() if p in low)
 
-    rng = np.random.default_rng(0)
-    probs = []
-    for r in rows:
-        q = {a: (float(r[a]) - 1) / 9 for a in ATTRS}
-        edits = {k: float(r[k]) for k in EDITS}
-        counts = np.full(len(phrases), 0.5 / len(phrases))
-        for _ in range(sims):
-            said = make_comments(q, edits, rng)
-            counts[phrase_of(said[int(rng.integers(len(said)))])] += 1  # one of the image's comments
-        probs.append(counts / counts.sum())
-    probs = np.array(probs)
-    losses = []
-    for s in range(0, len(rows) - batch + 1, batch):
-        pb = probs[s:s + batch]
-        drawn = np.array([rng.choice(len(phrases), p=p) for p in pb])
-        log_lik = np.log(pb[:, drawn])  # [image j, comment i]
-        losses.append(float(np.mean(np.log(np.exp(log_lik).sum(0)) - np.diag(log_lik))))
-    return {"oracle_loss": float(np.mean(losses)), "chance": float(np.log(batch)), "batch": batch}
+def pixel_statistics(path: str) -> np.ndarray:
+    """Hand features of what the edits change, and little of what the photo shows: per-channel
+    mean and spread, the share of clipped dark and bright pixels, mean gradients and a 16-bin grey
+    histogram (a thumbnail would let a learner tell the training photos apart, and it over-fits)."""
+    from PIL import Image
+
+    im = Image.open(path).convert("RGB")
+    a = np.asarray(im.resize((128, 128)), dtype=np.float32) / 255
+    g = a.mean(2)
+    return np.concatenate([a.mean((0, 1)), a.std((0, 1)), [(g < 0.02).mean(), (g > 0.98).mean(),
+                           np.abs(np.diff(g, axis=1)).mean(), np.abs(np.diff(g, axis=0)).mean()],
+                           np.histogram(g, bins=16, range=(0, 1))[0] / g.size])
+
+
+def fixed_feature_learner(x: np.ndarray, phrases: list[list[int]], n_phrases: int, split: np.ndarray,
+                          epochs: int = 100, batch: int = 64, seed: int = 0, draws: int = 10) -> dict:
+    """CLIP-style contrastive learning on fixed image features with a perfect text encoder: a
+    linear map of the (standardised) features and one learnt vector per phrase, 64-d, symmetric
+    InfoNCE with a learnt temperature, one random comment per image per step, AdamW. Returns the
+    validation losses of the best epoch (by text-to-image loss) and the test losses there, each the
+    mean over ``draws`` orders of the held-out images with a comment drawn per image."""
+    import torch.nn.functional as F
+
+    tr, va, te = (np.where(split == s)[0] for s in ("train", "val", "test"))
+    mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-6
+    x = torch.tensor(((x - mu) / sd).astype(np.float32))
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    image = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(x.shape[1], 64))
+    text = torch.nn.Embedding(n_phrases, 64)
+    scale = torch.nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
+    opt = torch.optim.AdamW([*image.parameters(), *text.parameters(), scale], lr=1e-3, weight_decay=0.05)
+
+    def losses(idx, pid):
+        logits = scale.exp().clamp(max=100) * F.normalize(text(pid), dim=-1) @ F.normalize(image(x[idx]), dim=-1).T
+        y = torch.arange(len(idx))
+        return F.cross_entropy(logits, y), F.cross_entropy(logits.T, y)  # text->image, image->text
+
+    fixed = np.random.default_rng([seed, 1])  # held-out batches: 10 orders, a comment drawn per image in each
+    held = {name: [(order, torch.tensor([phrases[i][fixed.integers(len(phrases[i]))] for i in order]))
+                   for order in (fixed.permutation(ix) for _ in range(draws))]
+            for name, ix in (("val", va), ("test", te))}
+
+    @torch.no_grad()
+    def evaluate(name):
+        v = [losses(ix[s:s + batch], pid[s:s + batch]) for ix, pid in held[name]
+             for s in range(0, len(ix) - batch + 1, batch)]
+        t2i = float(np.mean([a.item() for a, _ in v]))
+        return {"text_to_image": t2i, "symmetric": float(np.mean([(a.item() + b.item()) / 2 for a, b in v]))}
+
+    best = None
+    for epoch in range(1, epochs + 1):
+        image.train()
+        order = rng.permutation(tr)
+        for s in range(0, len(order) - batch + 1, batch):
+            idx = order[s:s + batch]
+            t2i, i2t = losses(idx, torch.tensor([phrases[i][rng.integers(len(phrases[i]))] for i in idx]))
+            opt.zero_grad()
+            ((t2i + i2t) / 2).backward()
+            opt.step()
+        image.eval()
+        val = evaluate("val")
+        if best is None or val["text_to_image"] < best["val"]["text_to_image"]:
+            best = {"epoch": epoch, "val": val, "test": evaluate("test")}
+    return {**best, "epochs": epochs, "features": int(x.shape[1]), "held_out_draws": draws}
+
+
+def information(args, tmp: Path) -> dict:
+    """``--part information``: where the comment-to-image information of the world is lost. The
+    Bayes oracle's loss knowing everything, and knowing only the edits (the hidden appeal and mood
+    marginalised: all a photo no training image shows can tell); then CLIP-style learners with a
+    perfect text encoder on fixed image features: the true edit strengths (the edits known, no
+    pixels), hand pixel statistics, and EfficientNet-Lite0's pooled features (PCA to 32, as all
+    2,912 over-fit the training photos)."""
+    import photocritic
+    from photocritic.data.synthetic import EDITS
+    from photocritic.features import EmbeddingCache
+
+    world_dir, world, rows = make_world(args, tmp)
+    info = json.loads((world_dir / "world.json").read_text())
+    appeals = [s["appeal"] for s in info["sources"] if s["split"] == "train"]
+    out = {"world": world, "batch": 64, "chance": float(np.log(64)), "oracle": {}}
+    for name in ("val", "test"):
+        part = [r for r in rows if r["split"] == name]
+        out["oracle"][name] = {"knows everything": oracle_contrastive(part, draws=10)["oracle_loss"],
+                               "knows the edits only": oracle_contrastive(part, appeals=appeals,
+                                                                          draws=10)["oracle_loss"]}
+        print(name, out["oracle"][name], flush=True)
+    comments = json.loads((world_dir / "comments.json").read_text())
+    phrases, n_phrases = phrase_ids([comments[Path(r["path"]).name] for r in rows])
+    split = np.array([r["split"] for r in rows])
+    paths = [str(world_dir / r["path"]) for r in rows]
+    visual = ("composition", "depth_of_field", "lighting", "colour", "technical_quality")
+    truth = np.array([[float(r[k]) for k in EDITS + visual] + [abs(float(r["tilt"])), max(0.0, -float(r["exposure"])),
+                      max(0.0, float(r["exposure"])), abs(np.log(float(r["contrast"])))] for r in rows])
+    _, lite = photocritic.load("lite").embed_paths(paths, EmbeddingCache(None), batch_size=64)
+    lite = np.asarray(lite, dtype=np.float64)
+    tr = split == "train"
+    centred = lite - lite[tr].mean(0)
+    lite32 = centred @ np.linalg.svd(centred[tr], full_matrices=False)[2][:32].T
+    out["learners"] = {}
+    for name, x in (("true edit strengths and visual qualities", truth),
+                    ("pixel statistics", np.stack([pixel_statistics(p) for p in paths])),
+                    ("EfficientNet-Lite0 pooled, PCA 32", lite32)):
+        out["learners"][name] = fixed_feature_learner(x, phrases, n_phrases, split, seed=args.seed)
+        print(name, json.dumps(out["learners"][name]), flush=True)
+    return out
 
 
 @torch.no_grad()
@@ -268,14 +398,12 @@ def vilar_dir(tmp: Path, stage: str, seed: int) -> Path:
     return tmp / (f"vilar-{stage}" if seed == 0 else f"vilar-{stage}-seed{seed}")
 
 
-def quality(args, tmp: Path) -> dict:
+def make_world(args, tmp: Path) -> tuple[Path, dict, list[dict]]:
+    """The world of ``--n`` and ``--seed`` in ``tmp/world`` (one already there is reused), its
+    summary and its labels' rows (the edit strengths as numbers)."""
     import csv
 
-    import photocritic
-    from photocritic.captioning import caption_scores
     from photocritic.data.synthetic import find_sources, synthesize
-    from photocritic.methods import styles as ST
-    from photocritic.metrics import mean_average_precision, plcc, srcc
 
     t0 = time.perf_counter()
     world_dir = tmp / "world"
@@ -291,6 +419,16 @@ def quality(args, tmp: Path) -> dict:
     for r in rows:
         for k in ("exposure", "defocus", "noise", "tilt", "saturation", "cast", "dof", "jpeg", "resolution"):
             r[k] = float(r[k])
+    return world_dir, world, rows
+
+
+def quality(args, tmp: Path) -> dict:
+    import photocritic
+    from photocritic.captioning import caption_scores
+    from photocritic.methods import styles as ST
+    from photocritic.metrics import mean_average_precision, plcc, srcc
+
+    world_dir, world, rows = make_world(args, tmp)
     comments = json.loads((world_dir / "comments.json").read_text())
     data = write_captions(world_dir, rows, comments, tmp)
     images = str(world_dir / "images")
@@ -383,7 +521,7 @@ def quality(args, tmp: Path) -> dict:
                                      for k in list(cands)[:8]]}
     # does a critique name the edit applied?
     out["edit_naming"], out["edit_naming_mean"] = edit_naming(cands, test)
-    out["comment_information"] = oracle_contrastive(test)
+    out["comment_information"] = oracle_contrastive(test, draws=10)
     out["edit_phrase_auc"] = phrase_auc(vp, tpaths, test)
     # mutual-information decoding: its weight chosen on the validation images by CIDEr-D
     val = [r for r in rows if r["split"] == "val"]
@@ -555,19 +693,21 @@ def main() -> int:
                          "the seed-0 figures are reported alone as well")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--part", choices=["all", "quality", "speed"], default="all")
+    ap.add_argument("--part", choices=["all", "quality", "speed", "information"], default="all")
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--work", help="keep the world and models here (a second run reuses the world and "
                                    "the general stage); default: a temporary folder")
     args = ap.parse_args()
     print(machine_line(), flush=True)
     old = json.loads(Path(args.results).read_text()) if Path(args.results).exists() else {}
-    fields = {k: old[k] for k in ("quality", "speed", "quality_variants") if k in old}
+    fields = {k: old[k] for k in ("quality", "speed", "quality_variants", "information") if k in old}
     with tempfile.TemporaryDirectory(prefix="vilap-bench-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         if args.part in ("all", "speed"):
             fields["speed"] = speed(args, Path(tmp))
+        if args.part == "information":
+            fields.setdefault("information", {})[f"{args.n} images, seed {args.seed}"] = information(args, work)
         if args.part in ("all", "quality"):
             res = quality(args, work)
             if args.variant:

@@ -365,6 +365,36 @@ def make_comments(q: dict, edits: dict, rng: np.random.Generator) -> list[str]:
     return comments
 
 
+def comment_phrase_probabilities(q: dict, edits: dict, good: dict | None = None) -> dict[str, float]:
+    """The exact distribution of the phrase of one comment drawn at random
+    from an image's :func:`make_comments` (openers and closers aside):
+    phrase -> probability. ``good`` overrides, per attribute, the probability
+    that its quality is above 0.6 (else 0 or 1 from ``q``): an observer who
+    does not know the hidden appeal and mood passes theirs for content and
+    emotion."""
+    visual = ATTRIBUTES[:5]
+    extremeness = np.array([abs(q[a] - 0.6) + 0.05 for a in visual])
+    share_first = float(np.mean([1 / n for n in range(1, 6)]))  # P(a random comment is the first)
+    p_attr = {a: (1 - 0.6 * share_first) * float(w) for a, w in zip(visual, extremeness / extremeness.sum())}
+    p_attr.update({"content": 0.3 * share_first, "emotion": 0.3 * share_first})
+    out: dict[str, float] = {}
+
+    def add(phrases: list[str], mass: float) -> None:
+        for p in phrases:
+            out[p] = out.get(p, 0.0) + mass / len(phrases)
+
+    for attr, pa in p_attr.items():
+        add(NOISE, pa * 0.10)
+        p_good = (good or {}).get(attr, float(q[attr] > 0.6))
+        named = CRITICISM.get(attr, {})
+        caused = list(dict.fromkeys(p for c in _causes(attr, edits, 0.5) for p in named.get(c, []))) \
+            or GENERIC[attr]
+        add(PRAISE[attr], pa * 0.9 * (p_good * 0.85 + (1 - p_good) * 0.15))
+        add(criticisms(attr), pa * 0.9 * p_good * 0.15)
+        add(caused, pa * 0.9 * (1 - p_good) * 0.85)
+    return out
+
+
 # -- attribute descriptions -----------------------------------------------------
 GRADES = ((0.85, ("excellent", "superb", "outstanding")), (0.65, ("good", "pleasing", "solid")),
           (0.45, ("fair", "average", "acceptable")), (0.25, ("poor", "weak", "disappointing")),
