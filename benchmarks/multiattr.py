@@ -214,7 +214,8 @@ def main() -> int:
             + (f", affinity {args.affinity:g}" if args.affinity != 10.0 else "")
             + (f", affinity on {args.affinity_on}" if args.affinity_on != "spaces" else "")
             + (f", affinity form {args.affinity_form}" if args.affinity_form != "gram" else "")
-            + (f", tower lr {args.lr_tower:g}" if args.part == "trainable" and args.lr_tower != 1e-4 else ""))
+            + (f", tower lr {args.lr_tower:g}" if args.part == "trainable" and args.lr_tower != 1e-4 else "")
+            + (f", {args.n} images" if args.n != 3000 else ""))
     seen.write_text(json.dumps({k: {a: d for a, d in v.items() if a not in without}
                                 for k, v in described.items() if Path(k).stem in train_ids}))
 
