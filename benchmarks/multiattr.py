@@ -76,13 +76,12 @@ from _common import machine_line, write_results  # noqa: E402
 
 import photocritic  # noqa: E402
 from photocritic.data.datasets import load_dataset  # noqa: E402
-from photocritic.data.synthetic import ATTRIBUTES, find_sources, synthesize  # noqa: E402
+from photocritic.data.synthetic import ATTRIBUTES, VISUAL, find_sources, synthesize  # noqa: E402
 from photocritic.metrics import bootstrap_ci, srcc  # noqa: E402
 from photocritic.training.multiattr import MultiAttrConfig, pretrain_multiattr  # noqa: E402
 from photocritic.training.run import train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "multiattr.json"
-VISUAL = ATTRIBUTES[:5]  # the attributes the edits act on
 TOWER = "efficientnet-lite0"
 
 

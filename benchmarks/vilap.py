@@ -182,13 +182,13 @@ def oracle_contrastive(rows: list[dict], batch: int = 64, appeals: list[float] |
     over ``draws`` batchings of the rows (the first in their order), with a
     comment drawn per image in each."""
     from photocritic.data.synthetic import ATTRIBUTES as ATTRS
-    from photocritic.data.synthetic import EDITS, comment_phrase_probabilities
+    from photocritic.data.synthetic import EDITS, SOUND, comment_phrase_probabilities
 
     hidden = None
-    if appeals is not None:
+    if appeals is not None:  # content = a, emotion = 0.6 a + 0.4 m (attribute_qualities), m ~ U(0, 1)
         a = np.asarray(appeals, dtype=float)
-        hidden = {"content": float(np.mean(a > 0.6)),
-                  "emotion": float(np.mean(1 - np.clip((0.6 - 0.6 * a) / 0.4, 0, 1)))}  # P(0.6a + 0.4m > 0.6)
+        hidden = {"content": float(np.mean(a > SOUND)),
+                  "emotion": float(np.mean(1 - np.clip((SOUND - 0.6 * a) / 0.4, 0, 1)))}  # P(emotion > SOUND)
     true, known = [], []
     for r in rows:
         q = {k: (float(r[k]) - 1) / 9 for k in ATTRS}
@@ -297,7 +297,7 @@ def information(args, tmp: Path) -> dict:
     pixels), hand pixel statistics, and EfficientNet-Lite0's pooled features (PCA to 32, as all
     2,912 over-fit the training photos)."""
     import photocritic
-    from photocritic.data.synthetic import EDITS
+    from photocritic.data.synthetic import EDITS, VISUAL
     from photocritic.features import EmbeddingCache
 
     world_dir, world, rows = make_world(args, tmp)
@@ -314,8 +314,7 @@ def information(args, tmp: Path) -> dict:
     phrases, n_phrases = phrase_ids([comments[Path(r["path"]).name] for r in rows])
     split = np.array([r["split"] for r in rows])
     paths = [str(world_dir / r["path"]) for r in rows]
-    visual = ("composition", "depth_of_field", "lighting", "colour", "technical_quality")
-    truth = np.array([[float(r[k]) for k in EDITS + visual] + [abs(float(r["tilt"])), max(0.0, -float(r["exposure"])),
+    truth = np.array([[float(r[k]) for k in EDITS + VISUAL] + [abs(float(r["tilt"])), max(0.0, -float(r["exposure"])),
                       max(0.0, float(r["exposure"])), abs(np.log(float(r["contrast"])))] for r in rows])
     _, lite = photocritic.load("lite").embed_paths(paths, EmbeddingCache(None), batch_size=64)
     lite = np.asarray(lite, dtype=np.float64)

@@ -333,32 +333,48 @@ NOISE = ["first!", "thanks for sharing", "see my entry too", "what camera did yo
          "interesting challenge this week"]
 
 
+#: the comment generator's rates: a quality above SOUND is praised; the first comment is about
+#: content or mood with P_CONTENT_FIRST; a comment is noise with P_NOISE, else wrong with P_WRONG
+SOUND, P_CONTENT_FIRST, P_NOISE, P_WRONG, MAX_COMMENTS = 0.6, 0.6, 0.10, 0.15, 5
+VISUAL = ATTRIBUTES[:5]  # the attributes the edits act on
+
+
+def _visual_choice(q: dict) -> np.ndarray:
+    """Which visual attribute a comment that is not about content or mood speaks of: the further
+    its quality from SOUND, the likelier."""
+    extremeness = np.array([abs(q[a] - SOUND) + 0.05 for a in VISUAL])
+    return extremeness / extremeness.sum()
+
+
+def _cause_phrases(attr: str, edits: dict) -> list[str]:
+    """What commenters say of a flawed attribute: the phrases of the causes the image has, else the
+    attribute's generic criticisms."""
+    named = CRITICISM.get(attr, {})
+    return list(dict.fromkeys(p for c in _causes(attr, edits, 0.5) for p in named.get(c, []))) or GENERIC[attr]
+
+
 def make_comments(q: dict, edits: dict, rng: np.random.Generator) -> list[str]:
     """1-5 template comments (module docstring: 15% wrong, 10% noise, 60% one
     about content/mood; a criticism names a cause the image has)."""
-    n = int(rng.integers(1, 6))
-    visual = ATTRIBUTES[:5]
-    extremeness = np.array([abs(q[a] - 0.6) + 0.05 for a in visual])
+    n = int(rng.integers(1, MAX_COMMENTS + 1))
     out = []
-    if rng.random() < 0.6:
+    if rng.random() < P_CONTENT_FIRST:
         out.append(str(rng.choice(["content", "emotion"])))
     while len(out) < n:
-        out.append(str(rng.choice(visual, p=extremeness / extremeness.sum())))
+        out.append(str(rng.choice(VISUAL, p=_visual_choice(q))))
     comments = []
     for attr in out:
-        if rng.random() < 0.10:
+        if rng.random() < P_NOISE:
             comments.append(str(rng.choice(NOISE)))
             continue
-        good = q[attr] > 0.6
-        wrong = rng.random() < 0.15
+        good = q[attr] > SOUND
+        wrong = rng.random() < P_WRONG
         if good != wrong:
             phrases = PRAISE[attr]
         elif wrong:  # a criticism of a sound attribute: any of its criticisms
             phrases = criticisms(attr)
         else:  # what is wrong with it, where an edit is past its threshold
-            named = CRITICISM.get(attr, {})
-            phrases = list(dict.fromkeys(p for c in _causes(attr, edits, 0.5) for p in named.get(c, []))) \
-                or GENERIC[attr]
+            phrases = _cause_phrases(attr, edits)
         phrase = str(rng.choice(phrases))
         text = str(rng.choice(OPENERS)) + phrase + str(rng.choice(CLOSERS))
         comments.append(text[0].upper() + text[1:])
@@ -372,11 +388,9 @@ def comment_phrase_probabilities(q: dict, edits: dict, good: dict | None = None)
     that its quality is above 0.6 (else 0 or 1 from ``q``): an observer who
     does not know the hidden appeal and mood passes theirs for content and
     emotion."""
-    visual = ATTRIBUTES[:5]
-    extremeness = np.array([abs(q[a] - 0.6) + 0.05 for a in visual])
-    share_first = float(np.mean([1 / n for n in range(1, 6)]))  # P(a random comment is the first)
-    p_attr = {a: (1 - 0.6 * share_first) * float(w) for a, w in zip(visual, extremeness / extremeness.sum())}
-    p_attr.update({"content": 0.3 * share_first, "emotion": 0.3 * share_first})
+    share_first = float(np.mean([1 / n for n in range(1, MAX_COMMENTS + 1)]))  # P(a random comment is the first)
+    p_attr = {a: (1 - P_CONTENT_FIRST * share_first) * float(w) for a, w in zip(VISUAL, _visual_choice(q))}
+    p_attr.update({a: P_CONTENT_FIRST / 2 * share_first for a in ("content", "emotion")})
     out: dict[str, float] = {}
 
     def add(phrases: list[str], mass: float) -> None:
@@ -384,14 +398,12 @@ def comment_phrase_probabilities(q: dict, edits: dict, good: dict | None = None)
             out[p] = out.get(p, 0.0) + mass / len(phrases)
 
     for attr, pa in p_attr.items():
-        add(NOISE, pa * 0.10)
-        p_good = (good or {}).get(attr, float(q[attr] > 0.6))
-        named = CRITICISM.get(attr, {})
-        caused = list(dict.fromkeys(p for c in _causes(attr, edits, 0.5) for p in named.get(c, []))) \
-            or GENERIC[attr]
-        add(PRAISE[attr], pa * 0.9 * (p_good * 0.85 + (1 - p_good) * 0.15))
-        add(criticisms(attr), pa * 0.9 * p_good * 0.15)
-        add(caused, pa * 0.9 * (1 - p_good) * 0.85)
+        add(NOISE, pa * P_NOISE)
+        said = pa * (1 - P_NOISE)
+        p_good = (good or {}).get(attr, float(q[attr] > SOUND))
+        add(PRAISE[attr], said * (p_good * (1 - P_WRONG) + (1 - p_good) * P_WRONG))
+        add(criticisms(attr), said * p_good * P_WRONG)
+        add(_cause_phrases(attr, edits), said * (1 - p_good) * (1 - P_WRONG))
     return out
 
 
