@@ -456,6 +456,8 @@ def quality(args, tmp: Path) -> dict:
     mean = np.array([sum(k * int(r[f"score{k}"]) for k in range(1, 11)) / sum(int(r[f"score{k}"]) for k in range(1, 11))
                      for r in test])
     out = {"world": world_summary(world), "data": data, "timing": timing,
+           "val_contrastive_by_epoch": {stage: [round(e["val_contrastive"], 4) for e in json.loads(
+               (tmp / stage / "metrics.json").read_text())["epochs"]] for stage in ("general", "vilap")},
            "settings": {k: getattr(args, k) for k in ("n", "seed", "size", "image_size", "general_epochs", "epochs",
                                                     "lr", "lr_image", "alpha", "beta", "lr_temperature",
                                                     "batch_size", "same_text_positives", "pmi_samples",
