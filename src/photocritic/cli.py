@@ -1526,6 +1526,10 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                     help="bf16 autocast (auto: where bf16 is native)")
     pt.add_argument("--workers", type=_int_at_least(0), help="decoding workers")
+    pt.add_argument("--image-cache-mb", type=float, default=2048.0, metavar="MB",
+                    help="decoded training images kept (in a memory-mapped temporary file shared by the "
+                         "decoding workers) so each is decoded once per run, not once per epoch; images past "
+                         "the budget are decoded every epoch; 0: no cache. Split among the processes")
     pt.add_argument("--resume", action="store_true", help="continue from the last epoch's checkpoint")
     pt.add_argument("--overwrite", action="store_true", help="replace what --output holds")
     pt.add_argument("--name", help="the model's name in its config.json")
@@ -1587,6 +1591,9 @@ def build_parser() -> argparse.ArgumentParser:
     ma.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                     help="bf16 for the tower's features and autocast (auto: where bf16 is native)")
     ma.add_argument("--workers", type=_int_at_least(0), help="decoding workers")
+    ma.add_argument("--image-cache-mb", type=float, default=2048.0, metavar="MB",
+                    help="with --tower trainable: decoded images kept so each is decoded once per run "
+                         "(0: every epoch)")
     mg = ma.add_mutually_exclusive_group()
     mg.add_argument("--cache", help="feature store file (default: the embedding cache)")
     mg.add_argument("--no-cache", action="store_true", help="keep the tower's features in memory only")

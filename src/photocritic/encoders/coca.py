@@ -87,10 +87,52 @@ def _act(name: str):
     raise ValueError(f"unknown activation {name!r}")
 
 
+class KVCache:
+    """The keys and values of one attention layer's earlier positions, for
+    incremental decoding: (B, heads, capacity, head_dim) buffers allocated
+    once and filled in place, so a step writes its new position instead of
+    copying the whole past (a buffer doubles if a sequence outgrows it)."""
+
+    def __init__(self, capacity: int = 64):
+        self.capacity, self.n = capacity, 0
+        self.k = self.v = None
+        self.qkv = None  # the layer's q, k and v projections as one (weight, bias), made on first use
+
+    def project(self, attn: "Attention", x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``attn``'s query, key and value projections of ``x`` in one matrix
+        product (a decoding step is too small for three to pay)."""
+        if self.qkv is None:
+            parts = (attn.q_proj, attn.k_proj, attn.v_proj)
+            self.qkv = (torch.cat([p.weight for p in parts]), torch.cat([p.bias for p in parts]))
+        return F.linear(x, *self.qkv).chunk(3, dim=-1)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add positions (B, heads, t, head_dim); returns all keys and values so far."""
+        t = k.shape[2]
+        if self.k is None or self.n + t > self.k.shape[2]:
+            size = max(self.capacity, self.n + t) if self.k is None else max(2 * self.k.shape[2], self.n + t)
+            bk = k.new_empty(k.shape[0], k.shape[1], size, k.shape[3])
+            bv = v.new_empty(v.shape[0], v.shape[1], size, v.shape[3])
+            if self.k is not None:
+                bk[:, :, :self.n] = self.k[:, :, :self.n]
+                bv[:, :, :self.n] = self.v[:, :, :self.n]
+            self.k, self.v = bk, bv
+        self.k[:, :, self.n:self.n + t] = k
+        self.v[:, :, self.n:self.n + t] = v
+        self.n += t
+        return self.k[:, :, :self.n], self.v[:, :, :self.n]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep rows ``rows`` of the batch, in that order (beam search)."""
+        if self.k is not None:
+            self.k, self.v = self.k[rows], self.v[rows]
+
+
 class Attention(nn.Module):
     """Multi-head attention with CLIP's parameter names (q/k/v/out_proj),
-    so CLIP's text layers load into it unchanged. ``cache`` (a dict) keeps
-    the keys and values of earlier positions for incremental decoding."""
+    so CLIP's text layers load into it unchanged. ``cache`` (a
+    :class:`KVCache`) keeps the keys and values of earlier positions for
+    incremental decoding."""
 
     def __init__(self, width: int, heads: int, kv_width: int | None = None):
         super().__init__()
@@ -109,18 +151,19 @@ class Attention(nn.Module):
     def kv(self, context: torch.Tensor):
         return self._split(self.k_proj(context)), self._split(self.v_proj(context))
 
-    def forward(self, x, context=None, causal: bool = False, cache: dict | None = None,
+    def forward(self, x, context=None, causal: bool = False, cache: KVCache | None = None,
                 key_mask: torch.Tensor | None = None, fixed_kv=None):
-        q = self._split(self.q_proj(x))
-        if fixed_kv is not None:  # cross-attention: keys/values of the image, computed once
-            k, v = fixed_kv
+        if cache is not None and context is None and fixed_kv is None:  # a decoding step's self-attention
+            q, k, v = (self._split(p) for p in cache.project(self, x))
+            k, v = cache.append(k, v)
         else:
-            k, v = self.kv(x if context is None else context)
-            if cache is not None:
-                if "k" in cache:
-                    k = torch.cat([cache["k"], k], dim=2)
-                    v = torch.cat([cache["v"], v], dim=2)
-                cache["k"], cache["v"] = k, v
+            q = self._split(self.q_proj(x))
+            if fixed_kv is not None:  # cross-attention: keys/values of the image, computed once
+                k, v = fixed_kv
+            else:
+                k, v = self.kv(x if context is None else context)
+                if cache is not None:
+                    k, v = cache.append(k, v)
         mask = None
         tq, tk = q.shape[2], k.shape[2]
         if causal and tq > 1:  # queries are the last tq of the tk positions
@@ -234,8 +277,10 @@ class CoCa(nn.Module):
 
     # -- text side -------------------------------------------------------------------
     def _embed_tokens(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
-        pos = torch.arange(start, start + ids.shape[1], device=ids.device)
-        return self.token_embedding(ids) + self.position_embedding(pos)[None]
+        end = start + ids.shape[1]
+        if end > self.position_embedding.num_embeddings:
+            raise ValueError(f"positions {start}..{end - 1}: the model has {self.position_embedding.num_embeddings}")
+        return self.token_embedding(ids) + self.position_embedding.weight[start:end][None]
 
     def text_states(self, ids: torch.Tensor, mask: torch.Tensor):
         """Unimodal pass over ``[BOS, t.., CLS]`` batches: ``ids`` (N, L) hold
@@ -311,31 +356,38 @@ class CoCa(nn.Module):
             gen = gen.repeat_interleave(beams, 0)
         kv = self.image_kv(gen)
         width = n * max(beams, 1)
-        seq = torch.full((width, 1), c.bos_id, dtype=torch.long, device=gen.device)
-        uni = [dict() for _ in self.unimodal]
-        multi = [dict() for _ in self.multimodal]
+        # every sequence so far, BOS first, in one buffer filled in place
+        seq = torch.full((width, steps + 1), c.pad_id, dtype=torch.long, device=gen.device)
+        seq[:, 0] = c.bos_id
+        uni = [KVCache(steps + 1) for _ in self.unimodal]
+        multi = [KVCache(steps + 1) for _ in self.multimodal]
         score = torch.zeros(n, max(beams, 1), device=gen.device)
         if beams > 1:
             score[:, 1:] = -math.inf  # all beams start as the same sequence: keep one
         done = torch.zeros(width, dtype=torch.bool, device=gen.device)
+        finished = None  # a finished sequence only extends with padding, at no cost
+        length = 1
         for t in range(steps):
             if use_cache:
-                logits = self._step(seq[:, -1:], t, uni, multi, kv)
+                logits = self._step(seq[:, t:t + 1], t, uni, multi, kv)
             else:
-                logits = self._step(seq, 0, [None] * len(uni), [None] * len(multi), kv)
+                logits = self._step(seq[:, :t + 1], 0, [None] * len(uni), [None] * len(multi), kv)
             logp = torch.log_softmax(logits.float(), -1)
             if t < len(prefix):  # a forced token: the only choice
                 logp = torch.full_like(logp, -math.inf).index_copy_(1, torch.tensor([prefix[t]], device=logp.device),
                                                                     logp[:, prefix[t]:prefix[t] + 1])
             if not stop_at_end:
                 logp[:, c.eos_id] = -math.inf
-            # a finished sequence only extends with padding, at no cost
-            logp[done] = -math.inf
-            logp[done, c.pad_id] = 0.0
+            if finished is None:
+                finished = torch.full_like(logp[:1], -math.inf)
+                finished[0, c.pad_id] = 0.0
+            if t > 0:
+                logp = torch.where(done[:, None], finished, logp)
+            length = t + 2
             if beams <= 1:
                 nxt = logp.argmax(-1) if samplers is None else _nucleus(logp, samplers, temperature, top_p)
-                nxt = torch.where(done, torch.full_like(nxt, c.pad_id), nxt)
-                seq = torch.cat([seq, nxt[:, None]], 1)
+                nxt = torch.where(done, c.pad_id, nxt)
+                seq[:, t + 1] = nxt
                 done |= nxt == c.eos_id
             else:
                 v = logp.shape[-1]
@@ -344,14 +396,14 @@ class CoCa(nn.Module):
                 src = (flat // v) + torch.arange(n, device=seq.device)[:, None] * beams
                 tok = (flat % v).view(-1)
                 src = src.view(-1)
-                seq = torch.cat([seq[src], tok[:, None]], 1)
+                seq = seq[src]
+                seq[:, t + 1] = tok
                 done = done[src] | (tok == c.eos_id)
                 for cache in uni + multi:
-                    for key in list(cache):
-                        cache[key] = cache[key][src]
+                    cache.reorder(src)
             if bool(done.all()):
                 break
-        seq = seq[:, 1:]
+        seq = seq[:, 1:length]
         if beams > 1:
             lengths = torch.stack([self._length(s) for s in seq]).view(n, beams).float().clamp(min=1)
             best = (score / lengths).argmax(1) + torch.arange(n, device=seq.device) * beams

@@ -43,7 +43,7 @@ class Finetune(TorchHead):
     def __init__(self, epochs: int | None = None, batch_size: int = 128, lr_backbone: float = 1e-4,
                  lr: float = 1e-2, momentum: float = 0.5, patience: int = 10, seed: int = 0,
                  accumulate: int = 1, workers: int | None = None, augment: str | None = None,
-                 checkpoint_every: int = 1):
+                 checkpoint_every: int = 1, image_cache_mb: float = 2048.0):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr_backbone = lr_backbone
@@ -55,6 +55,7 @@ class Finetune(TorchHead):
         self.workers = workers
         self.augment = augment
         self.checkpoint_every = checkpoint_every
+        self.image_cache_mb = image_cache_mb
 
     def build(self, meta):
         return SoftmaxHead(meta["dim"])

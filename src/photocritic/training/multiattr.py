@@ -73,6 +73,7 @@ class MultiAttrConfig:
     device: str = "cpu"
     precision: str = "auto"
     workers: int | None = None
+    image_cache_mb: float = 2048.0   # a trainable tower's decoded images kept for later epochs (0: none)
     extract_batch_size: int = 32
     cache: str | None = None
     no_cache: bool = False
@@ -208,22 +209,22 @@ class _Data:
     tower's features as the affinity reference."""
 
     def __init__(self, pooled, tokens, table: DescriptionTable, text_emb: np.ndarray, rows: list[int],
-                 paths: list[str] | None = None, pre=None):
+                 paths: list[str] | None = None, pre=None, pixels=None):
         self.pooled, self.tokens, self.table, self.text_emb, self.rows = pooled, tokens, table, text_emb, rows
-        self.paths, self.pre = paths, pre
+        self.paths, self.pre, self.pixels = paths, pre, pixels  # pixels: a PixelCache by row
 
     def __len__(self):
         return len(self.rows)
 
     def _pixels(self, rows: list[int]) -> torch.Tensor:
-        from ..data.images import ImageError, decode_for, read_bytes
+        from .pixelcache import decode_cached
 
         out = []
         for r in rows:
-            try:
-                out.append(np.array(decode_for(read_bytes(self.paths[r]), self.pre, self.paths[r])))
-            except ImageError as exc:  # it was read when its features were extracted
-                raise DataError(f"{self.paths[r]} became unreadable during training ({exc.message})") from None
+            got = decode_cached(self.pixels, r, self.paths[r], self.pre)
+            if got is None:  # it was read when its features were extracted
+                raise DataError(f"{self.paths[r]} became unreadable during training")
+            out.append(got)
         return self.pre.normalize(torch.from_numpy(np.stack(out)))
 
     def batch(self, local: list[int], seed: int, epoch: int, device) -> dict:
@@ -383,7 +384,13 @@ def pretrain_multiattr(cfg: MultiAttrConfig, log=None):
         say(f"resuming after epoch {state['epoch']}")
     dnet, opt = acc.prepare(model, opt)
     core = acc.unwrap_model(dnet)
-    images = dict(paths=paths, pre=pre) if trainable else {}
+    cache = None
+    if trainable:
+        from .pixelcache import make_caches, report_caches
+
+        cache = make_caches(pre, [len(paths)], cfg.image_cache_mb / world)[0]
+        report_caches(say, [cache], [len(paths)], cfg.image_cache_mb)
+    images = dict(paths=paths, pre=pre, pixels=cache) if trainable else {}
     data = _Data(pooled, tokens, table, text_emb, tr, **images)
     vdata = _Data(pooled, tokens, table, text_emb, va, **images)
     t0 = time.perf_counter()
@@ -421,6 +428,8 @@ def pretrain_multiattr(cfg: MultiAttrConfig, log=None):
                if "val_loss" in row else ""))
         best, best_epoch = close_epoch(acc, core, opt, sched, ck, rows, row, best, best_epoch, config=resume_key)
     seconds = time.perf_counter() - t0
+    if cache is not None:
+        cache.close()
     if not main:
         return None
     best_weights(core, ck)

@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.images import ImageError, decode_for, read_bytes
 from ..errors import DataError, UsageError
 from ..losses import caption_loss, coca_loss, contrastive_loss
+from .pixelcache import decode_cached, make_caches, report_caches
 
 COCA_DIR = "coca"
 CHECKPOINT = "checkpoint"
@@ -74,6 +74,7 @@ class PretrainConfig:
     device: str = "cpu"
     precision: str = "auto"
     workers: int | None = None
+    image_cache_mb: float = 2048.0     # decoded training images kept for later epochs (0: decode every epoch)
     resume: bool = False
     overwrite: bool = False
     prompts: str = "vila"
@@ -82,13 +83,16 @@ class PretrainConfig:
 
 
 class ImageComments(torch.utils.data.Dataset):
-    """(uint8 HWC pixels, token ids, index) per image, the comment drawn by
-    (seed, epoch, image); an unreadable image gives None."""
+    """(uint8 HWC pixels, comment, index) per image, the comment drawn by
+    (seed, epoch, image); an unreadable image gives None. ``pixels``: a
+    :class:`~photocritic.training.pixelcache.PixelCache` of the decoded
+    images, shared by the loader's workers (each image decoded once per run)."""
 
-    def __init__(self, paths, comments, preprocess, tokenizer, config, seed: int = 0):
+    def __init__(self, paths, comments, preprocess, tokenizer, config, seed: int = 0, pixels=None):
         self.paths, self.comments = paths, comments
         self.preprocess, self.tokenizer, self.config = preprocess, tokenizer, config
         self.seed = seed
+        self.pixels = pixels
 
     def __len__(self):
         return len(self.paths)
@@ -101,11 +105,10 @@ class ImageComments(torch.utils.data.Dataset):
         """``key``: (epoch, index) as :class:`EpochBatches` yields them to
         persistent workers, or an index (epoch 0: validation)."""
         epoch, i = key if isinstance(key, tuple) else (0, key)
-        try:
-            pixels = decode_for(read_bytes(self.paths[i]), self.preprocess, self.paths[i])
-        except ImageError:
+        pixels = decode_cached(self.pixels, i, self.paths[i], self.preprocess)
+        if pixels is None:
             return None
-        return torch.from_numpy(np.array(pixels)), self.text(i, epoch), i
+        return torch.from_numpy(pixels), self.text(i, epoch), i
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -123,6 +126,40 @@ class EpochBatches(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+class PairLoader:
+    """The training batches of each epoch. A DataLoader with ``workers``
+    persistent decoding processes serves every epoch (no worker start per
+    epoch) while images still need decoding. On a CPU device, once every
+    image is in the dataset's pixel cache, batches are collated in the
+    training process instead and the workers are let go: with nothing left
+    to decode, a worker would only add inter-process copies and compete with
+    the training step for the same cores. The batches are the same either
+    way."""
+
+    def __init__(self, data: ImageComments, collate, workers: int, in_process_when_cached: bool):
+        self.data, self.collate, self.workers = data, collate, workers
+        self.in_process_when_cached = in_process_when_cached
+        self.sampler = EpochBatches()
+        self.loader = torch.utils.data.DataLoader(data, batch_sampler=self.sampler, num_workers=workers,
+                                                  collate_fn=collate, persistent_workers=workers > 0)
+
+    def in_process(self) -> bool:
+        if self.workers == 0 or self.loader is None:
+            return True
+        cache = self.data.pixels
+        if self.in_process_when_cached and cache is not None and cache.complete(len(self.data)):
+            self.loader = None  # the workers exit
+            return True
+        return False
+
+    def epoch(self, epoch: int, batches: list[list[int]]):
+        """An iterator over the collated batches (None where no image of a batch is readable)."""
+        if self.in_process():
+            return (self.collate([self.data[(epoch, i)] for i in b]) for b in batches)
+        self.sampler.epoch, self.sampler.batches = epoch, batches
+        return iter(self.loader)
 
 
 def collate_pairs(tokenizer, config):
@@ -400,20 +437,20 @@ def pretrain(cfg: PretrainConfig, log=None):
         say(f"resuming after epoch {state['epoch']}")
     net, opt = acc.prepare(model, opt)
     core = acc.unwrap_model(net)
-    data = ImageComments([paths[k] for k in tr], [texts[k] for k in tr], pre, tok, model.config, cfg.seed)
-    vdata = ImageComments([paths[k] for k in va], [texts[k] for k in va], pre, tok, model.config, cfg.seed)
+    caches = make_caches(pre, [len(tr), len(va)], cfg.image_cache_mb / world)
+    report_caches(say, caches, [len(tr), len(va)], cfg.image_cache_mb)
+    data = ImageComments([paths[k] for k in tr], [texts[k] for k in tr], pre, tok, model.config, cfg.seed,
+                         pixels=caches[0])
+    vdata = ImageComments([paths[k] for k in va], [texts[k] for k in va], pre, tok, model.config, cfg.seed,
+                          pixels=caches[1])
     collate = collate_pairs(tok, model.config)
-    workers = loader_workers(cfg.workers)
-    sampler = EpochBatches()
-    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                                         persistent_workers=workers > 0)
+    pairs = PairLoader(data, collate, loader_workers(cfg.workers), in_process_when_cached=acc.device.type == "cpu")
     t0 = time.perf_counter()
     steps, unreadable = 0, 0
     for epoch in range(start_epoch, cfg.epochs + 1):
         plan = [micro for _, micro in _Shard(epoch_order(len(data), cfg.seed, epoch), cfg.batch_size, rank, world,
                                              cfg.accumulate, keep_empty=True).plan]
-        sampler.epoch, sampler.batches = epoch, [m for step in plan for m in step if m]
-        it = iter(loader)
+        it = pairs.epoch(epoch, [m for step in plan for m in step if m])
         net.train()
         sums = {"contrastive": 0.0, "tok": 0.0, "n_tok": 0, "micro": 0}
         t_epoch = time.perf_counter()
@@ -460,6 +497,9 @@ def pretrain(cfg: PretrainConfig, log=None):
                if "val_loss" in row else ""))
         best, best_epoch = close_epoch(acc, core, opt, sched, ck, rows, row, best, best_epoch)
     seconds = time.perf_counter() - t0
+    cached = caches[0].slots
+    for cache in caches:
+        cache.close()
     acc.wait_for_everyone()
     if not main:
         return None
@@ -468,7 +508,7 @@ def pretrain(cfg: PretrainConfig, log=None):
     n_ref = save_reference_images(output / COCA_DIR, data, cfg.seed)
     metrics = {"method": "vila-p", "reference_images": n_ref, "init": cfg.init, "epochs": rows, "best_epoch": best_epoch,
                "processes": world, "precision": precision, "images": {"train": len(tr), "val": len(va)},
-               "unreadable_images": unreadable, "data": counts, "steps": steps, "seconds": round(seconds, 3),
+               "unreadable_images": unreadable, "cached_images": cached, "data": counts, "steps": steps, "seconds": round(seconds, 3),
                "params": {k: v for k, v in vars(cfg).items() if k not in ("quiet",)}}
     from ..evaluation import json_safe
 

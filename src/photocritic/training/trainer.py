@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.images import ImageError, decode_for, read_bytes
 from ..errors import DataError
 from ..losses import emd
 from ..methods.base import Targets
+from .pixelcache import decode_cached, make_caches, report_caches
 
 CHECKPOINT = "checkpoint"
 
@@ -53,10 +53,12 @@ class ImageRatings(torch.utils.data.Dataset):
     """(uint8 HWC pixels, 10-bin target, index) per image; an unreadable
     image gives None (dropped by :func:`collate` and counted). ``augment``
     names an entry of :data:`AUGMENTATIONS`; its randomness is seeded by
-    (seed, epoch, image), so a resumed run sees the same augmented images."""
+    (seed, epoch, image), so a resumed run sees the same augmented images.
+    ``pixels``: a :class:`~photocritic.training.pixelcache.PixelCache` of the
+    decoded images (before augmentation), shared by the loader's workers."""
 
     def __init__(self, paths: list[str], distribution: np.ndarray, preprocess, augment: str | None = None,
-                 seed: int = 0):
+                 seed: int = 0, pixels=None):
         from ..errors import UsageError
 
         if augment is not None and augment not in AUGMENTATIONS:
@@ -67,19 +69,19 @@ class ImageRatings(torch.utils.data.Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        self.pixels = pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        try:
-            pixels = decode_for(read_bytes(self.paths[i]), self.preprocess, self.paths[i])
-        except ImageError:
+        pixels = decode_cached(self.pixels, i, self.paths[i], self.preprocess)
+        if pixels is None:
             return None
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, i])
-            pixels = AUGMENTATIONS[self.augment](pixels, rng)
-        return torch.from_numpy(np.array(pixels)), self.q[i], i  # a writable copy
+            pixels = np.array(AUGMENTATIONS[self.augment](pixels, rng))  # a writable copy
+        return torch.from_numpy(pixels), self.q[i], i
 
 
 def collate(items):
@@ -207,8 +209,10 @@ def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: lis
     net, opt = acc.prepare(net, opt)
     pre = encoder.preprocess
     q_train = train_set.distribution[tr_idx]
-    data = ImageRatings(tr_paths, q_train, pre, augment=method.augment, seed=method.seed)
-    vdata = ImageRatings(va_paths, val_set.distribution[va_idx], pre)
+    caches = make_caches(pre, [len(tr_paths), len(va_paths)], method.image_cache_mb / acc.num_processes)
+    report_caches(say, caches, [len(tr_paths), len(va_paths)], method.image_cache_mb)
+    data = ImageRatings(tr_paths, q_train, pre, augment=method.augment, seed=method.seed, pixels=caches[0])
+    vdata = ImageRatings(va_paths, val_set.distribution[va_idx], pre, pixels=caches[1])
     workers = loader_workers(method.workers)
     world, rank = acc.num_processes, acc.process_index
     max_epochs = cfg["epochs"] or method.epochs or 10 ** 9
@@ -277,6 +281,9 @@ def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: lis
                          "rng": _state_rng()}, ck / "state.pt")
         acc.wait_for_everyone()
     seconds = time.perf_counter() - t0
+    cached = caches[0].slots
+    for cache in caches:
+        cache.close()
     acc.wait_for_everyone()
     if not main:
         return None
@@ -293,7 +300,7 @@ def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: lis
     metrics = {"method": method.name, "backbone": cfg["backbone"], "epochs": rows,
                "final_val": {k: v for k, v in (rows[best_epoch - 1] if best_epoch else {}).items()},
                "best_epoch": best_epoch, "processes": world, "precision": precision,
-               "train_images": {"listed": len(train_set), "used": len(tr_paths)},
+               "train_images": {"listed": len(train_set), "used": len(tr_paths), "cached": cached},
                "val_images": {"listed": len(val_set), "used": len(va_paths)},
                "seconds": round(seconds, 3), "steps": steps, "notes": notes}
     write_reports(output, cfg, metrics)
