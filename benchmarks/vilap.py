@@ -26,12 +26,17 @@ validation images by CIDEr-D.
 ``--part information``: where the comment-to-image information is lost
 (:func:`information`); it trains no CoCa.
 
+``--part attribute-map --work DIR [--variant NAME]``: the zero-shot
+attribute mAPs and the paired CI of their difference, from the models a
+quality run left in ``DIR``, added to that run's entry (the quality part
+computes them too).
+
 ``--part speed``: pretraining steps/s with the real data loader (JPEG files;
 with the shared cache of decoded images that pretraining uses, and decoding
 every epoch) against in-memory tensors, and critique tokens/s with and
 without the key-value cache at 64 tokens.
 
-    python benchmarks/vilap.py [--n 3000] [--part all|quality|speed|information]
+    python benchmarks/vilap.py [--n 3000] [--part all|quality|speed|information|attribute-map]
 writes benchmarks/results/vilap.json.
 """
 
@@ -393,6 +398,55 @@ def paired_gain(a, b, true: np.ndarray, n_boot: int = 1000) -> dict:
     return {"gain": gain(np.arange(len(true))), "ci95": [float(lo), float(hi)]}
 
 
+def attribute_scores(model, paths: list[str], rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-shot attribute classification: the edit labels (images, edits)
+    and each image's score per edit from the model's contrastive towers (a
+    prompt pair averaged per attribute)."""
+    from photocritic.methods import styles as ST
+
+    labels = np.array([[float(spec[0](r)) for spec in ATTRIBUTES.values()] for r in rows])
+    prompts = [spec[1] for spec in ATTRIBUTES.values()]
+    text = model.text_embeddings([p for group in prompts for p in group])
+    return labels, ST.style_scores(embed(model, paths), text, 2)
+
+
+def map_gain(labels: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int = 1000) -> dict:
+    """mAP(a) - mAP(b) on the same images, with a paired bootstrap 95% CI
+    (images resampled; an edit with no image in a resample is left out of
+    both means, as :func:`mean_average_precision` does)."""
+    from photocritic.metrics import mean_average_precision
+
+    def gain(i):
+        return mean_average_precision(labels[i], a[i])[0] - mean_average_precision(labels[i], b[i])[0]
+
+    rng = np.random.default_rng(0)
+    vals = [gain(rng.integers(0, len(labels), len(labels))) for _ in range(n_boot)]
+    lo, hi = np.percentile(vals, [2.5, 97.5])
+    return {"after": mean_average_precision(labels, a)[0], "before": mean_average_precision(labels, b)[0],
+            "gain": float(gain(np.arange(len(labels)))), "ci95": [float(lo), float(hi)]}
+
+
+def attribute_map(args, work: Path) -> dict:
+    """``--part attribute-map``: the zero-shot attribute mAPs of the general
+    stage and of VILA-P already trained in ``--work`` (by ``--part
+    quality`` with the same ``--n`` and ``--seed``), with the paired CI of
+    their difference, computed as the quality part does."""
+    import photocritic
+
+    if not all((work / stage / "config.json").exists() for stage in ("general", "vilap")):
+        raise SystemExit(f"--part attribute-map: {work} has no trained general and vilap models "
+                         "(run --part quality --work DIR first)")
+    world_dir, _, rows = make_world(args, work)
+    test = [r for r in rows if r["split"] == "test"]
+    tpaths = [str(world_dir / r["path"]) for r in test]
+    atts = {}
+    for stage in ("general", "vilap"):
+        labels, atts[stage] = attribute_scores(photocritic.load(str(work / stage), precision="fp32"), tpaths, test)
+    out = map_gain(labels, atts["vilap"], atts["general"])
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def vilar_dir(tmp: Path, stage: str, seed: int) -> Path:
     """Where the VILA-R of ``stage`` trained with ``seed`` goes (seed 0: the original single run's folder)."""
     return tmp / (f"vilar-{stage}" if seed == 0 else f"vilar-{stage}-seed{seed}")
@@ -425,7 +479,6 @@ def make_world(args, tmp: Path) -> tuple[Path, dict, list[dict]]:
 def quality(args, tmp: Path) -> dict:
     import photocritic
     from photocritic.captioning import caption_scores
-    from photocritic.methods import styles as ST
     from photocritic.metrics import mean_average_precision, plcc, srcc
 
     world_dir, world, rows = make_world(args, tmp)
@@ -464,7 +517,7 @@ def quality(args, tmp: Path) -> dict:
                                                     "batch_size", "same_text_positives", "pmi_samples",
                                                     "pmi_weights", "vila_r_seeds")},
            "test_images": len(test), "stages": {}}
-    scores, models = {}, {}
+    scores, models, atts = {}, {}, {}
     for stage in ("general", "vilap"):
         m = photocritic.load(str(tmp / stage), precision="fp32")
         models[stage] = m
@@ -478,12 +531,8 @@ def quality(args, tmp: Path) -> dict:
                          .score(tpaths, batch_size=64)]) for seed in range(args.vila_r_seeds)]
         vr = vrs[0]
         scores[stage] = (zs, vr, zw, vrs)
-        # attributes: zero-shot mAP, a prompt pair averaged per attribute
-        labels = np.array([[float(spec[0](r)) for spec in ATTRIBUTES.values()] for r in test])
-        emb = embed(m, tpaths)
-        prompts = [spec[1] for spec in ATTRIBUTES.values()]
-        text = m.text_embeddings([p for group in prompts for p in group])
-        att = ST.style_scores(emb, text, 2)
+        labels, att = attribute_scores(m, tpaths, test)
+        atts[stage] = att
         mp, aps = mean_average_precision(labels, att)
         out["stages"][stage] = {
             "zero_shot": {"srcc": srcc(zs, mean), "plcc": plcc(zs, mean), "srcc_true_mean": srcc(zs, true)},
@@ -501,6 +550,7 @@ def quality(args, tmp: Path) -> dict:
     out["vila_r_gain"] = paired_gain(scores["vilap"][1], scores["general"][1], mean)
     out["vila_r_seed_mean_gain"] = paired_gain(scores["vilap"][3], scores["general"][3], mean)
     out["zero_shot_world_vocabulary_gain"] = paired_gain(scores["vilap"][2], scores["general"][2], mean)
+    out["attribute_map_gain"] = map_gain(labels, atts["vilap"], atts["general"])
     # critiques against the nearest-neighbour retrieval baseline
     vp = models["vilap"]
     t = time.perf_counter()
@@ -714,7 +764,7 @@ def main() -> int:
                          "the seed-0 figures are reported alone as well")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--part", choices=["all", "quality", "speed", "information"], default="all")
+    ap.add_argument("--part", choices=["all", "quality", "speed", "information", "attribute-map"], default="all")
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--work", help="keep the world and models here (a second run reuses the world and "
                                    "the general stage); default: a temporary folder")
@@ -729,6 +779,15 @@ def main() -> int:
             fields["speed"] = speed(args, Path(tmp))
         if args.part == "information":
             fields.setdefault("information", {})[f"{args.n} images, seed {args.seed}"] = information(args, work)
+        if args.part == "attribute-map":
+            if not args.work:
+                raise SystemExit("--part attribute-map needs --work DIR (where --part quality trained its models)")
+            entry = fields.setdefault("quality_variants", {}).get(args.variant) if args.variant \
+                else fields.get("quality")
+            if entry is None:
+                raise SystemExit(f"--part attribute-map: {args.results} has no quality entry "
+                                 f"{args.variant or ''} to add to")
+            entry["attribute_map_gain"] = attribute_map(args, work)
         if args.part in ("all", "quality"):
             res = quality(args, work)
             if args.variant:

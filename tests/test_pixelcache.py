@@ -29,6 +29,8 @@ def test_shape_and_budget():
     assert none.slots == 0 and none.folder is None and "budget" in none.reason
     varying = PixelCache(5, Preprocess(resize=40, crop=None), budget_mb=100)
     assert varying.slots == 0 and "vary" in varying.reason
+    nowhere = PixelCache(5, PRE, budget_mb=100, folder="/nonexistent/folder")  # no file: decode every epoch
+    assert nowhere.slots == 0 and "cannot allocate" in nowhere.reason and nowhere.get(0) is None
 
 
 def test_put_get_states_and_cleanup():
