@@ -143,3 +143,16 @@ def test_pair_loader_collates_in_process_once_everything_is_cached(world):
     list(some.epoch(1, batches))
     assert not some.in_process()  # images past the budget still need decoding
     part.close()
+
+
+def test_the_cache_budget_must_be_a_size(capsys):
+    from photocritic.cli import main
+
+    for bad in ("-1", "nan", "lots"):
+        try:
+            code = main(["pretrain", "vila-p", "--init", "random:tiny", "--captions", "c.json", "--images", ".",
+                         "--output", "out", "--image-cache-mb", bad])
+        except SystemExit as exc:
+            code = exc.code
+        assert code == 2
+        assert "--image-cache-mb" in capsys.readouterr().err

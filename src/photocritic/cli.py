@@ -984,6 +984,16 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of megabytes") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: give a size in MB, 0 or more")
+    return value
+
+
 def _int_at_least(low: int):
     def parse(text: str) -> int:
         try:
@@ -1526,7 +1536,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                     help="bf16 autocast (auto: where bf16 is native)")
     pt.add_argument("--workers", type=_int_at_least(0), help="decoding workers")
-    pt.add_argument("--image-cache-mb", type=float, default=2048.0, metavar="MB",
+    pt.add_argument("--image-cache-mb", type=_megabytes, default=2048.0, metavar="MB",
                     help="decoded training images kept (in a memory-mapped temporary file shared by the "
                          "decoding workers) so each is decoded once per run, not once per epoch; images past "
                          "the budget are decoded every epoch; 0: no cache. Split among the processes")
@@ -1591,7 +1601,7 @@ def build_parser() -> argparse.ArgumentParser:
     ma.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                     help="bf16 for the tower's features and autocast (auto: where bf16 is native)")
     ma.add_argument("--workers", type=_int_at_least(0), help="decoding workers")
-    ma.add_argument("--image-cache-mb", type=float, default=2048.0, metavar="MB",
+    ma.add_argument("--image-cache-mb", type=_megabytes, default=2048.0, metavar="MB",
                     help="with --tower trainable: decoded images kept so each is decoded once per run "
                          "(0: every epoch)")
     mg = ma.add_mutually_exclusive_group()
