@@ -76,13 +76,17 @@ def second_train(world: Path, tmp: Path, precision: str) -> dict:
 
 
 def loader_vs_memory(ds, precision: str, steps: int = 12, batch: int = 32) -> dict:
-    """finetune's training step: images through the real DataLoader (decode in
-    worker processes) vs the same step on pre-decoded tensors in memory."""
+    """finetune's training step: images through finetune's loader (a
+    persistent decoding worker, with the shared cache of decoded images,
+    timed after the pass that fills it; and the same loader without the
+    cache, decoding every epoch) vs the same step on pre-decoded tensors in
+    memory."""
     from accelerate import Accelerator
 
     from photocritic.losses import emd
     from photocritic.methods.finetune import SoftmaxHead
     from photocritic.models import build_encoder
+    from photocritic.training.pixelcache import EpochLoader, PixelCache
     from photocritic.training.trainer import FinetuneNet, ImageRatings, collate
 
     acc = Accelerator(cpu=True, mixed_precision="bf16" if precision == "bf16" else "no")
@@ -93,7 +97,17 @@ def loader_vs_memory(ds, precision: str, steps: int = 12, batch: int = 32) -> di
     net, opt = acc.prepare(net, opt)
     pre = enc.preprocess
     paths = ds.image_paths()[:steps * batch]
-    data = ImageRatings(paths, ds.distribution[:len(paths)], pre)
+    order = [list(range(k, min(k + batch, len(paths)))) for k in range(0, len(paths), batch)]
+    workers = min(4, max(1, (os.cpu_count() or 2) // 2))
+    cache = PixelCache(len(paths), pre, 2048)
+    loaders, epochs = {}, {"loader": 0, "decoding": 0}
+    for name, pixels in (("loader", cache), ("decoding", None)):
+        data = ImageRatings(paths, ds.distribution[:len(paths)], pre, pixels=pixels)
+        loaders[name] = EpochLoader(data, collate, workers, in_process_when_cached=True)
+
+    def loader(name):
+        epochs[name] += 1
+        return loaders[name].epoch(epochs[name], order)
 
     def step(pixels, q):
         opt.zero_grad()
@@ -102,26 +116,30 @@ def loader_vs_memory(ds, precision: str, steps: int = 12, batch: int = 32) -> di
         acc.backward(loss)
         opt.step()
 
-    workers = min(4, max(1, (os.cpu_count() or 2) // 2))
-    loader = torch.utils.data.DataLoader(data, batch_size=batch, num_workers=workers, collate_fn=collate,
-                                         prefetch_factor=4)
     net.train()
-    batches = [b for b in torch.utils.data.DataLoader(data, batch_size=batch, collate_fn=collate)]
+    batches = list(loader("loader"))  # decodes, fills the cache, starts the worker
+    list(loader("decoding"))  # starts that loader's worker
     step(batches[0][0], batches[0][1])  # warm-up
-    mems, reals = [], []
+    rates = {"memory": [], "loader": [], "decoding": []}
     for _ in range(ROUNDS):  # interleaved; the median of each
         t0 = time.perf_counter()
         for pixels, q, _ in batches:
             step(pixels, q)
-        mems.append(len(batches) / (time.perf_counter() - t0))
-        t0 = time.perf_counter()
-        for pixels, q, _ in loader:
-            step(pixels, q)
-        reals.append(len(batches) / (time.perf_counter() - t0))
-    mem, real = float(np.median(mems)), float(np.median(reals))
+        rates["memory"].append(len(batches) / (time.perf_counter() - t0))
+        for name in ("loader", "decoding"):
+            t0 = time.perf_counter()
+            for pixels, q, _ in loader(name):
+                step(pixels, q)
+            rates[name].append(len(batches) / (time.perf_counter() - t0))
+    cache.close()
+    mem, real, dec = (float(np.median(rates[k])) for k in ("memory", "loader", "decoding"))
     return {"batch": batch, "steps": len(batches), "rounds": ROUNDS, "loader_workers": workers,
+            "loader_in_process": loaders["loader"].in_process(),
             "in_memory_steps_per_s": round(mem, 4), "loader_steps_per_s": round(real, 4),
-            "ratio": round(real / mem, 3)}
+            "ratio": round(real / mem, 3),
+            "ratio_rounds": [round(a / b, 3) for a, b in zip(rates["loader"], rates["memory"])],
+            "decoding_steps_per_s": round(dec, 4), "decoding_ratio": round(dec / mem, 3),
+            "decoding_ratio_rounds": [round(a / b, 3) for a, b in zip(rates["decoding"], rates["memory"])]}
 
 
 def linear_fit(n: int = 250_000, d: int = 768) -> dict:

@@ -647,8 +647,8 @@ def speed(args, tmp: Path) -> dict:
     """Steps/s: real loader vs in-memory tensors; tokens/s with and without the KV cache."""
     from photocritic.data.synthetic import find_sources, synthesize
     from photocritic.encoders import coca as C
-    from photocritic.training.pixelcache import PixelCache
-    from photocritic.training.pretrain import ImageComments, PairLoader, _forward, collate_pairs, pair_losses
+    from photocritic.training.pixelcache import EpochLoader, PixelCache
+    from photocritic.training.pretrain import ImageComments, _forward, collate_pairs, pair_losses
 
     world_dir = tmp / "speed-world"
     n = 512
@@ -683,7 +683,7 @@ def speed(args, tmp: Path) -> dict:
         for name, pixels in (("loader", cache), ("decoding", None)):
             data = ImageComments([str(world_dir / "images" / k) for k in take], [comments[k] for k in take], pre,
                                  tok, model.config, pixels=pixels)
-            loaders[name] = PairLoader(data, collate, args.workers, in_process_when_cached=True)
+            loaders[name] = EpochLoader(data, collate, args.workers, in_process_when_cached=True)
 
         def loader(name):
             epochs[name] += 1

@@ -108,7 +108,8 @@ def test_pair_loader_collates_in_process_once_everything_is_cached(world):
     the batches are collated in this process: the same batches either way,
     each epoch's comments drawn from its own epoch."""
     from photocritic.encoders import coca as C
-    from photocritic.training.pretrain import PairLoader, collate_pairs
+    from photocritic.training.pixelcache import EpochLoader
+    from photocritic.training.pretrain import collate_pairs
 
     comments = json.loads((world / "comments.json").read_text())
     names = sorted(comments)[:20]
@@ -120,7 +121,7 @@ def test_pair_loader_collates_in_process_once_everything_is_cached(world):
 
     def loader(cache, workers, in_process):
         data = ImageComments(paths, [comments[k] for k in names], PRE, tok, config, seed=3, pixels=cache)
-        return PairLoader(data, collate_pairs(tok, config), workers, in_process_when_cached=in_process)
+        return EpochLoader(data, collate_pairs(tok, config), workers, in_process_when_cached=in_process)
 
     batches = [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]]
     cache = PixelCache(len(paths), PRE, budget_mb=64)

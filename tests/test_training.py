@@ -413,6 +413,32 @@ def test_finetune_resume_is_bit_for_bit(tiny_clip_dir, clip_world, store, tmp_pa
     assert np.argsort([r.score for r in a_rows]).tolist() == np.argsort([r.score for r in b_rows]).tolist()
 
 
+def test_finetune_with_a_decoding_worker_trains_the_same_weights(tiny_clip_dir, clip_world, store, tmp_path):
+    """One persistent decoding worker for epoch 1, then (every image cached)
+    batches collated in this process: the same weights, bit for bit, as
+    decoding in-process every epoch without a cache; the mirroring is drawn
+    from each item's own epoch either way."""
+    common = ["--param", "augment=hflip", "-q", "--precision", "fp32"]
+    worker = [*_ft_args(tiny_clip_dir, clip_world, tmp_path / "worker", 3), *common]
+    worker[worker.index("workers=0")] = "workers=1"
+    plain = [*_ft_args(tiny_clip_dir, clip_world, tmp_path / "plain", 3), *common, "--param", "image_cache_mb=0"]
+    assert _train(worker, store) == 0 and _train(plain, store) == 0
+    a, b = _weights(tmp_path / "worker"), _weights(tmp_path / "plain")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ma = json.loads((tmp_path / "worker" / "metrics.json").read_text())
+    mb = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert ma["train_images"]["cached"] == ma["train_images"]["used"] > 0 and mb["train_images"]["cached"] == 0
+    # the key's epoch, not the dataset's attribute, draws the mirroring
+    from photocritic.encoders.base import Preprocess
+    from photocritic.training.trainer import ImageRatings
+
+    paths = sorted(str(p) for p in (clip_world / "images").glob("*.jpg"))[:8]
+    data = ImageRatings(paths, np.ones((8, 10)), Preprocess(resize=32, crop=32), augment="hflip", seed=1)
+    assert any(not torch.equal(data[(2, i)][0], data[(1, i)][0]) for i in range(8))  # mirrored in one only
+    assert all(torch.equal(data[(2, i)][0], data[(2, i)][0]) for i in range(8))  # and the same on each read
+
+
 @needs_torchrun
 def test_two_processes_train_the_same_weights(tiny_clip_dir, clip_world, tmp_path):
     """nima and finetune under torchrun with 2 processes give 1 process's

@@ -1,4 +1,5 @@
-"""A shared cache of decoded training images.
+"""Decoded training images: a cache shared by the loader's workers, and
+the loader of a run's epochs (:class:`EpochLoader`) that uses it.
 
 A pretraining run reads every image once per epoch, and with a fixed
 preprocessing (resize + centre crop, no augmentation before it) each read
@@ -35,6 +36,7 @@ import weakref
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..data.images import ImageError, decode_for, read_bytes
 
@@ -181,3 +183,55 @@ def report_caches(say, caches: list[PixelCache], sizes: list[int], budget_mb: fl
         say(f"keeping {kept} of {sum(sizes)} decoded images ({mb:.0f} MB) for later epochs")
     elif budget_mb > 0 and caches:
         say(f"decoding every image every epoch: {caches[0].reason}")
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """The batches of the current epoch as lists of (epoch, index): set
+    ``batches`` and ``epoch`` before each pass. A DataLoader iterates its
+    batch sampler in the main process, so one loader with persistent
+    workers serves every epoch (no worker start per epoch)."""
+
+    def __init__(self):
+        self.batches, self.epoch = [], 0
+
+    def __iter__(self):
+        for b in self.batches:
+            yield [(self.epoch, i) for i in b]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class EpochLoader:
+    """The training batches of each epoch, from a dataset whose items are
+    keyed by (epoch, index) and whose ``pixels`` is a :class:`PixelCache`
+    (or None). A DataLoader with ``workers`` persistent decoding processes
+    serves every epoch (no worker start per epoch) while images still need
+    decoding. On a CPU device (``in_process_when_cached``), once every
+    image is in the cache, batches are collated in the training process
+    instead and the workers are let go: with nothing left to decode, a
+    worker would only add copies between processes and compete with the
+    training step for the same cores. The batches are the same either way."""
+
+    def __init__(self, data, collate, workers: int, in_process_when_cached: bool):
+        self.data, self.collate, self.workers = data, collate, workers
+        self.in_process_when_cached = in_process_when_cached
+        self.sampler = EpochBatches()
+        self.loader = torch.utils.data.DataLoader(data, batch_sampler=self.sampler, num_workers=workers,
+                                                  collate_fn=collate, persistent_workers=workers > 0)
+
+    def in_process(self) -> bool:
+        if self.workers == 0 or self.loader is None:
+            return True
+        cache = self.data.pixels
+        if self.in_process_when_cached and cache is not None and cache.complete(len(self.data)):
+            self.loader = None  # the workers exit
+            return True
+        return False
+
+    def epoch(self, epoch: int, batches: list[list[int]]):
+        """An iterator over the collated batches (None where no image of a batch is readable)."""
+        if self.in_process():
+            return (self.collate([self.data[(epoch, i)] for i in b]) for b in batches)
+        self.sampler.epoch, self.sampler.batches = epoch, batches
+        return iter(self.loader)

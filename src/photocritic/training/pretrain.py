@@ -40,7 +40,7 @@ import torch
 
 from ..errors import DataError, UsageError
 from ..losses import caption_loss, coca_loss, contrastive_loss
-from .pixelcache import decode_cached, make_caches, report_caches
+from .pixelcache import EpochLoader, decode_cached, make_caches, report_caches
 
 COCA_DIR = "coca"
 CHECKPOINT = "checkpoint"
@@ -102,64 +102,13 @@ class ImageComments(torch.utils.data.Dataset):
         return options[int(np.random.default_rng([self.seed, epoch, i]).integers(len(options)))]
 
     def __getitem__(self, key):
-        """``key``: (epoch, index) as :class:`EpochBatches` yields them to
-        persistent workers, or an index (epoch 0: validation)."""
+        """``key``: (epoch, index) as :class:`~photocritic.training.pixelcache.EpochLoader`
+        asks, or an index (epoch 0: validation)."""
         epoch, i = key if isinstance(key, tuple) else (0, key)
         pixels = decode_cached(self.pixels, i, self.paths[i], self.preprocess)
         if pixels is None:
             return None
         return torch.from_numpy(pixels), self.text(i, epoch), i
-
-
-class EpochBatches(torch.utils.data.Sampler):
-    """The batches of the current epoch as lists of (epoch, index): set
-    ``batches`` and ``epoch`` before each pass. A DataLoader iterates its
-    batch sampler in the main process, so one loader with persistent
-    workers serves every epoch (no worker start per epoch)."""
-
-    def __init__(self):
-        self.batches, self.epoch = [], 0
-
-    def __iter__(self):
-        for b in self.batches:
-            yield [(self.epoch, i) for i in b]
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-class PairLoader:
-    """The training batches of each epoch. A DataLoader with ``workers``
-    persistent decoding processes serves every epoch (no worker start per
-    epoch) while images still need decoding. On a CPU device, once every
-    image is in the dataset's pixel cache, batches are collated in the
-    training process instead and the workers are let go: with nothing left
-    to decode, a worker would only add inter-process copies and compete with
-    the training step for the same cores. The batches are the same either
-    way."""
-
-    def __init__(self, data: ImageComments, collate, workers: int, in_process_when_cached: bool):
-        self.data, self.collate, self.workers = data, collate, workers
-        self.in_process_when_cached = in_process_when_cached
-        self.sampler = EpochBatches()
-        self.loader = torch.utils.data.DataLoader(data, batch_sampler=self.sampler, num_workers=workers,
-                                                  collate_fn=collate, persistent_workers=workers > 0)
-
-    def in_process(self) -> bool:
-        if self.workers == 0 or self.loader is None:
-            return True
-        cache = self.data.pixels
-        if self.in_process_when_cached and cache is not None and cache.complete(len(self.data)):
-            self.loader = None  # the workers exit
-            return True
-        return False
-
-    def epoch(self, epoch: int, batches: list[list[int]]):
-        """An iterator over the collated batches (None where no image of a batch is readable)."""
-        if self.in_process():
-            return (self.collate([self.data[(epoch, i)] for i in b]) for b in batches)
-        self.sampler.epoch, self.sampler.batches = epoch, batches
-        return iter(self.loader)
 
 
 def collate_pairs(tokenizer, config):
@@ -444,7 +393,7 @@ def pretrain(cfg: PretrainConfig, log=None):
     vdata = ImageComments([paths[k] for k in va], [texts[k] for k in va], pre, tok, model.config, cfg.seed,
                           pixels=caches[1])
     collate = collate_pairs(tok, model.config)
-    pairs = PairLoader(data, collate, loader_workers(cfg.workers), in_process_when_cached=acc.device.type == "cpu")
+    pairs = EpochLoader(data, collate, loader_workers(cfg.workers), in_process_when_cached=acc.device.type == "cpu")
     t0 = time.perf_counter()
     steps, unreadable = 0, 0
     for epoch in range(start_epoch, cfg.epochs + 1):

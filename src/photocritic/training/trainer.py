@@ -34,7 +34,7 @@ from torch import nn
 from ..errors import DataError
 from ..losses import emd
 from ..methods.base import Targets
-from .pixelcache import decode_cached, make_caches, report_caches
+from .pixelcache import EpochLoader, decode_cached, make_caches, report_caches
 
 CHECKPOINT = "checkpoint"
 
@@ -74,12 +74,15 @@ class ImageRatings(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key):
+        """``key``: (epoch, index) as :class:`~photocritic.training.pixelcache.EpochLoader`
+        asks, or an index (of epoch ``self.epoch``)."""
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
         pixels = decode_cached(self.pixels, i, self.paths[i], self.preprocess)
         if pixels is None:
             return None
         if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
+            rng = np.random.default_rng([self.seed, epoch, i])
             pixels = np.array(AUGMENTATIONS[self.augment](pixels, rng))  # a writable copy
         return torch.from_numpy(pixels), self.q[i], i
 
@@ -213,7 +216,8 @@ def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: lis
     report_caches(say, caches, [len(tr_paths), len(va_paths)], method.image_cache_mb)
     data = ImageRatings(tr_paths, q_train, pre, augment=method.augment, seed=method.seed, pixels=caches[0])
     vdata = ImageRatings(va_paths, val_set.distribution[va_idx], pre, pixels=caches[1])
-    workers = loader_workers(method.workers)
+    loader = EpochLoader(data, collate, loader_workers(method.workers),
+                         in_process_when_cached=acc.device.type == "cpu")
     world, rank = acc.num_processes, acc.process_index
     max_epochs = cfg["epochs"] or method.epochs or 10 ** 9
     t0 = time.perf_counter()
@@ -224,13 +228,10 @@ def finetune_run(cfg, spec, method, train_set, val_set, output: Path, notes: lis
             break
         shard = _Shard(epoch_order(len(data), method.seed, epoch), method.batch_size, rank, world,
                        method.accumulate)
-        data.epoch = epoch  # set before the loader's workers copy the dataset
-        loader = torch.utils.data.DataLoader(data, batch_sampler=shard, num_workers=workers,
-                                             collate_fn=collate, persistent_workers=False)
         net.train()
         total, seen = 0.0, 0
         t_epoch = time.perf_counter()
-        it = iter(loader)
+        it = loader.epoch(epoch, [m for _, micro in shard.plan for m in micro])
         for global_n, micro in shard.plan:
             opt.zero_grad()
             for k in range(len(micro)):
