@@ -33,6 +33,21 @@ def test_shape_and_budget():
     assert nowhere.slots == 0 and "cannot allocate" in nowhere.reason and nowhere.get(0) is None
 
 
+def test_the_cache_takes_at_most_half_the_free_space(monkeypatch, tmp_path):
+    import shutil
+    from collections import namedtuple
+
+    per = 32 * 32 * 3
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 ** 9, 0, 8 * per + 5))
+    c = PixelCache(100, PRE, budget_mb=100, folder=str(tmp_path))
+    assert c.slots == 4  # half of 8 images' worth
+    c.close()
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 ** 9, 0, per))
+    full = PixelCache(100, PRE, budget_mb=100, folder=str(tmp_path))
+    assert full.slots == 0 and "free in the temporary folder" in full.reason
+
+
 def test_put_get_states_and_cleanup():
     c = PixelCache(4, PRE, budget_mb=3 * 32 * 32 * 3 / 2 ** 20)
     assert c.slots == 3

@@ -1539,7 +1539,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--image-cache-mb", type=_megabytes, default=2048.0, metavar="MB",
                     help="decoded training images kept (in a memory-mapped temporary file shared by the "
                          "decoding workers) so each is decoded once per run, not once per epoch; images past "
-                         "the budget are decoded every epoch; 0: no cache. Split among the processes")
+                         "the budget (or past half the temporary folder's free space) are decoded every epoch; "
+                         "0: no cache. Split among the processes")
     pt.add_argument("--resume", action="store_true", help="continue from the last epoch's checkpoint")
     pt.add_argument("--overwrite", action="store_true", help="replace what --output holds")
     pt.add_argument("--name", help="the model's name in its config.json")

@@ -18,8 +18,9 @@ per run instead of once per epoch:
 * the file is allocated in full when the cache is made (``posix_fallocate``
   where the platform has it), so a full disk disables the cache with a
   message instead of failing mid-run;
-* images past ``slots`` (the budget divided by one image's size) are decoded
-  every time, as without a cache.
+* images past ``slots`` (the budget, at most half the free space of the
+  temporary folder, divided by one image's size) are decoded every time,
+  as without a cache.
 
 The pages live in the operating system's page cache: the kernel may write
 them out and read them back under memory pressure, at the speed of the
@@ -73,9 +74,15 @@ class PixelCache:
             self.reason = "the preprocessing keeps each image's aspect ratio, so sizes vary"
             return
         per = math.prod(self.shape)
-        self.slots = int(min(n, max(0.0, budget_mb) * 2 ** 20 // per))
+        budget = max(0.0, budget_mb) * 2 ** 20
+        try:  # never more than half the free space where the file goes
+            free = shutil.disk_usage(folder or tempfile.gettempdir()).free
+        except OSError:
+            free = budget * 2
+        self.slots = int(min(n, min(budget, free / 2) // per))
         if self.slots == 0:
-            self.reason = "the budget is 0" if budget_mb <= 0 else f"one image needs {per / 2 ** 20:.2f} MB"
+            self.reason = ("the budget is 0" if budget_mb <= 0 else f"one image needs {per / 2 ** 20:.2f} MB" if
+                           budget < per else f"{free / 2 ** 20:.0f} MB free in the temporary folder")
             return
         try:
             self.folder = tempfile.mkdtemp(prefix="photocritic-pixels-", dir=folder)
