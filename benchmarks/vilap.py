@@ -26,6 +26,11 @@ validation images by CIDEr-D.
 ``--part information``: where the comment-to-image information is lost
 (:func:`information`); it trains no CoCa.
 
+``--part zero-shot-seeds --work DIR [--pretrain-seeds 3]``: VILA-P
+pretrained again with other seeds from the same general stage, and the
+zero-shot gain per seed and of the mean over seeds, with both prompt sets
+(:func:`zero_shot_seeds`).
+
 ``--part attribute-map --work DIR [--variant NAME]``: the zero-shot
 attribute mAPs and the paired CI of their difference, from the models a
 quality run left in ``DIR``, added to that run's entry (the quality part
@@ -36,7 +41,7 @@ with the shared cache of decoded images that pretraining uses, and decoding
 every epoch) against in-memory tensors, and critique tokens/s with and
 without the key-value cache at 64 tokens.
 
-    python benchmarks/vilap.py [--n 3000] [--part all|quality|speed|information|attribute-map]
+    python benchmarks/vilap.py [--n 3000] [--part all|quality|speed|information|attribute-map|zero-shot-seeds]
 writes benchmarks/results/vilap.json.
 """
 
@@ -398,6 +403,63 @@ def paired_gain(a, b, true: np.ndarray, n_boot: int = 1000) -> dict:
     return {"gain": gain(np.arange(len(true))), "ci95": [float(lo), float(hi)]}
 
 
+def vilap_command(args, tmp: Path, output: Path, common: list[str]) -> list[str]:
+    """The VILA-P stage's command: from ``tmp/general``, on the training comments."""
+    return ["pretrain", "vila-p", "--init", str(tmp / "general"), "--captions", str(tmp / "comments_train.json"),
+            "--output", str(output), "--epochs", str(args.epochs), "--lr", str(args.lr),
+            "--lr-image", str(args.lr_image), "--alpha", str(args.alpha), "--beta", str(args.beta),
+            "--lr-temperature", str(args.lr_temperature),
+            *(["--same-text-positives"] if args.same_text_positives else []), *common]
+
+
+def saved_run(args, work: Path) -> tuple[Path, list[dict], list[str]]:
+    """The world, test rows and test image paths of a quality run whose
+    general and VILA-P models are in ``work`` (``--work`` of ``--part quality``)."""
+    if not all((work / stage / "config.json").exists() for stage in ("general", "vilap")):
+        raise SystemExit(f"--part {args.part}: {work} has no trained general and vilap models "
+                         "(run --part quality --work DIR first)")
+    world_dir, _, rows = make_world(args, work)
+    test = [r for r in rows if r["split"] == "test"]
+    return world_dir, test, [str(world_dir / r["path"]) for r in test]
+
+
+def zero_shot_seeds(args, work: Path) -> dict:
+    """``--part zero-shot-seeds``: VILA-P pretrained again from the same
+    general stage (in ``--work``, from ``--part quality``) with seeds
+    1 .. N-1 (its batch order and validation split; seed 0 is the quality
+    run's own), and the zero-shot SRCC gain over the general stage with
+    both prompt sets, for each seed and for the mean over seeds (paired
+    bootstrap, every model scored on the same resample)."""
+    import photocritic
+    from photocritic.methods.zeroshot import PromptSet
+    from photocritic.metrics import srcc
+
+    world_dir, test, tpaths = saved_run(args, work)
+    mean = np.array([sum(k * int(r[f"score{k}"]) for k in range(1, 11)) / sum(int(r[f"score{k}"]) for k in range(1, 11))
+                     for r in test])
+    common = ["--images", str(world_dir / "images"), "--batch-size", str(args.batch_size), "--precision", "fp32",
+              "-q"]
+    dirs, seconds = {0: work / "vilap"}, {}
+    for seed in range(1, args.pretrain_seeds):
+        dirs[seed] = work / f"vilap-seed{seed}"
+        seconds[seed] = pretrain_stage(vilap_command(args, work, dirs[seed], [*common, "--seed", str(seed)]),
+                                       dirs[seed], f"VILA-P stage, seed {seed}")
+
+    def scores(path: Path, prompts) -> np.ndarray:
+        m = photocritic.load(str(path), precision="fp32", **({"prompts": prompts} if prompts else {}))
+        return np.array([float(r) for r in m.score(tpaths, batch_size=64)])
+
+    out = {"seeds": list(dirs), "pretrain_seconds": seconds}
+    for name, prompts in (("vila", None), ("world_vocabulary", PromptSet.from_dict(WORLD_PROMPTS))):
+        before = scores(work / "general", prompts)
+        after = {seed: scores(d, prompts) for seed, d in dirs.items()}
+        out[name] = {"before": srcc(before, mean), "after": {str(k): srcc(v, mean) for k, v in after.items()},
+                     "gain_per_seed": {str(k): paired_gain(v, before, mean) for k, v in after.items()},
+                     "gain_of_the_mean": paired_gain(list(after.values()), before, mean)}
+        print(name, json.dumps({k: out[name][k] for k in ("before", "after", "gain_of_the_mean")}), flush=True)
+    return out
+
+
 def attribute_scores(model, paths: list[str], rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """Zero-shot attribute classification: the edit labels (images, edits)
     and each image's score per edit from the model's contrastive towers (a
@@ -433,12 +495,7 @@ def attribute_map(args, work: Path) -> dict:
     their difference, computed as the quality part does."""
     import photocritic
 
-    if not all((work / stage / "config.json").exists() for stage in ("general", "vilap")):
-        raise SystemExit(f"--part attribute-map: {work} has no trained general and vilap models "
-                         "(run --part quality --work DIR first)")
-    world_dir, _, rows = make_world(args, work)
-    test = [r for r in rows if r["split"] == "test"]
-    tpaths = [str(world_dir / r["path"]) for r in test]
+    _, test, tpaths = saved_run(args, work)
     atts = {}
     for stage in ("general", "vilap"):
         labels, atts[stage] = attribute_scores(photocritic.load(str(work / stage), precision="fp32"), tpaths, test)
@@ -491,11 +548,7 @@ def quality(args, tmp: Path) -> dict:
                "--tokenizer-corpus", str(tmp / "comments_train.json"), "--output", str(tmp / "general"),
                "--epochs", str(args.general_epochs), "--lr", "1e-3", "--lr-image", "1e-3",
                *(["--image-size", str(args.image_size)] if args.image_size else []), *common]
-    vilap = ["pretrain", "vila-p", "--init", str(tmp / "general"), "--captions", str(tmp / "comments_train.json"),
-             "--output", str(tmp / "vilap"), "--epochs", str(args.epochs), "--lr", str(args.lr),
-             "--lr-image", str(args.lr_image), "--alpha", str(args.alpha), "--beta", str(args.beta),
-             "--lr-temperature", str(args.lr_temperature),
-             *(["--same-text-positives"] if args.same_text_positives else []), *common]
+    vilap = vilap_command(args, tmp, tmp / "vilap", common)
     timing = {"general_seconds": pretrain_stage(general, tmp / "general", "general stage"),
               "vilap_seconds": pretrain_stage(vilap, tmp / "vilap", "VILA-P stage")}
     for stage in ("general", "vilap"):
@@ -764,7 +817,10 @@ def main() -> int:
                          "the seed-0 figures are reported alone as well")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--part", choices=["all", "quality", "speed", "information", "attribute-map"], default="all")
+    ap.add_argument("--part", choices=["all", "quality", "speed", "information", "attribute-map",
+                                       "zero-shot-seeds"], default="all")
+    ap.add_argument("--pretrain-seeds", type=int, default=3,
+                    help="--part zero-shot-seeds: VILA-P is pretrained with seeds 0..N-1")
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--work", help="keep the world and models here (a second run reuses the world and "
                                    "the general stage); default: a temporary folder")
@@ -779,15 +835,18 @@ def main() -> int:
             fields["speed"] = speed(args, Path(tmp))
         if args.part == "information":
             fields.setdefault("information", {})[f"{args.n} images, seed {args.seed}"] = information(args, work)
-        if args.part == "attribute-map":
+        if args.part in ("attribute-map", "zero-shot-seeds"):
             if not args.work:
-                raise SystemExit("--part attribute-map needs --work DIR (where --part quality trained its models)")
+                raise SystemExit(f"--part {args.part} needs --work DIR (where --part quality trained its models)")
             entry = fields.setdefault("quality_variants", {}).get(args.variant) if args.variant \
                 else fields.get("quality")
             if entry is None:
-                raise SystemExit(f"--part attribute-map: {args.results} has no quality entry "
+                raise SystemExit(f"--part {args.part}: {args.results} has no quality entry "
                                  f"{args.variant or ''} to add to")
-            entry["attribute_map_gain"] = attribute_map(args, work)
+            if args.part == "attribute-map":
+                entry["attribute_map_gain"] = attribute_map(args, work)
+            else:
+                entry["zero_shot_over_pretraining_seeds"] = zero_shot_seeds(args, work)
         if args.part in ("all", "quality"):
             res = quality(args, work)
             if args.variant:
